@@ -1,0 +1,202 @@
+"""The only module that touches safetensors files.
+
+An artifact is a safetensors file whose string metadata carries
+
+* ``ebmtool.kind``     dataset | model | samples | reconstructions | scores | features | checkpoint
+* ``ebmtool.format``   integer, bumped on an incompatible change
+* ``ebmtool.version``  the package version that wrote it
+* ``ebmtool.config``   JSON of the resolved pydantic config that produced it
+* ``ebmtool.parents``  JSON list of ``{path, sha256, kind}`` (lineage)
+* ``ebmtool.meta``     JSON of kind-specific fields
+
+Writes are atomic (temporary file in the same folder, then ``os.replace``); loads are validated
+and every problem is a :class:`~ebmtool.errors.UserError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from ebmtool import __version__
+from ebmtool.errors import UserError
+
+FORMAT = 1
+KINDS = ("dataset", "model", "samples", "reconstructions", "scores", "features", "checkpoint")
+
+
+@dataclass
+class Artifact:
+    path: Path
+    kind: str
+    tensors: dict[str, torch.Tensor]
+    config: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    parents: list[dict[str, Any]] = field(default_factory=list)
+    version: str = ""
+
+    def require(self, *names: str) -> None:
+        missing = [n for n in names if n not in self.tensors]
+        if missing:
+            raise UserError(f"{self.path}: {self.kind} artifact lacks tensor(s) {', '.join(missing)}")
+
+    def group(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Tensors under ``prefix.`` with the prefix stripped (a module's state dict)."""
+        p = prefix + "."
+        return {k[len(p):]: v for k, v in self.tensors.items() if k.startswith(p)}
+
+    @property
+    def sha256(self) -> str:
+        return file_sha256(self.path)
+
+    def as_parent(self) -> dict[str, Any]:
+        return {"path": str(self.path), "sha256": self.sha256, "kind": self.kind}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tensor_sha256(*tensors: torch.Tensor) -> str:
+    """Content hash of tensors (independent of file metadata)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def check_output(path: str | os.PathLike, force: bool) -> Path:
+    """Refuse to overwrite without ``force`` and refuse a folder that cannot be written. Call before work."""
+    p = Path(path)
+    if p.exists() and p.is_dir():
+        raise UserError(f"{p}: output path is a folder")
+    if p.exists() and not force:
+        raise UserError(f"{p}: output exists (pass --force to overwrite)")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.exists():
+        raise UserError(f"{p}: output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{p}: output folder {parent} is not writable")
+    return p
+
+
+def save(
+    path: str | os.PathLike,
+    kind: str,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    config: Any = None,
+    meta: Mapping[str, Any] | None = None,
+    parents: Iterable[Artifact | Mapping[str, Any]] = (),
+    force: bool = True,
+) -> Path:
+    """Write an artifact atomically. Refuses non-finite floating tensors (nothing non-finite is ever written)."""
+    from safetensors.torch import save_file
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown artifact kind {kind!r}")
+    p = check_output(path, force)
+    clean: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{p}: refusing to write non-finite values in tensor {name!r}")
+        clean[name] = t.clone() if _shares_storage(t, clean) else t
+    if hasattr(config, "model_dump"):
+        config = config.model_dump(mode="json")
+    md = {
+        "ebmtool.kind": kind,
+        "ebmtool.format": str(FORMAT),
+        "ebmtool.version": __version__,
+        "ebmtool.config": json.dumps(config or {}, sort_keys=True),
+        "ebmtool.parents": json.dumps([_parent(x) for x in parents]),
+        "ebmtool.meta": json.dumps(dict(meta or {}), sort_keys=True, default=_json_default),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
+    os.close(fd)
+    try:
+        save_file(clean, tmp, metadata=md)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def _shares_storage(t: torch.Tensor, others: Mapping[str, torch.Tensor]) -> bool:
+    ptr = t.untyped_storage().data_ptr()
+    return t.numel() > 0 and any(o.numel() > 0 and o.untyped_storage().data_ptr() == ptr for o in others.values())
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "item"):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def _parent(x: Artifact | Mapping[str, Any]) -> dict[str, Any]:
+    return x.as_parent() if isinstance(x, Artifact) else dict(x)
+
+
+def load(path: str | os.PathLike, kind: str | Iterable[str] | None = None, *, what: str = "input") -> Artifact:
+    """Load and validate an artifact; ``kind`` restricts the accepted kinds."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: {what} file not found")
+    if p.is_dir():
+        raise UserError(f"{p}: {what} is a folder, not an artifact file")
+    if not os.access(p, os.R_OK):
+        raise UserError(f"{p}: {what} file is not readable")
+    if p.stat().st_size < 8:
+        raise UserError(f"{p}: not a safetensors file (empty or truncated)")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            md = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for corrupt headers
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{p}: not a readable safetensors file ({msg})") from None
+    if "ebmtool.kind" not in md:
+        raise UserError(f"{p}: safetensors file is not an ebmtool artifact (no ebmtool.kind metadata)")
+    k = md["ebmtool.kind"]
+    try:
+        fmt = int(md.get("ebmtool.format", "-1"))
+    except ValueError:
+        fmt = -1
+    if fmt != FORMAT:
+        raise UserError(f"{p}: artifact format {md.get('ebmtool.format')!r} is not supported (expected {FORMAT})")
+    try:
+        config = json.loads(md.get("ebmtool.config", "{}"))
+        parents = json.loads(md.get("ebmtool.parents", "[]"))
+        meta = json.loads(md.get("ebmtool.meta", "{}"))
+    except json.JSONDecodeError:
+        raise UserError(f"{p}: artifact metadata is not valid JSON") from None
+    if kind is not None:
+        kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+        if k not in kinds:
+            raise UserError(f"{p}: is a {k} artifact, expected {' or '.join(kinds)}")
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{p}: tensor {name!r} holds non-finite values")
+    return Artifact(p, k, tensors, config, meta, parents, md.get("ebmtool.version", ""))

@@ -1,0 +1,377 @@
+"""Thin Typer app: parse options, build a pydantic config, call one function in ebmtool.stages, print.
+
+Every user mistake is one line on stderr and exit status 2 (divergence: 3); results go to stdout
+(a rich table, or one JSON object with --json). Langevin convention everywhere:
+z <- z + (s^2/2) grad log pi(z) + s * eps (s = --step-size).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import ClickException as _ClickException
+    from typer._click.exceptions import UsageError as _UsageError
+    from typer.exceptions import Abort as _Abort
+except ImportError:  # older typer depends on click
+    from click.exceptions import Abort as _Abort
+    from click.exceptions import ClickException as _ClickException
+    from click.exceptions import UsageError as _UsageError
+from rich.console import Console
+from rich.table import Table
+
+from ebmtool.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="ebmtool: energy-based priors in the latent space of generator models. "
+                       "Stages chain through safetensors artifacts. Langevin convention: "
+                       "z <- z + (s^2/2) grad log pi(z) + s*eps.")
+data_app = typer.Typer(no_args_is_help=True, help="Dataset artifacts.")
+app.add_typer(data_app, name="data")
+
+out_console = Console()
+
+# ------------------------------------------------------------------------------------------------
+# common options
+# ------------------------------------------------------------------------------------------------
+OutOpt = typer.Option(..., "-o", "--output", help="output artifact (.safetensors)")
+ForceOpt = typer.Option(False, "--force", help="overwrite an existing output")
+JsonOpt = typer.Option(False, "--json", help="print one JSON object on stdout")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress or log lines on stderr")
+SeedOpt = typer.Option(None, "--seed", help="random seed")
+DeviceOpt = typer.Option(None, "--device", help="auto|cpu|cuda|mps")
+PresetOpt = typer.Option(None, "--preset", help="smoke | cpu | paper (see `ebmtool presets`)")
+ConfigOpt = typer.Option(None, "--config", help="TOML file with config values (flags override it)")
+SetOpt = typer.Option(None, "--set", help="any config field, e.g. --set posterior.steps=30 (repeatable)")
+
+
+def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    t = Table(title=title, show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    for k, v in result.items():
+        if v is None:
+            continue
+        t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    out_console.print(t)
+
+
+def parse_sets(items: Optional[List[str]]) -> dict[str, Any]:
+    """--set a.b=value -> {"a": {"b": value}}; values parsed as JSON where possible (numbers, true/false)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE")
+        key, raw = item.split("=", 1)
+        try:
+            val = json.loads(raw)
+        except json.JSONDecodeError:
+            val = raw
+        d = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        d[parts[-1]] = val
+    return out
+
+
+def nested(flags: dict[str, Any]) -> dict[str, Any]:
+    """{"posterior.steps": 30, "epochs": None} -> {"posterior": {"steps": 30}} (None = not given)."""
+    out: dict[str, Any] = {}
+    for key, v in flags.items():
+        if v is None:
+            continue
+        d = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        d[parts[-1]] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+@data_app.command("prepare")
+def data_prepare(
+    dataset: str = typer.Option(..., "--dataset", help="digits | mnist | svhn | cifar10 | celeba | synthetic"),
+    output: Path = OutOpt,
+    root: Optional[str] = typer.Option(None, "--root", help="folder with the dataset's standard files"),
+    split: str = typer.Option("train", "--split", help="train | test"),
+    download: bool = typer.Option(False, "--download", help="let torchvision download into --root (needs internet)"),
+    exclude_class: Optional[int] = typer.Option(None, "--exclude-class"),
+    only_class: Optional[int] = typer.Option(None, "--only-class"),
+    anomaly_protocol: Optional[int] = typer.Option(None, "--anomaly-protocol", help="held-out class K (DESIGN §5 split)"),
+    part: Optional[str] = typer.Option(None, "--part", help="train | test part of the anomaly protocol"),
+    size: Optional[int] = typer.Option(None, "--size", help="resize to SIZE x SIZE"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="keep the first N images"),
+    force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Write a dataset artifact (uint8 images N x C x H x W, labels)."""
+    from ebmtool import stages
+    from ebmtool.config import build
+    from ebmtool.data import DataConfig
+
+    cfg = build(DataConfig, nested(dict(dataset=dataset, root=root, split=split, download=download,
+                                        exclude_class=exclude_class, only_class=only_class,
+                                        anomaly_protocol=anomaly_protocol, part=part, size=size, limit=limit)),
+                where="data prepare")
+    emit(stages.data_prepare(cfg, str(output), force), as_json, "dataset")
+
+
+def _train(method: str, flags: dict[str, Any], sets, preset, config, data, init, output, force, quiet, as_json):
+    from ebmtool import stages
+    from ebmtool.config import deep_merge, resolve
+    from ebmtool.methods import METHODS
+
+    if method not in METHODS or (method != "pretrain" and not METHODS[method].fit_prior):
+        choices = ", ".join(k for k, m in METHODS.items() if m.fit_prior)
+        raise UserError(f"--method: unknown method {method!r} (choose from {choices})")
+    cfg = resolve(METHODS[method].config, method=method, preset=preset, toml=config,
+                  flags=deep_merge(nested(flags), parse_sets(sets)))
+    res = stages.train(method, cfg, str(data), str(output), init_path=str(init) if init else None, force=force,
+                       quiet=quiet)
+    emit(res, as_json, f"{method}")
+
+
+@app.command("pretrain-generator")
+def pretrain_generator(
+    data: Path = typer.Option(..., "--data", help="dataset artifact"),
+    output: Path = OutOpt,
+    preset: Optional[str] = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    arch: Optional[str] = typer.Option(None, "--arch", help="auto | digits8 | mnist32 | svhn32 | cifar32 | celeba64"),
+    nz: Optional[int] = typer.Option(None, "--nz", help="latent dimension"),
+    init: Optional[Path] = typer.Option(None, "--init", help="continue from a model artifact"),
+    seed: Optional[int] = SeedOpt,
+    device: Optional[str] = DeviceOpt,
+    sets: Optional[List[str]] = SetOpt,
+    force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Train a generator under N(0, I) with short-run posterior Langevin (the "0 stages" model)."""
+    flags = {"epochs": epochs, "batch_size": batch_size, "generator.arch": arch, "generator.nz": nz, "seed": seed,
+             "device": device}
+    _train("pretrain", flags, sets, preset, config, data, init, output, force, quiet, as_json)
+
+
+def _method_help() -> str:
+    from ebmtool.methods import METHODS
+
+    return "; ".join(f"{k}: {m.description}" for k, m in METHODS.items() if m.fit_prior)
+
+
+@app.command("fit-prior")
+def fit_prior(
+    method: str = typer.Option(..., "--method", help="training method (see `ebmtool methods`)"),
+    data: Path = typer.Option(..., "--data", help="dataset artifact"),
+    output: Path = OutOpt,
+    init: Optional[Path] = typer.Option(None, "--init", help="start from a model artifact (pretrained generator, or a model to add stages to)"),
+    preset: Optional[str] = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    stages_: Optional[int] = typer.Option(None, "--stages", help="adaptive-nce: stages to add"),
+    epochs_per_stage: Optional[int] = typer.Option(None, "--epochs-per-stage", help="adaptive-nce"),
+    prior_sampler: Optional[str] = typer.Option(None, "--prior-sampler", help="adaptive-nce: memory | langevin"),
+    non_adaptive: Optional[bool] = typer.Option(None, "--non-adaptive/--adaptive", help="adaptive-nce: TRE-style ablation"),
+    layers: Optional[int] = typer.Option(None, "--layers", help="joint-mle/joint-vi: latent layers"),
+    basic_ratio: Optional[float] = typer.Option(None, "--basic-ratio", help="bidvl: r' (0.05 at 32x32, 0.1 at 64x64)"),
+    offset: Optional[bool] = typer.Option(None, "--offset/--no-offset", help="bidvl: offset (default) or not-offset variant"),
+    arch: Optional[str] = typer.Option(None, "--arch", help="generator architecture (auto picks by image size)"),
+    nz: Optional[int] = typer.Option(None, "--nz", help="latent dimension"),
+    seed: Optional[int] = SeedOpt,
+    device: Optional[str] = DeviceOpt,
+    sets: Optional[List[str]] = SetOpt,
+    force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Fit a latent-space EBM prior (and its generator) with one of the seed methods."""
+    flags = {"epochs": epochs, "batch_size": batch_size, "stages": stages_, "epochs_per_stage": epochs_per_stage,
+             "prior_sampler": prior_sampler, "non_adaptive": non_adaptive, "layers": layers,
+             "basic_ratio": basic_ratio, "offset": offset, "generator.arch": arch, "generator.nz": nz,
+             "seed": seed, "device": device}
+    _train(method, flags, sets, preset, config, data, init, output, force, quiet, as_json)
+
+
+@app.command("sample")
+def sample(
+    model: Path = typer.Option(..., "--model", help="model artifact"),
+    n: int = typer.Option(64, "-n", help="number of samples"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="samples artifact"),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="PNG grid of the samples"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="prior Langevin steps (default: the model's)"),
+    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help="Langevin step size s"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="langevin | sir (multi-stage priors)"),
+    trajectory: int = typer.Option(0, "--trajectory", min=0, help="record every K-th Langevin state"),
+    trajectory_png: Optional[Path] = typer.Option(None, "--trajectory-png", help="PNG: 8 chains over time"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Draw samples from a model's prior and decode them."""
+    from ebmtool import stages
+
+    if sampler is not None and sampler not in ("langevin", "sir"):
+        raise UserError(f"--sampler: unknown sampler {sampler!r} (langevin | sir)")
+    res = stages.sample(str(model), n, out=_s(output), grid=_s(grid), steps=steps, step_size=step_size,
+                        sampler=sampler, trajectory_every=trajectory, trajectory_png=_s(trajectory_png), seed=seed,
+                        device=device, force=force)
+    emit(res, as_json, "samples")
+
+
+def _s(p: Optional[Path]) -> Optional[str]:
+    return None if p is None else str(p)
+
+
+@app.command("reconstruct")
+def reconstruct(
+    model: Path = typer.Option(..., "--model", help="model artifact"),
+    data: Path = typer.Option(..., "--data", help="dataset artifact"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="reconstructions artifact"),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="PNG of (real | reconstructed) pairs"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="posterior Langevin steps"),
+    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12),
+    batch_size: int = typer.Option(500, "--batch-size", min=1),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="first N images only"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Infer posterior latents of images and decode them; per-image and mean MSE."""
+    from ebmtool import stages
+
+    res = stages.reconstruct(str(model), str(data), out=_s(output), grid=_s(grid), steps=steps, step_size=step_size,
+                             batch_size=batch_size, limit=limit, seed=seed, device=device, force=force)
+    emit(res, as_json, "reconstruction")
+
+
+@app.command("anomaly")
+def anomaly(
+    model: Path = typer.Option(..., "--model", help="model artifact"),
+    data: Path = typer.Option(..., "--data", help="test dataset artifact"),
+    anomaly_class: Optional[int] = typer.Option(None, "--anomaly-class", help="the anomalous class K (label 1)"),
+    labels_positive: Optional[str] = typer.Option(None, "--labels-positive", help="comma list of anomalous classes"),
+    ood_data: Optional[Path] = typer.Option(None, "--ood-data", help="OOD dataset artifact (label 1)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="scores artifact"),
+    pr_curve: Optional[Path] = typer.Option(None, "--pr-curve", help="PNG of the precision-recall curve"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1),
+    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12),
+    batch_size: int = typer.Option(500, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Anomaly / OOD scores and AUPRC (the papers' auc(recall, precision)), average precision, AUROC."""
+    from ebmtool import stages
+
+    positive = None
+    if anomaly_class is not None and labels_positive is not None:
+        raise UserError("give --anomaly-class or --labels-positive, not both")
+    if anomaly_class is not None:
+        positive = [anomaly_class]
+    elif labels_positive is not None:
+        try:
+            positive = [int(v) for v in labels_positive.split(",") if v.strip()]
+        except ValueError:
+            raise UserError(f"--labels-positive {labels_positive!r}: expected a comma list of integers") from None
+        if not positive:
+            raise UserError("--labels-positive: empty list")
+    res = stages.anomaly(str(model), str(data), positive=positive, ood_path=_s(ood_data), out=_s(output),
+                         steps=steps, step_size=step_size, batch_size=batch_size, seed=seed, device=device,
+                         force=force, pr_png=_s(pr_curve))
+    emit(res, as_json, "anomaly")
+
+
+@app.command("inspect")
+def inspect(path: Path = typer.Argument(..., help="any ebmtool artifact"), as_json: bool = JsonOpt):
+    """Kind, config, lineage and tensor shapes of an artifact."""
+    from ebmtool import stages
+
+    info = stages.inspect(str(path))
+    if as_json:
+        print(json.dumps(info, default=str))
+        return
+    t = Table(title=f"{info['path']} ({info['kind']})", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value", overflow="fold")
+    t.add_row("kind", info["kind"])
+    t.add_row("version / format", f"{info['version']} / {info['format']}")
+    t.add_row("sha256", info["sha256"])
+    for p in info["parents"]:
+        t.add_row("parent", f"{p.get('kind')} {p.get('path')} ({str(p.get('sha256'))[:12]})")
+    for k, v in info["meta"].items():
+        t.add_row(f"meta.{k}", json.dumps(v, default=str)[:300])
+    t.add_row("config", json.dumps(info["config"])[:600])
+    out_console.print(t)
+    tt = Table(title="tensors")
+    for c in ("name", "shape", "dtype"):
+        tt.add_column(c)
+    for k, v in info["tensors"].items():
+        tt.add_row(k, "x".join(map(str, v["shape"])) or "scalar", v["dtype"])
+    out_console.print(tt)
+
+
+@app.command("methods")
+def methods():
+    """List the prior-fitting methods and their default configs."""
+    from ebmtool.methods import METHODS
+
+    t = Table(title="fit-prior --method")
+    t.add_column("method", style="bold")
+    t.add_column("description")
+    for k, m in METHODS.items():
+        if m.fit_prior:
+            t.add_row(k, m.description)
+    out_console.print(t)
+
+
+@app.command("presets")
+def presets():
+    """List the presets (smoke / cpu / paper) and what they set."""
+    from ebmtool.config import PRESETS
+
+    t = Table(title="--preset")
+    t.add_column("preset", style="bold")
+    t.add_column("description")
+    t.add_column("settings", overflow="fold")
+    for k, p in PRESETS.items():
+        t.add_row(k, p["description"], json.dumps({a: b for a, b in p.items() if a != "description"}))
+    out_console.print(t)
+
+
+# ------------------------------------------------------------------------------------------------
+def main(argv: Optional[list[str]] = None) -> None:
+    try:
+        rv = app(args=argv, prog_name="ebmtool", standalone_mode=False)
+    except UserError as e:
+        print(f"ebmtool: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except _ClickException as e:
+        msg = " ".join(e.format_message().split())
+        print(f"ebmtool: error: {msg}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, _UsageError) else getattr(e, "exit_code", 1))
+    except _Abort:
+        print("ebmtool: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("ebmtool: interrupted", file=sys.stderr)
+        sys.exit(130)
+    if isinstance(rv, int) and rv != 0:
+        sys.exit(rv)

@@ -1,0 +1,179 @@
+"""Pydantic configs shared by every stage, presets as data, and the layering rule.
+
+A stage's resolved config is: class defaults < ``--preset`` < ``--config FILE.toml`` < command-line flags.
+Unknown keys and wrong types are refused (``extra="forbid"``) with one line naming the key.
+The resolved config is written into every artifact (``ebmtool.config``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ebmtool.errors import UserError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Langevin(Strict):
+    """Short-run Langevin chain in the one convention: z <- z + (s^2/2) grad log pi(z) + s * eps."""
+
+    steps: int = Field(20, ge=1, description="number of Langevin steps")
+    step_size: float = Field(0.1, gt=0, description="s in z + s^2/2 grad + s eps")
+    noise: bool = True
+
+
+class GeneratorSpec(Strict):
+    arch: Literal["auto", "digits8", "mnist32", "svhn32", "cifar32", "celeba64"] = "auto"
+    nz: int = Field(100, ge=1)
+    ngf: int = Field(64, ge=1)
+    slope: float = Field(0.2, ge=0)
+
+
+class EnergySpec(Strict):
+    """Energy / ratio MLP d -> hidden x layers -> 1 (returns f = -energy)."""
+
+    hidden: int = Field(200, ge=1)
+    layers: int = Field(2, ge=1)
+    slope: float = Field(0.2, ge=0)
+
+
+class Optim(Strict):
+    lr: float = Field(1e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    decay: float = Field(1.0, gt=0, le=1, description="learning-rate factor per epoch (ExponentialLR)")
+
+
+class StageCommon(Strict):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+
+class TrainCommon(StageCommon):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(100, ge=1)
+    sigma: float = Field(0.3, gt=0, description="observation noise std of p(x|z)")
+    log_every: int = Field(0, ge=0, description="print a loss line every N iterations (0: per epoch only)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets as data: for each preset a one-line description and per-method overrides.
+# "common" applies to every training method (keys a method lacks are skipped).
+# ---------------------------------------------------------------------------------------------
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "description": "seconds on a CPU: tiny nets, 2 epochs, short chains (tests, demos of the plumbing)",
+        "common": {
+            "epochs": 2,
+            "batch_size": 64,
+            "generator": {"nz": 8, "ngf": 16},
+            "energy": {"hidden": 32},
+            "posterior": {"steps": 10},
+            "prior": {"steps": 15},
+        },
+        "adaptive-nce": {"epochs_per_stage": 1},
+    },
+    "cpu": {
+        "description": "a 2-core CPU in minutes per model: small nets (nz 16, ngf 32), 20 epochs",
+        "common": {
+            "epochs": 20,
+            "batch_size": 100,
+            "generator": {"nz": 16, "ngf": 32},
+            "energy": {"hidden": 200},
+        },
+        "adaptive-nce": {"epochs_per_stage": 5},
+    },
+    "paper": {
+        "description": "the papers' settings (GPU): full-size generators, paper epochs and chain lengths",
+        "common": {"epochs": 100, "batch_size": 100, "generator": {"nz": 100, "ngf": 64}},
+        "mle": {"epochs": 200},
+        "adaptive-nce": {"epochs_per_stage": 25, "posterior": {"steps": 30}},
+    },
+}
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _only_known(cls: type[BaseModel], d: dict[str, Any]) -> dict[str, Any]:
+    """Keep the keys of ``d`` that ``cls`` has (recursively for nested configs)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        f = cls.model_fields.get(k)
+        if f is None:
+            continue
+        ann = f.annotation
+        if isinstance(v, dict) and isinstance(ann, type) and issubclass(ann, BaseModel):
+            out[k] = _only_known(ann, v)
+        else:
+            out[k] = v
+    return out
+
+
+def preset_overrides(preset: str | None, method: str, cls: type[BaseModel]) -> dict[str, Any]:
+    if preset is None:
+        return {}
+    if preset not in PRESETS:
+        raise UserError(f"--preset: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    p = PRESETS[preset]
+    merged = deep_merge(_only_known(cls, p.get("common", {})), p.get(method, {}))
+    return merged
+
+
+def read_toml(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import tomllib
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found")
+    try:
+        return tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: not a valid TOML file ({str(e).splitlines()[0]})") from None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def build(cls: type[M], *layers: dict[str, Any], where: str = "config") -> M:
+    """Merge layers left to right and validate; errors become one line naming the key."""
+    d: dict[str, Any] = {}
+    for layer in layers:
+        d = deep_merge(d, layer)
+    try:
+        return cls.model_validate(d)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "(root)"
+        if err["type"] == "extra_forbidden":
+            raise UserError(f"{where}: unknown key {loc!r}") from None
+        raise UserError(f"{where}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def resolve(
+    cls: type[M], *, method: str, preset: str | None, toml: str | Path | None, flags: dict[str, Any]
+) -> M:
+    """defaults < preset < TOML < flags."""
+    return build(
+        cls,
+        preset_overrides(preset, method, cls),
+        read_toml(toml),
+        {k: v for k, v in flags.items() if v is not None},
+        where=f"{method} config" if toml is None else f"{method} config ({toml})",
+    )

@@ -1,0 +1,1 @@
+"""Evaluation: FID (fid.py), anomaly detection, reconstruction, plots."""

@@ -1,0 +1,190 @@
+"""``fit-prior --method adaptive-nce``: adaptive multi-stage density ratio estimation (Xiao & Han, seed 000).
+
+Prior at stage k: p_k(z) = p0(z) prod_{i<k} r_i(z). Within stage k, per batch:
+
+1. z+ ~ short-run posterior Langevin on p_k(z) p(x|z) (s = 0.1, 30 steps);
+2. generator step on -log p(x|z+) (the generator keeps learning under the current prior);
+3. z- ~ p_k: exactly p0 at stage 0; afterwards rows of the *read* memory (posterior samples of stage k-1,
+   samples of q_{k-1} ~ p_k), or short-run prior Langevin on p_k with ``--prior-sampler langevin``;
+4. NCE step on log r_k (eq. 4): -E_{z+} log sigmoid(log r_k) - E_{z-} log sigmoid(-log r_k);
+5. z+ is written into the example's row of the *write* memory (collected for stage k+1).
+
+Two memory buffers (read: previous stage, write: this stage) swap at the stage boundary, so the negatives
+of stage k are never overwritten by stage k's own posterior samples. At the end of a stage r_k is frozen.
+
+``--non-adaptive`` is the TRE-style ablation (Sec. 3.2 / 5.5): generator frozen at the 0-stage model,
+posterior under p0, ratios fit between waymarks w_j = sqrt(1 - a_j^2) z- + a_j z+, a_j = j/m, z- ~ p0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, StageCommon
+from ebmtool.errors import UserError
+from ebmtool.methods import FitResult, register_method
+from ebmtool.methods.common import History, adam, train_loop
+from ebmtool.methods.shared import generator_for, latent_model
+from ebmtool.priors import GaussianPrior, RatioProductPrior
+from ebmtool.sampling import frozen, langevin
+
+
+class AdaptiveNCEConfig(StageCommon):
+    stages: int = Field(4, ge=1, description="stages to add (each learns one ratio r_k)")
+    epochs_per_stage: int = Field(25, ge=1)
+    batch_size: int = Field(100, ge=1)
+    sigma: float = Field(0.3, gt=0)
+    generator: GeneratorSpec = GeneratorSpec()
+    energy: EnergySpec = EnergySpec(slope=0.1)
+    posterior: Langevin = Langevin(steps=30, step_size=0.1)
+    prior: Langevin = Langevin(steps=60, step_size=0.1)
+    prior_sampler: Literal["memory", "langevin"] = "memory"
+    non_adaptive: bool = False
+    opt_g: Optim = Optim(lr=1e-4)
+    opt_r: Optim = Optim(lr=5e-5)
+    sampling: Langevin = Langevin(steps=100, step_size=0.1)
+    sampler: Literal["langevin", "sir"] = "langevin"
+    log_every: int = Field(0, ge=0)
+
+
+def nce_loss(log_r_pos: torch.Tensor, log_r_neg: torch.Tensor) -> torch.Tensor:
+    """Eq. (4): logistic loss of classifying posterior (label 1) against prior (label 0) samples by log r."""
+    return -F.logsigmoid(log_r_pos).mean() - F.logsigmoid(-log_r_neg).mean()
+
+
+def _prior_from_init(init, cfg, nz, init_art) -> RatioProductPrior:
+    if init is None or isinstance(init.prior, GaussianPrior):
+        return RatioProductPrior(nz, cfg.energy.hidden, cfg.energy.layers, cfg.energy.slope)
+    if isinstance(init.prior, RatioProductPrior):
+        return init.prior
+    raise UserError(f"--init {init_art.path}: NCE stages can only be added to a Gaussian or ratio-product prior, "
+                    f"not a {init.prior.type_name} prior")
+
+
+@register_method("adaptive-nce", AdaptiveNCEConfig,
+                 "adaptive multi-stage NCE density-ratio estimation, stage by stage (seed 000)")
+def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adaptive-nce") -> FitResult:
+    gen = generator_for(cfg.generator, data.image_shape, init, init_art and init_art.path)
+    prior = _prior_from_init(init, cfg, gen.nz, init_art)
+    for r in prior.stages:
+        r.requires_grad_(False)
+    k0 = len(prior.stages)
+    model = latent_model(gen, prior, cfg.sigma, data.image_shape, posterior=cfg.posterior, sampling=cfg.sampling,
+                         sampler=cfg.sampler, method=method).to(ctx.device)
+    if cfg.non_adaptive:
+        return _fit_non_adaptive(cfg, data, model, k0, init, ctx)
+
+    n, nz, dev = len(data.x), gen.nz, ctx.device
+    read_memory = None
+    if k0 > 0 and cfg.prior_sampler == "memory":
+        mem = init_art.tensors.get("memory") if init_art is not None else None
+        if mem is None:
+            raise UserError(f"--init {init_art.path}: model has no memory of posterior samples "
+                            "(use --prior-sampler langevin)")
+        if init_art.meta.get("data_content_sha256") != data.content_sha256 or mem.shape != (n, nz):
+            raise UserError(f"--init {init_art.path}: its memory belongs to another dataset than --data "
+                            "(content sha256 differs); pass the same --data or use --prior-sampler langevin")
+        read_memory = mem.to(dev)
+    opt_g, sched_g = adam(model.generator.parameters(), cfg.opt_g)
+    hist = History()
+    stage_losses: list[list[float]] = []
+    write_memory = torch.zeros(n, nz, device=dev)
+    for s in range(cfg.stages):
+        k = k0 + s
+        r = prior.new_ratio().to(dev)
+        opt_r, _ = adam(r.parameters(), cfg.opt_r)
+        write_memory = torch.zeros(n, nz, device=dev)
+        mem_gen = torch.Generator(device="cpu").manual_seed(ctx.seed * 7919 + k)
+
+        def negatives(m: int, it: int) -> torch.Tensor:
+            if k == 0:
+                return torch.randn(m, nz, device=dev)  # p_0 = N(0, I) exactly
+            if read_memory is not None:
+                rows = torch.randint(0, n, (m,), generator=mem_gen).to(dev)
+                return read_memory[rows]
+            z, _ = langevin(prior.log_prob, prior.base_sample(m, dev), cfg.prior.steps, cfg.prior.step_size,
+                            noise=cfg.prior.noise, freeze=[prior], what=f"prior Langevin (stage {k}, iteration {it + 1})")
+            return z
+
+        def step(idx, x, it):
+            z_pos, _ = model.infer(x, what=f"posterior Langevin (stage {k}, iteration {it + 1})")
+            loss_g = -model.log_lik(x, z_pos).mean()
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            z_neg = negatives(len(x), it)
+            lr_pos, lr_neg = r(z_pos), r(z_neg)
+            loss_r = nce_loss(lr_pos, lr_neg)
+            opt_r.zero_grad(set_to_none=True)
+            loss_r.backward()
+            opt_r.step()
+            write_memory[idx.to(dev)] = z_pos
+            return {"loss_g": loss_g.detach(), "nce": loss_r.detach(), "log_r_pos": lr_pos.mean().detach(),
+                    "log_r_neg": lr_neg.mean().detach()}
+
+        before = len(hist.epochs.get("nce", []))
+        train_loop(ctx, data, epochs=cfg.epochs_per_stage, batch_size=cfg.batch_size, step=step, schedulers=[sched_g],
+                   history=hist, label=f"{method} stage {k}", log_every=cfg.log_every, epoch_offset=s * cfg.epochs_per_stage)
+        stage_losses.append(hist.epochs["nce"][before:])
+        prior.add_stage(r)  # freeze r_k: it is now part of p_{k+1}
+        read_memory = write_memory  # swap: this stage's posterior samples are the next stage's negatives
+    tensors = {"memory": write_memory.detach().cpu()}
+    tensors.update({f"history.stage{k0 + i}.nce": torch.tensor(v) for i, v in enumerate(stage_losses)})
+    meta = {"stages_total": len(prior.stages), "stages_added": cfg.stages, "data_content_sha256": data.content_sha256,
+            "nce_final_per_stage": [v[-1] for v in stage_losses]}
+    return FitResult(model, hist, tensors, meta)
+
+
+def _fit_non_adaptive(cfg, data, model, k0, init, ctx) -> FitResult:
+    """TRE-style waymark ablation: generator fixed, posterior under p0, ratios between linear-mixing waymarks."""
+    if init is None or not isinstance(init.prior, GaussianPrior):
+        raise UserError("--non-adaptive needs --init a pretrained generator (the 0-stage model under N(0, I))")
+    prior: RatioProductPrior = model.prior
+    dev, m = ctx.device, cfg.stages
+    base = latent_model(model.generator, GaussianPrior(prior.nz), cfg.sigma, model.image_shape,
+                        posterior=cfg.posterior, sampling=cfg.sampling, method="pretrain").to(dev)
+    alphas = [j / m for j in range(m + 1)]
+    hist = History()
+    stage_losses = []
+    model.generator.requires_grad_(False)
+    for j in range(m):
+        r = prior.new_ratio().to(dev)
+        opt_r, _ = adam(r.parameters(), cfg.opt_r)
+        a0, a1 = alphas[j], alphas[j + 1]
+
+        def step(idx, x, it):
+            z_pos, _ = base.infer(x, what=f"posterior Langevin (waymark {j}, iteration {it + 1})")
+            z_neg = torch.randn_like(z_pos)
+            w_neg = math.sqrt(1 - a0**2) * z_neg + a0 * z_pos
+            w_pos = math.sqrt(1 - a1**2) * z_neg + a1 * z_pos
+            lp, ln = r(w_pos), r(w_neg)
+            loss = nce_loss(lp, ln)
+            opt_r.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_r.step()
+            return {"nce": loss.detach(), "log_r_pos": lp.mean().detach(), "log_r_neg": ln.mean().detach()}
+
+        before = len(hist.epochs.get("nce", []))
+        train_loop(ctx, data, epochs=cfg.epochs_per_stage, batch_size=cfg.batch_size, step=step, history=hist,
+                   label=f"non-adaptive ratio {j}", log_every=cfg.log_every, epoch_offset=j * cfg.epochs_per_stage)
+        stage_losses.append(hist.epochs["nce"][before:])
+        prior.add_stage(r)
+    model.generator.requires_grad_(True)
+    tensors = {f"history.stage{i}.nce": torch.tensor(v) for i, v in enumerate(stage_losses)}
+    meta = {"stages_total": len(prior.stages), "stages_added": m, "non_adaptive": True,
+            "waymarks": alphas, "nce_final_per_stage": [v[-1] for v in stage_losses]}
+    return FitResult(model, hist, tensors, meta)
+
+
+class NCEConfig(AdaptiveNCEConfig):
+    stages: int = Field(1, ge=1, le=1, description="plain NCE is the one-stage case")
+
+
+@register_method("nce", NCEConfig, "single-stage NCE (adaptive-nce with --stages 1)")
+def fit_nce(cfg, data, init, init_art, ctx) -> FitResult:
+    return fit(cfg, data, init, init_art, ctx, method="nce")

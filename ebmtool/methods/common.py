@@ -1,0 +1,152 @@
+"""Shared parts of every training method: device, seeding, the epoch/batch loop, progress, divergence checks.
+
+A method is a config class plus a ``fit`` function that builds its modules and hands a per-batch
+``step(idx, x) -> {name: scalar tensor}`` to :func:`train_loop`; nothing else about looping is repeated.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+from ebmtool.config import Optim
+from ebmtool.errors import DivergenceError, UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available on this machine")
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError("--device mps: no MPS device is available on this machine")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def adam(params: Iterable[nn.Parameter], o: Optim) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    opt = torch.optim.Adam(list(params), lr=o.lr, betas=(o.beta1, o.beta2))
+    return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=o.decay)
+
+
+def check_finite(where: str, values: dict[str, torch.Tensor], hint: str = "try a smaller Langevin step size or learning rate") -> None:
+    for name, v in values.items():
+        if not bool(torch.isfinite(v).all()):
+            raise DivergenceError(f"{where}: {name} is non-finite ({hint}); nothing was written")
+
+
+@dataclass
+class TrainData:
+    x: torch.Tensor  # (N, C, H, W) float in [-1, 1] on the training device
+    labels: torch.Tensor
+    content_sha256: str
+    parent: dict[str, Any]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+
+@dataclass
+class RunContext:
+    device: torch.device
+    quiet: bool = False
+    seed: int = 0
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class History:
+    """Per-iteration scalars (kept as Python floats) plus per-epoch means."""
+
+    steps: dict[str, list[float]] = field(default_factory=dict)
+    epochs: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.steps.setdefault(k, []).append(v)
+
+    def close_epoch(self, since: int) -> dict[str, float]:
+        means = {}
+        for k, vs in self.steps.items():
+            part = vs[since:]
+            if part:
+                means[k] = sum(part) / len(part)
+                self.epochs.setdefault(k, []).append(means[k])
+        return means
+
+    def tensors(self, prefix: str = "history") -> dict[str, torch.Tensor]:
+        return {f"{prefix}.{k}": torch.tensor(v, dtype=torch.float32) for k, v in self.epochs.items()}
+
+    def summary(self) -> dict[str, float]:
+        return {k: v[-1] for k, v in self.epochs.items() if v}
+
+
+def batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    return [perm[i: i + batch_size] for i in range(0, n, batch_size)]
+
+
+def train_loop(
+    ctx: RunContext,
+    data: TrainData,
+    *,
+    epochs: int,
+    batch_size: int,
+    step: Callable[[torch.Tensor, torch.Tensor, int], dict[str, torch.Tensor]],
+    schedulers: Iterable[Any] = (),
+    history: Optional[History] = None,
+    label: str = "train",
+    log_every: int = 0,
+    epoch_offset: int = 0,
+) -> History:
+    """Run ``epochs`` passes over the data in shuffled batches (seeded per epoch), calling
+    ``step(idx, x, iteration)``; checks every returned scalar for NaN/Inf, decays learning rates per epoch."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    history = history or History()
+    schedulers = list(schedulers)
+    n = len(data.x)
+    n_batches = math.ceil(n / batch_size)
+    show = not ctx.quiet and sys.stderr.isatty()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[msg]}"), disable=not show, transient=True)
+    it = epoch_offset * n_batches
+    with progress:
+        task = progress.add_task(label, total=epochs * n_batches, msg="")
+        for e in range(epochs):
+            epoch = epoch_offset + e
+            gen = torch.Generator().manual_seed(ctx.seed * 100003 + epoch)
+            since = len(next(iter(history.steps.values()), []))
+            t0 = time.perf_counter()
+            for idx in batches(n, batch_size, gen):
+                out = step(idx, data.x[idx.to(data.x.device)], it)
+                check_finite(f"{label} epoch {epoch + 1} iteration {it + 1}", out)
+                vals = {k: float(v) for k, v in out.items()}
+                history.add(vals)
+                it += 1
+                if log_every and it % log_every == 0:
+                    ctx.log(f"[{label}] it {it} " + " ".join(f"{k}={v:.4g}" for k, v in vals.items()))
+                progress.update(task, advance=1, msg=" ".join(f"{k}={v:.3g}" for k, v in list(vals.items())[:3]))
+            for s in schedulers:
+                s.step()
+            means = history.close_epoch(since)
+            ctx.log(f"[{label}] epoch {epoch + 1} ({time.perf_counter() - t0:.1f}s) "
+                    + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+    return history

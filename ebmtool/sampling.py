@@ -1,0 +1,119 @@
+"""The one Langevin sampler of ebmtool (and sampling-importance-resampling).
+
+Convention (LEBM code; the step sizes reported by the LEBM and adaptive-NCE papers are meant in it)::
+
+    z <- z + (s^2 / 2) * grad_z log pi(z) + s * eps,      eps ~ N(0, I)
+
+``log_pi`` is any differentiable function returning one log-density per chain, shape (B,). Latents are one
+tensor (B, d) or a tuple of tensors for multi-layer models (all layers move jointly). Inside a chain only
+grad_z is computed: one backward pass per step, no parameter gradients (parameters are frozen for the
+duration of the chain), no graph kept between steps, no host synchronisation until the chain ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence, Union
+
+import torch
+from torch import nn
+
+from ebmtool.errors import DivergenceError
+
+Latent = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+LogDensity = Callable[[Latent], torch.Tensor]
+
+
+@contextlib.contextmanager
+def frozen(modules: Iterable[nn.Module]):
+    """Temporarily stop parameters from requiring grad, so a chain builds no weight-gradient graph."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _as_tuple(z: Latent) -> tuple[torch.Tensor, ...]:
+    return z if isinstance(z, tuple) else (z,)
+
+
+def _like(template: Latent, zs: Sequence[torch.Tensor]) -> Latent:
+    return tuple(zs) if isinstance(template, tuple) else zs[0]
+
+
+@dataclass
+class Trajectory:
+    """Every ``every``-th state of a chain (step 0 = the start) and its log-density per chain."""
+
+    steps: list[int] = field(default_factory=list)
+    states: list[tuple[torch.Tensor, ...]] = field(default_factory=list)
+    log_probs: list[torch.Tensor] = field(default_factory=list)
+
+    def stacked_log_probs(self) -> torch.Tensor:  # (T, B)
+        return torch.stack(self.log_probs)
+
+
+def langevin(
+    log_pi: LogDensity,
+    z0: Latent,
+    steps: int,
+    step_size: float,
+    *,
+    noise: bool = True,
+    freeze: Iterable[nn.Module] = (),
+    record_every: int = 0,
+    what: str = "Langevin chain",
+) -> tuple[Latent, Trajectory | None]:
+    """Run ``steps`` Langevin steps on ``log_pi`` from ``z0``; returns the final latents (detached).
+
+    ``freeze``: modules whose parameters must not collect gradients inside the chain.
+    ``record_every`` > 0 records the state and log-density every k-th step (and the last one).
+    Raises :class:`DivergenceError` if the chain ends non-finite (one check per chain, not per step).
+    """
+    if steps < 0:
+        raise ValueError("steps must be >= 0")
+    zs = [t.detach().clone() for t in _as_tuple(z0)]
+    traj = Trajectory() if record_every > 0 else None
+    half_s2 = 0.5 * step_size * step_size
+    with frozen(freeze), torch.enable_grad():
+        for i in range(steps + (1 if traj is not None else 0)):
+            for t in zs:
+                t.requires_grad_(True)
+            lp = log_pi(_like(z0, zs))  # (B,)
+            if traj is not None and (i % record_every == 0 or i == steps):
+                traj.steps.append(i)
+                traj.states.append(tuple(t.detach().clone() for t in zs))
+                traj.log_probs.append(lp.detach().clone())
+            if i == steps:
+                break
+            grads = torch.autograd.grad(lp.sum(), zs)
+            with torch.no_grad():
+                new = []
+                for t, g in zip(zs, grads):
+                    t = t.detach().add_(g, alpha=half_s2)
+                    if noise:
+                        t.add_(torch.randn_like(t), alpha=step_size)
+                    new.append(t)
+                zs = new
+    zs = [t.detach() for t in zs]
+    if not all(bool(torch.isfinite(t).all()) for t in zs):
+        raise DivergenceError(
+            f"{what}: latents became non-finite after {steps} steps of size {step_size} "
+            "(try a smaller step size or fewer steps)"
+        )
+    return _like(z0, zs), traj
+
+
+def sir(log_weight: Callable[[torch.Tensor], torch.Tensor], proposals: torch.Tensor, n: int) -> torch.Tensor:
+    """Sampling-importance-resampling: resample ``n`` of the proposals (drawn from p0) with weights
+    proportional to exp(log_weight(z)) = p(z)/p0(z) (up to a constant)."""
+    with torch.no_grad():
+        lw = log_weight(proposals)
+        w = torch.softmax(lw - lw.max(), dim=0)
+        idx = torch.multinomial(w, n, replacement=True)
+    return proposals[idx]

@@ -1,0 +1,241 @@
+"""One library function per CLI stage: open inputs through one helper, do one thing, write one artifact.
+
+The CLI (:mod:`ebmtool.cli`) only parses options and prints; everything here is importable and scriptable.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ebmtool import artifacts
+from ebmtool.data import DataConfig, load_images, prepare
+from ebmtool.errors import UserError
+from ebmtool.methods import METHODS, FitResult
+from ebmtool.methods.common import RunContext, TrainData, resolve_device, seed_everything
+from ebmtool.models import LatentModel, Model, load_model, model_tensors
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def batched(fn, x: torch.Tensor, batch_size: int, device: torch.device):
+    """Apply fn to batches of x on the device; concatenate (tensors or tuples of tensors) on the CPU."""
+    outs = [fn(x[i: i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
+    first = outs[0]
+    if isinstance(first, tuple):
+        return tuple(_cat([o[j] for o in outs]) for j in range(len(first)))
+    return _cat(outs)
+
+
+def _cat(parts):
+    if parts[0] is None:
+        return None
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat([p[j].cpu() for p in parts]) for j in range(len(parts[0])))
+    return torch.cat([p.cpu() for p in parts])
+
+
+def _latent_tensors(z, prefix: str = "latents") -> dict[str, torch.Tensor]:
+    if z is None:
+        return {}
+    if isinstance(z, tuple):
+        return {f"{prefix}.{i + 1}": t for i, t in enumerate(z)}
+    return {prefix: z}
+
+
+# ----------------------------------------------------------------------------------------------------------
+def data_prepare(cfg: DataConfig, out: str, force: bool = False) -> dict[str, Any]:
+    artifacts.check_output(out, force)
+    tensors, meta = prepare(cfg)
+    artifacts.save(out, "dataset", tensors, config=cfg, meta=meta, force=force)
+    return {"output": str(out), **{k: meta[k] for k in ("dataset", "split", "n", "image_shape", "classes")}}
+
+
+def open_training_data(path: str, device: torch.device) -> TrainData:
+    x, labels, art = load_images(path, what="--data")
+    if art.kind != "dataset":
+        raise UserError(f"{art.path}: training needs a dataset artifact, got {art.kind}")
+    sha = art.meta.get("content_sha256") or artifacts.tensor_sha256(art.tensors["images"], art.tensors.get("labels", labels))
+    return TrainData(x.to(device), labels, sha, art.as_parent())
+
+
+def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str] = None, force: bool = False,
+          quiet: bool = False) -> dict[str, Any]:
+    """Fit ``method`` with the resolved ``cfg`` on ``data_path``; write a model artifact to ``out``."""
+    spec = METHODS[method]
+    artifacts.check_output(out, force)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    data = open_training_data(data_path, device)
+    init = init_art = None
+    if init_path is not None:
+        init, init_art = load_model(init_path, what="--init", device=device)
+        init.train()
+    ctx = RunContext(device=device, quiet=quiet, seed=cfg.seed)
+    t0 = time.perf_counter()
+    res: FitResult = spec.fit(cfg, data, init, init_art, ctx)
+    wall = time.perf_counter() - t0
+    model = res.model
+    tensors = {**model_tensors(model), **res.history.tensors(), **res.tensors}
+    meta = {
+        "model": model.spec(), "method": method, "image_shape": list(data.image_shape),
+        "data_content_sha256": data.content_sha256, "n_train": len(data.x),
+        "final": res.history.summary(), "wall_time_s": round(wall, 2), "device": str(device),
+        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, **res.meta,
+    }
+    parents = [data.parent] + ([init_art.as_parent()] if init_art is not None else [])
+    artifacts.save(out, "model", tensors, config=cfg, meta=meta, parents=parents, force=True)
+    return {"output": str(out), "method": method, "wall_time_s": round(wall, 2), **res.history.summary(),
+            **{k: v for k, v in res.meta.items() if k != "data_content_sha256"}}
+
+
+# ----------------------------------------------------------------------------------------------------------
+def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional[str] = None,
+           steps: Optional[int] = None, step_size: Optional[float] = None, sampler: Optional[str] = None,
+           trajectory_every: int = 0, trajectory_png: Optional[str] = None, seed: int = 0, device: str = "auto",
+           force: bool = False) -> dict[str, Any]:
+    if out is None and grid is None:
+        raise UserError("sample: give -o FILE.safetensors and/or --grid FILE.png")
+    if n < 1:
+        raise UserError("-n: the number of samples must be at least 1")
+    for p in (out, grid, trajectory_png):
+        if p is not None:
+            artifacts.check_output(p, force)
+    if trajectory_png is not None and trajectory_every < 1:
+        raise UserError("--trajectory-png needs --trajectory K (record every K-th step)")
+    dev = resolve_device(device)
+    seed_everything(seed)
+    model, art = load_model(model_path, device=dev)
+    if sampler == "sir" and not getattr(getattr(model, "prior", None), "supports_sir", False):
+        raise UserError(f"--sampler sir: not available for a {model.method} model")
+    res = model.sample(n, steps=steps, step_size=step_size, sampler=sampler, record_every=trajectory_every)
+    images = _to_uint8(res.images.cpu())
+    tensors = {"images": images, **_latent_tensors(res.latents if not isinstance(res.latents, torch.Tensor) else res.latents.cpu())}
+    meta: dict[str, Any] = {"n": n, "image_shape": list(images.shape[1:]), "model_method": model.method,
+                            "steps": steps, "step_size": step_size, "sampler": sampler}
+    if res.trajectory is not None:
+        tr = res.trajectory
+        tensors["trajectory.steps"] = torch.tensor(tr.steps)
+        tensors["trajectory.log_prob"] = tr.stacked_log_probs().cpu()
+        with torch.no_grad():
+            from ebmtool.models import bottom
+
+            tensors["trajectory.images"] = torch.stack(
+                [_to_uint8(model.generator(bottom(s if len(s) > 1 else s[0]))[:8].cpu()) for s in tr.states])
+    if out is not None:
+        artifacts.save(out, "samples", tensors, meta=meta, parents=[art], force=True)
+    if grid is not None:
+        save_grid(images, grid)
+    if trajectory_png is not None:
+        t = tensors["trajectory.images"]  # (T, 8, C, H, W): rows = chains, columns = time
+        save_grid(t.transpose(0, 1).reshape(-1, *t.shape[2:]), trajectory_png, nrow=t.shape[0])
+    return {"output": out, "grid": grid, "n": n, "image_shape": list(images.shape[1:])}
+
+
+def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None) -> None:
+    """PNG grid through torchvision's save_image (written atomically)."""
+    import math
+    import os
+    import tempfile
+
+    from torchvision.utils import save_image
+
+    nrow = nrow or max(1, int(math.sqrt(len(images_u8))))
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".png", dir=p.parent if str(p.parent) else ".")
+    os.close(fd)
+    try:
+        save_image(images_u8[:256].float() / 255.0, tmp, nrow=nrow, padding=1, format="png")
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _check_fits(model: Model, x: torch.Tensor, data_path: str) -> None:
+    if tuple(x.shape[1:]) != tuple(model.image_shape):
+        raise UserError(f"{data_path}: images are {tuple(x.shape[1:])} but the model makes {tuple(model.image_shape)}")
+
+
+def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, grid: Optional[str] = None,
+                steps: Optional[int] = None, step_size: Optional[float] = None, batch_size: int = 500,
+                limit: Optional[int] = None, seed: int = 0, device: str = "auto", force: bool = False) -> dict[str, Any]:
+    for p in (out, grid):
+        if p is not None:
+            artifacts.check_output(p, force)
+    dev = resolve_device(device)
+    seed_everything(seed)
+    model, art = load_model(model_path, device=dev)
+    x, labels, data_art = load_images(data_path)
+    if limit is not None:
+        x, labels = x[:limit], labels[:limit]
+    _check_fits(model, x, data_path)
+    xhat, z = batched(lambda b: model.reconstruct(b, steps=steps, step_size=step_size), x, batch_size, dev)
+    per = (xhat - x).pow(2).flatten(1).mean(1)
+    res = {"mse": float(per.mean()), "rmse": float(per.mean().sqrt()), "n": len(x),
+           "pixel_range": "[-1, 1]", "model_method": model.method}
+    if out is not None:
+        artifacts.save(out, "reconstructions", {"images": _to_uint8(xhat), "mse": per, "labels": labels,
+                                                **_latent_tensors(z)},
+                       meta=res, parents=[art, data_art], force=True)
+    if grid is not None:
+        k = min(32, len(x))
+        pairs = torch.stack([_to_uint8(x[:k]), _to_uint8(xhat[:k])], 1).reshape(-1, *x.shape[1:])
+        save_grid(pairs, grid, nrow=16)
+    return {**res, "output": out, "grid": grid}
+
+
+def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = None, ood_path: Optional[str] = None,
+            out: Optional[str] = None, steps: Optional[int] = None, step_size: Optional[float] = None,
+            batch_size: int = 500, seed: int = 0, device: str = "auto", force: bool = False,
+            pr_png: Optional[str] = None) -> dict[str, Any]:
+    from ebmtool.eval.anomaly import binary_labels, metrics
+
+    if (positive is None) == (ood_path is None):
+        raise UserError("anomaly: give exactly one of --anomaly-class/--labels-positive or --ood-data")
+    for p in (out, pr_png):
+        if p is not None:
+            artifacts.check_output(p, force)
+    dev = resolve_device(device)
+    seed_everything(seed)
+    model, art = load_model(model_path, device=dev)
+    x, labels, data_art = load_images(data_path)
+    _check_fits(model, x, data_path)
+    parents = [art, data_art]
+    if ood_path is not None:
+        xo, _, ood_art = load_images(ood_path, what="--ood-data")
+        _check_fits(model, xo, ood_path)
+        x = torch.cat([x, xo])
+        y = torch.cat([torch.zeros(len(x) - len(xo), dtype=torch.long), torch.ones(len(xo), dtype=torch.long)])
+        parents.append(ood_art)
+    else:
+        y = binary_labels(labels, positive)
+    scores = batched(lambda b: model.anomaly_score(b, steps=steps, step_size=step_size), x, batch_size, dev)
+    m = metrics(y, scores)
+    res = {**m.as_dict(), "model_method": model.method, "score": "-log p(x, z) at posterior samples"
+           if isinstance(model, LatentModel) else getattr(model, "score_name", "anomaly score"),
+           "anomaly_classes": positive, "ood_data": ood_path}
+    if out is not None:
+        artifacts.save(out, "scores", {"scores": scores.double(), "labels": y}, meta=res, parents=parents, force=True)
+    if pr_png is not None:
+        from ebmtool.eval.plots import pr_curve_png
+
+        pr_png and pr_curve_png(y.numpy(), scores.numpy(), pr_png)
+    return {**res, "output": out}
+
+
+# ----------------------------------------------------------------------------------------------------------
+def inspect(path: str) -> dict[str, Any]:
+    art = artifacts.load(path)
+    return {
+        "path": str(art.path), "kind": art.kind, "version": art.version, "format": artifacts.FORMAT,
+        "sha256": art.sha256, "parents": art.parents, "meta": art.meta, "config": art.config,
+        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in art.tensors.items()},
+    }
