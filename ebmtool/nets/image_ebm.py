@@ -1,0 +1,126 @@
+"""BiDVL's three networks (seed 003, Sec. 4.3 and 5; layer lists of the authors' ``ConvE`` and ``VAE``).
+
+* :class:`ImageEnergy` E_psi(v): (B, C, S, S) -> (B,), an *energy* (low on data), softplus output so E >= 0;
+  every conv is spectrally normalised (``torch.nn.utils.parametrizations.spectral_norm``), LeakyReLU 0.1.
+* :class:`GaussianEncoder` q_w1(h|v) = N(mu(v), diag exp(logvar(v))): (B, C, S, S) -> mu, logvar (B, nz);
+  conv + batch norm + LeakyReLU 0.2.
+* :class:`ImageGenerator` G_w2(h): (B, nz) -> (B, C, S, S) in [-1, 1]; DCGAN-like transposed convs + batch norm
+  + ReLU, tanh output.
+
+Image sizes S = 8, 32, 64 (any power of two >= 8); one stride-2 level per halving from S down to 4, so the
+authors' 32 and 64 layouts come out exactly and 8x8 (scikit-learn digits) has one level. Channels 1 or 3.
+Widths are multiples of a base width (``ndf`` / ``nef`` / ``ngf``) doubling per level. Weights start as in the
+authors' code: conv weights N(0, 0.02), batch-norm scale 1 and shift 0. No training logic here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+def levels(size: int) -> int:
+    """Number of stride-2 levels from ``size`` down to a 4x4 map (8 -> 1, 32 -> 3, 64 -> 4)."""
+    n = int(round(math.log2(size))) if size > 0 else -1
+    if size < 8 or 2**n != size:
+        raise ValueError(f"image size {size} is not supported (powers of two >= 8: 8, 32, 64)")
+    return n - 2
+
+
+def dcgan_init(module: nn.Module) -> nn.Module:
+    """Conv / transposed-conv weights ~ N(0, 0.02); batch norm scale 1, shift 0 (biases keep torch's init)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return module
+
+
+class ImageEnergy(nn.Module):
+    """E_psi(v) = softplus(f(v)).
+
+    f: conv3x3 (C -> d), then per level l = 0..L-1: conv4x4/2 (w_l -> w_l) and conv3x3 (w_l -> 2 w_l), w_l = d 2^l
+    (the last conv3x3 of the chain ends at d 2^L); conv4x4 valid (4x4 -> 1x1), then a 1x1 conv + LeakyReLU and a
+    1x1 conv to one number. All convs spectrally normalised. (The authors' code has no activation between the
+    valid 4x4 conv and the first 1x1 conv, i.e. two linear maps in a row; here they are separated by LeakyReLU.)
+    """
+
+    def __init__(self, channels: int, size: int, ndf: int = 64, slope: float = 0.1):
+        super().__init__()
+        L = levels(size)
+        act = lambda: nn.LeakyReLU(slope)  # noqa: E731
+        layers: list[nn.Module] = [nn.Conv2d(channels, ndf, 3, 1, 1), act()]
+        w = ndf
+        for _ in range(L):
+            layers += [nn.Conv2d(w, w, 4, 2, 1), act(), nn.Conv2d(w, 2 * w, 3, 1, 1), act()]
+            w *= 2
+        layers += [nn.Conv2d(w, w, 4, 1, 0), act(), nn.Conv2d(w, w, 1), act(), nn.Conv2d(w, 1, 1)]
+        dcgan_init(nn.Sequential(*layers))
+        self.net = nn.Sequential(*[spectral_norm(m) if isinstance(m, nn.Conv2d) else m for m in layers])
+        self.channels, self.size, self.ndf, self.slope = channels, size, ndf, slope
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:  # (B, C, S, S) -> (B,) energy >= 0
+        return nn.functional.softplus(self.net(v).flatten(1).squeeze(1))
+
+    def spec(self) -> dict[str, Any]:
+        return {"channels": self.channels, "size": self.size, "ndf": self.ndf, "slope": self.slope}
+
+
+class GaussianEncoder(nn.Module):
+    """q_w1(h|v) = N(mu(v), diag exp(logvar(v))).
+
+    conv3x3 (C -> e) + BN + LeakyReLU, then per level conv4x4/2 doubling the width + BN + LeakyReLU, then two
+    4x4 valid convs (4x4 -> 1x1) for mu and logvar.
+    """
+
+    def __init__(self, channels: int, size: int, nz: int = 100, nef: int = 48, slope: float = 0.2):
+        super().__init__()
+        L = levels(size)
+        layers: list[nn.Module] = [nn.Conv2d(channels, nef, 3, 1, 1, bias=False), nn.BatchNorm2d(nef), nn.LeakyReLU(slope)]
+        w = nef
+        for _ in range(L):
+            layers += [nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * w), nn.LeakyReLU(slope)]
+            w *= 2
+        self.net = nn.Sequential(*layers)
+        self.mu = nn.Conv2d(w, nz, 4, 1, 0)
+        self.logvar = nn.Conv2d(w, nz, 4, 1, 0)
+        dcgan_init(self)
+        self.channels, self.size, self.nz, self.nef, self.slope = channels, size, nz, nef, slope
+
+    def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, C, S, S) -> 2 x (B, nz)
+        a = self.net(v)  # (B, w, 4, 4)
+        return self.mu(a).flatten(1), self.logvar(a).flatten(1)
+
+    def spec(self) -> dict[str, Any]:
+        return {"channels": self.channels, "size": self.size, "nz": self.nz, "nef": self.nef, "slope": self.slope}
+
+
+class ImageGenerator(nn.Module):
+    """G_w2(h): convT4x4 (1x1 -> 4x4, nz -> g 2^L) + BN + ReLU, then per level l convT4x4/2 (width g 2^L for
+    l = 0, halving after) + BN + ReLU, then convT3x3/1 (2g -> C) and tanh."""
+
+    def __init__(self, channels: int, size: int, nz: int = 100, ngf: int = 48):
+        super().__init__()
+        L = levels(size)
+        w = ngf * 2**L
+        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, w, 4, 1, 0, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+        for i in range(L):
+            out = w if i == 0 else w // 2
+            layers += [nn.ConvTranspose2d(w, out, 4, 2, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            w = out
+        layers += [nn.ConvTranspose2d(w, channels, 3, 1, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        dcgan_init(self)
+        self.channels, self.size, self.nz, self.ngf = channels, size, nz, ngf
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, nz) -> (B, C, S, S) in [-1, 1]
+        return self.net(h.reshape(h.shape[0], self.nz, 1, 1))
+
+    def spec(self) -> dict[str, Any]:
+        return {"channels": self.channels, "size": self.size, "nz": self.nz, "ngf": self.ngf}
