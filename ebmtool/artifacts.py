@@ -75,7 +75,7 @@ def tensor_sha256(*tensors: torch.Tensor) -> str:
         t = t.detach().cpu().contiguous()
         h.update(str(tuple(t.shape)).encode())
         h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -89,6 +89,8 @@ def check_output(path: str | os.PathLike, force: bool) -> Path:
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.exists():
         raise UserError(f"{p}: output folder {parent} does not exist")
+    if not parent.is_dir():
+        raise UserError(f"{p}: output folder {parent} is not a folder")
     if not os.access(parent, os.W_OK):
         raise UserError(f"{p}: output folder {parent} is not writable")
     return p
@@ -130,12 +132,19 @@ def save(
     os.close(fd)
     try:
         save_file(clean, tmp, metadata=md)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return p
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _shares_storage(t: torch.Tensor, others: Mapping[str, torch.Tensor]) -> bool:

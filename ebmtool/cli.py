@@ -128,12 +128,13 @@ def data_prepare(
     emit(stages.data_prepare(cfg, str(output), force), as_json, "dataset")
 
 
-def _train(method: str, flags: dict[str, Any], sets, preset, config, data, init, output, force, quiet, as_json):
+def _train(method: str, flags: dict[str, Any], sets, preset, config, data, init, output, force, quiet, as_json,
+           fit_prior: bool = True):
     from ebmtool import stages
     from ebmtool.config import deep_merge, resolve
     from ebmtool.methods import METHODS
 
-    if method not in METHODS or (method != "pretrain" and not METHODS[method].fit_prior):
+    if method not in METHODS or METHODS[method].fit_prior != fit_prior:
         choices = ", ".join(k for k, m in METHODS.items() if m.fit_prior)
         raise UserError(f"--method: unknown method {method!r} (choose from {choices})")
     cfg = resolve(METHODS[method].config, method=method, preset=preset, toml=config,
@@ -164,7 +165,7 @@ def pretrain_generator(
     """Train a generator under N(0, I) with short-run posterior Langevin (the "0 stages" model)."""
     flags = {"epochs": epochs, "batch_size": batch_size, "generator.arch": arch, "generator.nz": nz, "seed": seed,
              "device": device}
-    _train("pretrain", flags, sets, preset, config, data, init, output, force, quiet, as_json)
+    _train("pretrain", flags, sets, preset, config, data, init, output, force, quiet, as_json, fit_prior=False)
 
 
 def _method_help() -> str:
@@ -297,6 +298,58 @@ def anomaly(
                          steps=steps, step_size=step_size, batch_size=batch_size, seed=seed, device=device,
                          force=force, pr_png=_s(pr_curve))
     emit(res, as_json, "anomaly")
+
+
+@app.command("fid")
+def fid(
+    samples: Path = typer.Option(..., "--samples", help="samples (or dataset) artifact"),
+    ref: Path = typer.Option(..., "--ref", help="reference dataset/samples artifact, or a statistics .npz"),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (else the torch hub cache)"),
+    features: Optional[Path] = typer.Option(None, "--features", help="features artifact from `ebmtool train-features` (dataset-specific FID)"),
+    batch_size: int = typer.Option(50, "--batch-size", min=1),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="where reference statistics are cached"),
+    device: str = typer.Option("auto", "--device"),
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Fréchet distance between samples and a reference (pytorch-fid InceptionV3 pool3, or --features)."""
+    from ebmtool.eval import fid as F
+    from ebmtool.methods.common import resolve_device
+
+    dev = str(resolve_device(device))
+    if features is not None and inception_weights is not None:
+        raise UserError("give --features or --inception-weights, not both")
+    ex = F.ClassifierExtractor(str(features), device=dev) if features is not None else \
+        F.InceptionExtractor(weights_path=_s(inception_weights), device=dev)
+    res = F.fid(str(samples), str(ref), ex, batch_size=batch_size,
+                cache_dir=str(cache_dir) if cache_dir else F.default_cache_dir(), progress=not quiet and sys.stderr.isatty())
+    for w in res.warnings:
+        print(f"ebmtool: warning: {w}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(res.to_dict(), default=str))
+    else:
+        out_console.print(f"FID {res.value:.4f}")
+        out_console.print(res.protocol_line())
+
+
+@app.command("train-features")
+def train_features(
+    data: Path = typer.Option(..., "--data", help="labelled dataset artifact"),
+    output: Path = OutOpt,
+    epochs: int = typer.Option(5, "--epochs", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Train a small classifier whose penultimate layer is a dataset-specific FID feature space."""
+    from ebmtool.eval import fid as F
+    from ebmtool.methods.common import resolve_device
+
+    res = F.train_features(str(data), str(output), epochs, seed, device=str(resolve_device(device)), force=force,
+                           progress=not quiet and sys.stderr.isatty())
+    emit({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(res).items()}, as_json, "features")
 
 
 @app.command("inspect")

@@ -48,6 +48,7 @@ class Optim(Strict):
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     decay: float = Field(1.0, gt=0, le=1, description="learning-rate factor per epoch (ExponentialLR)")
+    weight_decay: float = Field(0.0, ge=0, description="Adam L2 weight decay")
 
 
 class StageCommon(Strict):
@@ -77,24 +78,35 @@ PRESETS: dict[str, dict[str, Any]] = {
             "energy": {"hidden": 32},
             "posterior": {"steps": 10},
             "prior": {"steps": 15},
+            "opt_g": {"lr": 1e-3},
         },
-        "adaptive-nce": {"epochs_per_stage": 1},
+        "mle": {"opt_e": {"lr": 2e-4}},
+        "adaptive-nce": {"epochs_per_stage": 1, "opt_r": {"lr": 5e-4}},
+        "nce": {"epochs_per_stage": 1, "opt_r": {"lr": 5e-4}},
+        "bidvl": {"ebm": {"ndf": 16}, "encoder": {"nef": 16}},
     },
     "cpu": {
-        "description": "a 2-core CPU in minutes per model: small nets (nz 16, ngf 32), 20 epochs",
+        "description": "a 2-core CPU in minutes per model: small nets (nz 16, ngf 32), 20 epochs, "
+                       "10x the papers' learning rates (they run ~100x more iterations)",
         "common": {
             "epochs": 20,
             "batch_size": 100,
             "generator": {"nz": 16, "ngf": 32},
             "energy": {"hidden": 200},
+            "opt_g": {"lr": 1e-3},
         },
-        "adaptive-nce": {"epochs_per_stage": 5},
+        "mle": {"opt_e": {"lr": 2e-4}},
+        "adaptive-nce": {"epochs_per_stage": 5, "opt_r": {"lr": 5e-4}},
+        "nce": {"epochs_per_stage": 5, "opt_r": {"lr": 5e-4}},
+        "bidvl": {"ebm": {"ndf": 32}, "encoder": {"nef": 32}},
     },
     "paper": {
         "description": "the papers' settings (GPU): full-size generators, paper epochs and chain lengths",
         "common": {"epochs": 100, "batch_size": 100, "generator": {"nz": 100, "ngf": 64}},
         "mle": {"epochs": 200},
         "adaptive-nce": {"epochs_per_stage": 25, "posterior": {"steps": 30}},
+        "nce": {"epochs_per_stage": 100, "posterior": {"steps": 30}},
+        "bidvl": {"epochs": 600, "generator": {"nz": 100, "ngf": 48}, "encoder": {"nef": 48}, "ebm": {"ndf": 64}},
     },
 }
 
@@ -166,12 +178,20 @@ def build(cls: type[M], *layers: dict[str, Any], where: str = "config") -> M:
         raise UserError(f"{where}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
 
 
+def nested_defaults(cls: type[BaseModel]) -> dict[str, Any]:
+    """The defaults of ``cls``'s nested-config fields as dicts. Merged first, so that a layer setting one
+    sub-field (``prior.steps``) keeps the method's own default for the others (mle's ``prior.step_size`` 0.4),
+    not the sub-config class's default."""
+    return {name: f.default.model_dump() for name, f in cls.model_fields.items() if isinstance(f.default, BaseModel)}
+
+
 def resolve(
     cls: type[M], *, method: str, preset: str | None, toml: str | Path | None, flags: dict[str, Any]
 ) -> M:
     """defaults < preset < TOML < flags."""
     return build(
         cls,
+        nested_defaults(cls),
         preset_overrides(preset, method, cls),
         read_toml(toml),
         {k: v for k, v in flags.items() if v is not None},

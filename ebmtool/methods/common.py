@@ -38,7 +38,7 @@ def seed_everything(seed: int) -> None:
 
 
 def adam(params: Iterable[nn.Parameter], o: Optim) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    opt = torch.optim.Adam(list(params), lr=o.lr, betas=(o.beta1, o.beta2))
+    opt = torch.optim.Adam(list(params), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
     return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=o.decay)
 
 
