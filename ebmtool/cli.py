@@ -381,6 +381,21 @@ def inspect(path: Path = typer.Argument(..., help="any ebmtool artifact"), as_js
     out_console.print(tt)
 
 
+@app.command("plot")
+def plot(
+    path: Path = typer.Argument(..., help="model, samples (with --trajectory), scores or dataset artifact"),
+    output: Path = typer.Option(..., "-o", "--output", help="PNG file"),
+    force: bool = ForceOpt,
+):
+    """PNG of what an artifact holds: per-stage NCE losses, loss curves, Langevin energy profile, PR curve, grid."""
+    from ebmtool import artifacts
+    from ebmtool.eval.plots import plot_artifact
+
+    artifacts.check_output(output, force)
+    what = plot_artifact(artifacts.load(path), str(output))
+    out_console.print(f"{output}: {what}")
+
+
 @app.command("methods")
 def methods():
     """List the prior-fitting methods and their default configs."""

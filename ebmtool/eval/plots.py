@@ -99,3 +99,43 @@ def energy_profile_png(steps: Sequence[int], log_probs: np.ndarray, path: str) -
     series = [("mean log p", steps, lp.mean(1)), ("10%", steps, np.quantile(lp, 0.1, 1)),
               ("90%", steps, np.quantile(lp, 0.9, 1))]
     line_chart(series, path, title="Langevin: log-density along the chain", xlabel="step", ylabel="log p(z)")
+
+
+def plot_artifact(art, out: str) -> str:
+    """One PNG for an artifact, chosen by what it holds; returns what was drawn.
+
+    model with per-stage NCE history -> NCE loss per stage (adaptive-NCE Fig. 4); other models -> loss curves;
+    samples with a trajectory -> log-density profile along the chains (LEBM Fig. 3-4, adaptive-NCE Fig. 5);
+    scores -> precision-recall curve; dataset / samples / reconstructions -> image grid.
+    """
+    from ebmtool.errors import UserError
+
+    t = art.tensors
+    if art.kind == "model":
+        stages = {int(k.split(".")[1][len("stage"):]): v.tolist() for k, v in t.items()
+                  if k.startswith("history.stage") and k.endswith(".nce")}
+        if stages:
+            nce_curves_png(stages, out)
+            return "NCE loss per stage"
+        hist = {k[len("history."):]: v.tolist() for k, v in t.items() if k.startswith("history.") and v.ndim == 1}
+        if not hist:
+            raise UserError(f"{art.path}: model has no training history to plot")
+        series = [(k, list(range(1, len(v) + 1)), v) for k, v in hist.items() if k.startswith("loss")] or \
+                 [(k, list(range(1, len(v) + 1)), v) for k, v in hist.items()]
+        line_chart(series, out, title=f"{art.meta.get('method', 'model')} training", xlabel="epoch", ylabel="loss")
+        return "training loss per epoch"
+    if art.kind == "samples" and "trajectory.log_prob" in t:
+        energy_profile_png(t["trajectory.steps"].tolist(), t["trajectory.log_prob"].numpy(), out)
+        return "log-density along the Langevin chains"
+    if art.kind == "scores":
+        pr_curve_png(t["labels"].numpy(), t["scores"].numpy(), out)
+        return "precision-recall curve"
+    if "images" in t and t["images"].ndim == 4:
+        from ebmtool.stages import save_grid
+
+        imgs = t["images"]
+        if imgs.dtype != __import__("torch").uint8:
+            imgs = ((imgs.clamp(-1, 1) + 1) * 127.5).round().to(__import__("torch").uint8)
+        save_grid(imgs[:100], out)
+        return "image grid"
+    raise UserError(f"{art.path}: nothing to plot in a {art.kind} artifact")
