@@ -50,6 +50,9 @@ DeviceOpt = typer.Option(None, "--device", help="auto|cpu|cuda|mps")
 PresetOpt = typer.Option(None, "--preset", help="smoke | cpu | paper (see `ebmtool presets`)")
 ConfigOpt = typer.Option(None, "--config", help="TOML file with config values (flags override it)")
 SetOpt = typer.Option(None, "--set", help="any config field, e.g. --set posterior.steps=30 (repeatable)")
+CkEveryOpt = typer.Option(0, "--checkpoint-every", help="write a resumable checkpoint every N iterations (0: only on Ctrl-C/SIGTERM)")
+CkOpt = typer.Option(None, "--checkpoint", help="checkpoint file (default: OUTPUT with .ckpt.safetensors)")
+ResumeOpt = typer.Option(None, "--resume", help="continue from a checkpoint written by the same command")
 
 
 def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
@@ -81,6 +84,8 @@ def parse_sets(items: Optional[List[str]]) -> dict[str, Any]:
         parts = key.strip().split(".")
         for p in parts[:-1]:
             d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise UserError(f"--set {item!r}: {p!r} was already set to a value, not a group of fields")
         d[parts[-1]] = val
     return out
 
@@ -129,7 +134,7 @@ def data_prepare(
 
 
 def _train(method: str, flags: dict[str, Any], sets, preset, config, data, init, output, force, quiet, as_json,
-           fit_prior: bool = True):
+           *, fit_prior: bool = True, ck_every: int = 0, ck: Optional[Path] = None, resume: Optional[Path] = None):
     from ebmtool import stages
     from ebmtool.config import deep_merge, resolve
     from ebmtool.methods import METHODS
@@ -140,7 +145,7 @@ def _train(method: str, flags: dict[str, Any], sets, preset, config, data, init,
     cfg = resolve(METHODS[method].config, method=method, preset=preset, toml=config,
                   flags=deep_merge(nested(flags), parse_sets(sets)))
     res = stages.train(method, cfg, str(data), str(output), init_path=str(init) if init else None, force=force,
-                       quiet=quiet)
+                       quiet=quiet, checkpoint_every=ck_every, checkpoint=_s(ck), resume=_s(resume))
     emit(res, as_json, f"{method}")
 
 
@@ -158,6 +163,9 @@ def pretrain_generator(
     seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
     sets: Optional[List[str]] = SetOpt,
+    checkpoint_every: int = CkEveryOpt,
+    checkpoint: Optional[Path] = CkOpt,
+    resume: Optional[Path] = ResumeOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -165,7 +173,8 @@ def pretrain_generator(
     """Train a generator under N(0, I) with short-run posterior Langevin (the "0 stages" model)."""
     flags = {"epochs": epochs, "batch_size": batch_size, "generator.arch": arch, "generator.nz": nz, "seed": seed,
              "device": device}
-    _train("pretrain", flags, sets, preset, config, data, init, output, force, quiet, as_json, fit_prior=False)
+    _train("pretrain", flags, sets, preset, config, data, init, output, force, quiet, as_json, fit_prior=False,
+           ck_every=checkpoint_every, ck=checkpoint, resume=resume)
 
 
 def _method_help() -> str:
@@ -196,6 +205,9 @@ def fit_prior(
     seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
     sets: Optional[List[str]] = SetOpt,
+    checkpoint_every: int = CkEveryOpt,
+    checkpoint: Optional[Path] = CkOpt,
+    resume: Optional[Path] = ResumeOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -205,7 +217,8 @@ def fit_prior(
              "prior_sampler": prior_sampler, "non_adaptive": non_adaptive, "layers": layers,
              "basic_ratio": basic_ratio, "offset": offset, "generator.arch": arch, "generator.nz": nz,
              "seed": seed, "device": device}
-    _train(method, flags, sets, preset, config, data, init, output, force, quiet, as_json)
+    _train(method, flags, sets, preset, config, data, init, output, force, quiet, as_json,
+           ck_every=checkpoint_every, ck=checkpoint, resume=resume)
 
 
 @app.command("sample")

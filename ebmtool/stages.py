@@ -65,11 +65,32 @@ def open_training_data(path: str, device: torch.device) -> TrainData:
     return TrainData(x.to(device), labels, sha, art.as_parent())
 
 
+def checkpoint_path(out: str) -> Path:
+    p = Path(out)
+    return p.with_name(p.name[: -len(".safetensors")] if p.name.endswith(".safetensors") else p.name).with_suffix(
+        ".ckpt.safetensors") if p.suffix else p.with_name(p.name + ".ckpt.safetensors")
+
+
 def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str] = None, force: bool = False,
-          quiet: bool = False) -> dict[str, Any]:
-    """Fit ``method`` with the resolved ``cfg`` on ``data_path``; write a model artifact to ``out``."""
+          quiet: bool = False, checkpoint_every: int = 0, checkpoint: Optional[str] = None,
+          resume: Optional[str] = None) -> dict[str, Any]:
+    """Fit ``method`` with the resolved ``cfg`` on ``data_path``; write a model artifact to ``out``.
+
+    With ``checkpoint_every`` > 0 (or on SIGINT/SIGTERM) a resumable checkpoint is written to ``checkpoint``
+    (default: OUT with suffix .ckpt.safetensors); ``resume`` continues from one. The checkpoint is removed
+    once the model artifact is written."""
+    from ebmtool.checkpoint import Checkpointer, open_resume
+
     spec = METHODS[method]
     artifacts.check_output(out, force)
+    if checkpoint_every < 0:
+        raise UserError("--checkpoint-every must be >= 0")
+    ck_path = Path(checkpoint) if checkpoint else checkpoint_path(out)
+    config_json = cfg.model_dump(mode="json")
+    resume_art = open_resume(resume, config_json) if resume else None
+    if resume_art is None and ck_path.exists() and not force:
+        raise UserError(f"{ck_path}: a checkpoint of an earlier run exists (continue it with --resume {ck_path}, or pass --force)")
+    artifacts.check_output(ck_path, True)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     data = open_training_data(data_path, device)
@@ -77,7 +98,8 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
     if init_path is not None:
         init, init_art = load_model(init_path, what="--init", device=device)
         init.train()
-    ctx = RunContext(device=device, quiet=quiet, seed=cfg.seed)
+    ck = Checkpointer(ck_path, checkpoint_every, config_json, resume_art)
+    ctx = RunContext(device=device, quiet=quiet, seed=cfg.seed, ckpt=ck)
     t0 = time.perf_counter()
     res: FitResult = spec.fit(cfg, data, init, init_art, ctx)
     wall = time.perf_counter() - t0
@@ -91,6 +113,8 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
     }
     parents = [data.parent] + ([init_art.as_parent()] if init_art is not None else [])
     artifacts.save(out, "model", tensors, config=cfg, meta=meta, parents=parents, force=True)
+    if ck.path is not None and ck.path.exists():
+        ck.path.unlink()
     return {"output": str(out), "method": method, "wall_time_s": round(wall, 2), **res.history.summary(),
             **{k: v for k, v in res.meta.items() if k != "data_content_sha256"}}
 

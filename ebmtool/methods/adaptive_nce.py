@@ -28,7 +28,7 @@ from pydantic import Field
 from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, StageCommon
 from ebmtool.errors import UserError
 from ebmtool.methods import FitResult, register_method
-from ebmtool.methods.common import History, adam, train_loop
+from ebmtool.methods.common import History, adam, optimizer_step, train_loop
 from ebmtool.methods.shared import generator_for, latent_model
 from ebmtool.priors import GaussianPrior, RatioProductPrior
 from ebmtool.sampling import frozen, langevin
@@ -86,20 +86,32 @@ def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adapti
         if mem is None:
             raise UserError(f"--init {init_art.path}: model has no memory of posterior samples "
                             "(use --prior-sampler langevin)")
-        if init_art.meta.get("data_content_sha256") != data.content_sha256 or mem.shape != (n, nz):
+        if init_art.meta.get("data_content_sha256") != data.content_sha256:
             raise UserError(f"--init {init_art.path}: its memory belongs to another dataset than --data "
                             "(content sha256 differs); pass the same --data or use --prior-sampler langevin")
+        if tuple(mem.shape) != (n, nz):
+            raise UserError(f"--init {init_art.path}: its memory has shape {tuple(mem.shape)}, expected ({n}, {nz}) "
+                            "(one latent per example of --data)")
         read_memory = mem.to(dev)
     opt_g, sched_g = adam(model.generator.parameters(), cfg.opt_g)
+    ck = ctx.ckpt
+    ck.track(model=model, opt_g=opt_g, sched_g=sched_g)
     hist = History()
-    stage_losses: list[list[float]] = []
+    s_resume = _resume_stage(ck.resume_iteration, cfg, n)
+    for _ in range(s_resume):  # completed stages: their ratios come back with the checkpoint's model state
+        prior.add_stage(prior.new_ratio().to(dev))
     write_memory = torch.zeros(n, nz, device=dev)
-    for s in range(cfg.stages):
+    for s in range(s_resume, cfg.stages):
         k = k0 + s
         r = prior.new_ratio().to(dev)
         opt_r, _ = adam(r.parameters(), cfg.opt_r)
         write_memory = torch.zeros(n, nz, device=dev)
         mem_gen = torch.Generator(device="cpu").manual_seed(ctx.seed * 7919 + k)
+        ck.track(ratio=r, opt_r=opt_r, write_memory=write_memory, mem_gen=mem_gen)
+        if k > 0 and cfg.prior_sampler == "memory":
+            if read_memory is None:  # resuming mid-run: the previous stage's buffer comes from the checkpoint
+                read_memory = torch.zeros(n, nz, device=dev)
+            ck.track(read_memory=read_memory)
 
         def negatives(m: int, it: int) -> torch.Tensor:
             if k == 0:
@@ -114,30 +126,38 @@ def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adapti
         def step(idx, x, it):
             z_pos, _ = model.infer(x, what=f"posterior Langevin (stage {k}, iteration {it + 1})")
             loss_g = -model.log_lik(x, z_pos).mean()
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
+            optimizer_step(opt_g, loss_g, "the generator loss")
             z_neg = negatives(len(x), it)
             lr_pos, lr_neg = r(z_pos), r(z_neg)
             loss_r = nce_loss(lr_pos, lr_neg)
-            opt_r.zero_grad(set_to_none=True)
-            loss_r.backward()
-            opt_r.step()
+            optimizer_step(opt_r, loss_r, f"the NCE loss of stage {k}")
             write_memory[idx.to(dev)] = z_pos
             return {"loss_g": loss_g.detach(), "nce": loss_r.detach(), "log_r_pos": lr_pos.mean().detach(),
                     "log_r_neg": lr_neg.mean().detach()}
 
-        before = len(hist.epochs.get("nce", []))
         train_loop(ctx, data, epochs=cfg.epochs_per_stage, batch_size=cfg.batch_size, step=step, schedulers=[sched_g],
                    history=hist, label=f"{method} stage {k}", log_every=cfg.log_every, epoch_offset=s * cfg.epochs_per_stage)
-        stage_losses.append(hist.epochs["nce"][before:])
         prior.add_stage(r)  # freeze r_k: it is now part of p_{k+1}
         read_memory = write_memory  # swap: this stage's posterior samples are the next stage's negatives
+    stage_losses = _per_stage(hist.epochs["nce"], cfg.epochs_per_stage)
     tensors = {"memory": write_memory.detach().cpu()}
     tensors.update({f"history.stage{k0 + i}.nce": torch.tensor(v) for i, v in enumerate(stage_losses)})
     meta = {"stages_total": len(prior.stages), "stages_added": cfg.stages, "data_content_sha256": data.content_sha256,
             "nce_final_per_stage": [v[-1] for v in stage_losses]}
     return FitResult(model, hist, tensors, meta)
+
+
+def _resume_stage(resume_it: int, cfg, n: int) -> int:
+    """Index of the stage a checkpoint at ``resume_it`` completed iterations falls in (0 when not resuming).
+    A checkpoint taken at a stage's last iteration resumes in that stage (its end-of-stage actions are pending)."""
+    if resume_it <= 0:
+        return 0
+    stage_len = cfg.epochs_per_stage * math.ceil(n / cfg.batch_size)
+    return min(math.ceil(resume_it / stage_len) - 1, cfg.stages - 1)
+
+
+def _per_stage(per_epoch: list[float], epochs_per_stage: int) -> list[list[float]]:
+    return [per_epoch[i: i + epochs_per_stage] for i in range(0, len(per_epoch), epochs_per_stage)]
 
 
 def _fit_non_adaptive(cfg, data, model, k0, init, ctx) -> FitResult:
@@ -150,31 +170,33 @@ def _fit_non_adaptive(cfg, data, model, k0, init, ctx) -> FitResult:
                         posterior=cfg.posterior, sampling=cfg.sampling, method="pretrain").to(dev)
     alphas = [j / m for j in range(m + 1)]
     hist = History()
-    stage_losses = []
     model.generator.requires_grad_(False)
-    for j in range(m):
+    ck = ctx.ckpt
+    ck.track(model=model)
+    j_resume = _resume_stage(ck.resume_iteration, cfg, len(data.x))
+    for _ in range(j_resume):
+        prior.add_stage(prior.new_ratio().to(dev))
+    for j in range(j_resume, m):
         r = prior.new_ratio().to(dev)
         opt_r, _ = adam(r.parameters(), cfg.opt_r)
+        ck.track(ratio=r, opt_r=opt_r)
         a0, a1 = alphas[j], alphas[j + 1]
 
         def step(idx, x, it):
             z_pos, _ = base.infer(x, what=f"posterior Langevin (waymark {j}, iteration {it + 1})")
-            z_neg = torch.randn_like(z_pos)
-            w_neg = math.sqrt(1 - a0**2) * z_neg + a0 * z_pos
-            w_pos = math.sqrt(1 - a1**2) * z_neg + a1 * z_pos
+            z_neg = torch.randn_like(z_pos)  # z- ~ p0
+            w_neg = math.sqrt(1 - a0**2) * z_neg + a0 * z_pos  # waymark j
+            w_pos = math.sqrt(1 - a1**2) * z_neg + a1 * z_pos  # waymark j + 1
             lp, ln = r(w_pos), r(w_neg)
             loss = nce_loss(lp, ln)
-            opt_r.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_r.step()
+            optimizer_step(opt_r, loss, f"the NCE loss of ratio {j}")
             return {"nce": loss.detach(), "log_r_pos": lp.mean().detach(), "log_r_neg": ln.mean().detach()}
 
-        before = len(hist.epochs.get("nce", []))
         train_loop(ctx, data, epochs=cfg.epochs_per_stage, batch_size=cfg.batch_size, step=step, history=hist,
                    label=f"non-adaptive ratio {j}", log_every=cfg.log_every, epoch_offset=j * cfg.epochs_per_stage)
-        stage_losses.append(hist.epochs["nce"][before:])
         prior.add_stage(r)
     model.generator.requires_grad_(True)
+    stage_losses = _per_stage(hist.epochs["nce"], cfg.epochs_per_stage)
     tensors = {f"history.stage{i}.nce": torch.tensor(v) for i, v in enumerate(stage_losses)}
     meta = {"stages_total": len(prior.stages), "stages_added": m, "non_adaptive": True,
             "waymarks": alphas, "nce_final_per_stage": [v[-1] for v in stage_losses]}

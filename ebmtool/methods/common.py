@@ -15,8 +15,13 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
+from ebmtool.checkpoint import Checkpointer
 from ebmtool.config import Optim
 from ebmtool.errors import DivergenceError, UserError
+
+
+class Interrupted(UserError):
+    exit_code = 130
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,6 +47,16 @@ def adam(params: Iterable[nn.Parameter], o: Optim) -> tuple[torch.optim.Optimize
     return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=o.decay)
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, what: str) -> None:
+    """zero_grad, backward, refuse non-finite gradients (named), step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    if grads and not bool(torch.isfinite(torch.stack([torch.linalg.vector_norm(g) for g in grads]).sum())):
+        raise DivergenceError(f"gradient of {what} is non-finite (try a smaller learning rate or step size)")
+    opt.step()
+
+
 def check_finite(where: str, values: dict[str, torch.Tensor], hint: str = "try a smaller Langevin step size or learning rate") -> None:
     for name, v in values.items():
         if not bool(torch.isfinite(v).all()):
@@ -65,6 +80,7 @@ class RunContext:
     device: torch.device
     quiet: bool = False
     seed: int = 0
+    ckpt: Checkpointer = field(default_factory=Checkpointer)
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -117,36 +133,66 @@ def train_loop(
     epoch_offset: int = 0,
 ) -> History:
     """Run ``epochs`` passes over the data in shuffled batches (seeded per epoch), calling
-    ``step(idx, x, iteration)``; checks every returned scalar for NaN/Inf, decays learning rates per epoch."""
+    ``step(idx, x, iteration)``; checks every returned scalar for NaN/Inf, decays learning rates per epoch,
+    checkpoints every ``ctx.ckpt.every`` iterations and on SIGINT/SIGTERM, and resumes from ``ctx.ckpt.resume``
+    (skipping the completed iterations of the same data order)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     history = history or History()
     schedulers = list(schedulers)
+    ck = ctx.ckpt
     n = len(data.x)
     n_batches = math.ceil(n / batch_size)
+    first, last = epoch_offset * n_batches, (epoch_offset + epochs) * n_batches
+    resume_it = ck.resume_iteration
+    if (ck.path is not None or ck.resume is not None) and not ck.objects:
+        raise UserError(f"{label}: this method does not support checkpoints yet (use --checkpoint-every 0)")
+    if ck.resume is not None and first <= resume_it <= last and not getattr(ck, "_resumed", False):
+        ck.restore()
+        ck.restore_rng_and_history(history)
+        ck._resumed = True
+        ctx.log(f"[{label}] resumed at iteration {resume_it} from {ck.resume.path}")
     show = not ctx.quiet and sys.stderr.isatty()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.fields[msg]}"), disable=not show, transient=True)
-    it = epoch_offset * n_batches
-    with progress:
-        task = progress.add_task(label, total=epochs * n_batches, msg="")
-        for e in range(epochs):
-            epoch = epoch_offset + e
-            gen = torch.Generator().manual_seed(ctx.seed * 100003 + epoch)
-            since = len(next(iter(history.steps.values()), []))
-            t0 = time.perf_counter()
-            for idx in batches(n, batch_size, gen):
-                out = step(idx, data.x[idx.to(data.x.device)], it)
-                check_finite(f"{label} epoch {epoch + 1} iteration {it + 1}", out)
-                vals = {k: float(v) for k, v in out.items()}
-                history.add(vals)
-                it += 1
-                if log_every and it % log_every == 0:
-                    ctx.log(f"[{label}] it {it} " + " ".join(f"{k}={v:.4g}" for k, v in vals.items()))
-                progress.update(task, advance=1, msg=" ".join(f"{k}={v:.3g}" for k, v in list(vals.items())[:3]))
-            for s in schedulers:
-                s.step()
-            means = history.close_epoch(since)
-            ctx.log(f"[{label}] epoch {epoch + 1} ({time.perf_counter() - t0:.1f}s) "
-                    + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+    old_handlers = ck.install_signal_handlers() if ck.path is not None else {}
+    try:
+        with progress:
+            task = progress.add_task(label, total=epochs * n_batches, msg="")
+            for e in range(epochs):
+                epoch = epoch_offset + e
+                if (epoch + 1) * n_batches < resume_it:  # finished (with its epoch-end actions) before the checkpoint
+                    progress.update(task, advance=n_batches)
+                    continue
+                gen = torch.Generator().manual_seed(ctx.seed * 100003 + epoch)
+                t0 = time.perf_counter()
+                for b, idx in enumerate(batches(n, batch_size, gen)):
+                    it = epoch * n_batches + b
+                    if it < resume_it:
+                        progress.update(task, advance=1)
+                        continue
+                    try:
+                        out = step(idx, data.x[idx.to(data.x.device)], it)
+                        check_finite("loss", out)
+                    except DivergenceError as err:
+                        kept = f"; last good checkpoint: {ck.path}" if ck.path is not None and ck.path.exists() else ""
+                        raise DivergenceError(f"{label} epoch {epoch + 1} iteration {it + 1}: {err}{kept}") from None
+                    vals = {k: float(v) for k, v in out.items()}
+                    history.add(vals)
+                    done = it + 1
+                    if ck.path is not None and ((ck.every and done % ck.every == 0) or ck.interrupted):
+                        ck.save(done, history)
+                    if ck.interrupted:
+                        raise Interrupted(f"interrupted at iteration {done}; checkpoint written to {ck.path} "
+                                          f"(continue with the same command and --resume {ck.path})")
+                    if log_every and done % log_every == 0:
+                        ctx.log(f"[{label}] it {done} " + " ".join(f"{k}={v:.4g}" for k, v in vals.items()))
+                    progress.update(task, advance=1, msg=" ".join(f"{k}={v:.3g}" for k, v in list(vals.items())[:3]))
+                for s in schedulers:
+                    s.step()
+                means = history.close_epoch(epoch * n_batches)
+                ctx.log(f"[{label}] epoch {epoch + 1} ({time.perf_counter() - t0:.1f}s) "
+                        + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+    finally:
+        ck.restore_signal_handlers(old_handlers)
     return history

@@ -13,7 +13,7 @@ from pydantic import Field
 from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, TrainCommon
 from ebmtool.errors import UserError
 from ebmtool.methods import FitResult, register_method
-from ebmtool.methods.common import adam, train_loop
+from ebmtool.methods.common import adam, optimizer_step, train_loop
 from ebmtool.methods.shared import generator_for, latent_model
 from ebmtool.priors import EnergyTiltedPrior, GaussianPrior
 from ebmtool.sampling import langevin
@@ -44,6 +44,7 @@ def fit(cfg: MLEConfig, data, init, init_art, ctx) -> FitResult:
                          method="mle").to(ctx.device)
     opt_g, sched_g = adam(model.generator.parameters(), cfg.opt_g)
     opt_e, sched_e = adam(model.prior.parameters(), cfg.opt_e)
+    ctx.ckpt.track(model=model, opt_g=opt_g, opt_e=opt_e, sched_g=sched_g, sched_e=sched_e)
 
     def step(idx, x, it):
         n = len(x)
@@ -52,17 +53,13 @@ def fit(cfg: MLEConfig, data, init, init_art, ctx) -> FitResult:
         z_pos, _ = model.infer(x, what=f"posterior Langevin (iteration {it + 1})")
         # generator: maximise log p(x | z+)
         loss_g = -model.log_lik(x, z_pos).mean()
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        optimizer_step(opt_g, loss_g, "the generator loss")
         # prior: E(z+) - E(z-) with E = -f
         f_pos, f_neg = prior.tilt(z_pos), prior.tilt(z_neg)
         loss_e = f_neg.mean() - f_pos.mean()
         if cfg.energy_l2 > 0:
             loss_e = loss_e + cfg.energy_l2 * (f_pos.pow(2).mean() + f_neg.pow(2).mean())
-        opt_e.zero_grad(set_to_none=True)
-        loss_e.backward()
-        opt_e.step()
+        optimizer_step(opt_e, loss_e, "the prior (energy) loss")
         return {"loss_g": loss_g.detach(), "loss_e": loss_e.detach(), "f_pos": f_pos.mean().detach(),
                 "f_neg": f_neg.mean().detach(), "z_pos_norm": z_pos.norm(dim=1).mean(), "z_neg_norm": z_neg.norm(dim=1).mean()}
 

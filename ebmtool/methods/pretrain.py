@@ -10,7 +10,7 @@ from pydantic import Field
 
 from ebmtool.config import GeneratorSpec, Langevin, Optim, TrainCommon
 from ebmtool.methods import FitResult, register_method
-from ebmtool.methods.common import adam, train_loop
+from ebmtool.methods.common import adam, optimizer_step, train_loop
 from ebmtool.methods.shared import generator_for, latent_model
 from ebmtool.priors import GaussianPrior
 
@@ -28,13 +28,12 @@ def fit(cfg: PretrainConfig, data, init, init_art, ctx) -> FitResult:
     model = latent_model(gen, GaussianPrior(gen.nz), cfg.sigma, data.image_shape, posterior=cfg.posterior,
                          sampling=cfg.sampling, method="pretrain").to(ctx.device)
     opt, sched = adam(model.generator.parameters(), cfg.opt_g)
+    ctx.ckpt.track(model=model, opt_g=opt, sched_g=sched)
 
     def step(idx, x, it):
         z, _ = model.infer(x, what=f"posterior Langevin (iteration {it + 1})")
         loss = -model.log_lik(x, z).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, loss, "the generator loss")
         return {"loss_g": loss.detach(), "mse": (loss.detach() * 2 * cfg.sigma**2 / x[0].numel())}
 
     hist = train_loop(ctx, data, epochs=cfg.epochs, batch_size=cfg.batch_size, step=step, schedulers=[sched],
