@@ -1,0 +1,121 @@
+"""``ebmtool data prepare``: load a source, filter, split by the anomaly protocol, resize, limit."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from ebmtool import artifacts
+from ebmtool.config import Strict
+from ebmtool.data.sources import SOURCES
+from ebmtool.errors import UserError
+
+PROTOCOL_SEED = 20200  # fixed once: every call computes the same 80/20 split of the normals
+PROTOCOL_TRAIN_FRACTION = 0.8
+
+
+class DataConfig(Strict):
+    dataset: Literal["digits", "mnist", "svhn", "cifar10", "celeba", "synthetic"]
+    root: Optional[str] = None
+    split: Literal["train", "test"] = "train"
+    download: bool = False
+    exclude_class: Optional[int] = None
+    only_class: Optional[int] = None
+    anomaly_protocol: Optional[int] = Field(None, description="held-out (anomalous) class K")
+    part: Optional[Literal["train", "test"]] = None
+    size: Optional[int] = Field(None, ge=4, le=512)
+    limit: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.anomaly_protocol is not None and self.part is None:
+            raise ValueError("--anomaly-protocol needs --part train|test")
+        if self.part is not None and self.anomaly_protocol is None:
+            raise ValueError("--part needs --anomaly-protocol K")
+        if self.anomaly_protocol is not None and (self.exclude_class is not None or self.only_class is not None):
+            raise ValueError("--anomaly-protocol cannot be combined with --exclude-class/--only-class")
+        if self.exclude_class is not None and self.only_class is not None:
+            raise ValueError("--exclude-class and --only-class are exclusive")
+        return self
+
+
+def protocol_split(labels: torch.Tensor, anomaly_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hold-one-class protocol (DESIGN §5), computed once with a fixed seed.
+
+    Normals (label != K) are permuted with a fixed generator and split 80/20. Returns the indices of the
+    training part (80% of normals) and of the test part (the other 20% of normals + every image of class K).
+    The two parts are disjoint by construction (no training image leaks into the test set).
+    """
+    normal = torch.nonzero(labels != anomaly_class).squeeze(1)
+    anomal = torch.nonzero(labels == anomaly_class).squeeze(1)
+    perm = normal[torch.randperm(len(normal), generator=torch.Generator().manual_seed(PROTOCOL_SEED))]
+    n_train = int(round(PROTOCOL_TRAIN_FRACTION * len(normal)))
+    train = perm[:n_train].sort().values
+    test = torch.cat([perm[n_train:], anomal]).sort().values
+    return train, test
+
+
+def prepare(cfg: DataConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    images, labels, extra, source = SOURCES[cfg.dataset](cfg.root, cfg.split, cfg.download)
+    classes_all = sorted(int(c) for c in labels.unique())
+    idx = torch.arange(len(labels))
+    for k in (cfg.exclude_class, cfg.only_class, cfg.anomaly_protocol):
+        if k is not None and k not in classes_all:
+            raise UserError(f"class {k} does not occur in {cfg.dataset} (classes {classes_all})")
+    if cfg.exclude_class is not None:
+        idx = idx[labels != cfg.exclude_class]
+    if cfg.only_class is not None:
+        idx = idx[labels == cfg.only_class]
+    if cfg.anomaly_protocol is not None:
+        train, test = protocol_split(labels, cfg.anomaly_protocol)
+        idx = train if cfg.part == "train" else test
+    if cfg.limit is not None:
+        idx = idx[: cfg.limit]
+    if len(idx) == 0:
+        raise UserError(f"{cfg.dataset}: no images left after filtering")
+    images, labels = images[idx], labels[idx]
+    extra = {k: v[idx] for k, v in extra.items()}
+    if cfg.size is not None and cfg.size != images.shape[-1]:
+        x = F.interpolate(images.float(), size=(cfg.size, cfg.size), mode="bilinear", antialias=True, align_corners=False)
+        images = x.round().clamp(0, 255).to(torch.uint8)
+    tensors = {"images": images.contiguous(), "labels": labels.contiguous(), **extra}
+    meta = {
+        "dataset": cfg.dataset,
+        "split": cfg.split,
+        "source": source,
+        "n": len(labels),
+        "image_shape": list(images.shape[1:]),
+        "value_range": [0, 255],
+        "classes": sorted(int(c) for c in labels.unique()),
+        "content_sha256": artifacts.tensor_sha256(images, labels),
+    }
+    if cfg.anomaly_protocol is not None:
+        meta["protocol"] = {"anomaly_class": cfg.anomaly_protocol, "part": cfg.part, "seed": PROTOCOL_SEED,
+                            "train_fraction": PROTOCOL_TRAIN_FRACTION}
+    return tensors, meta
+
+
+def load_images(path, what: str = "--data") -> tuple[torch.Tensor, torch.Tensor, artifacts.Artifact]:
+    """Open a dataset or samples artifact: float images in [-1, 1] (N, C, H, W), labels (or -1), the artifact."""
+    art = artifacts.load(path, ("dataset", "samples", "reconstructions"), what=what)
+    art.require("images")
+    x = art.tensors["images"]
+    if x.ndim != 4:
+        raise UserError(f"{art.path}: images must be N x C x H x W, got shape {tuple(x.shape)}")
+    if len(x) == 0:
+        raise UserError(f"{art.path}: holds no images")
+    if x.dtype == torch.uint8:
+        xf = x.float().div_(127.5).sub_(1.0)
+    elif x.is_floating_point():
+        if x.min() < -1 or x.max() > 1:
+            raise UserError(f"{art.path}: float images must lie in [-1, 1] (found {float(x.min()):.3g}..{float(x.max()):.3g})")
+        xf = x.float()
+    else:
+        raise UserError(f"{art.path}: images have dtype {x.dtype}; expected uint8 or float")
+    labels = art.tensors.get("labels", torch.full((len(x),), -1, dtype=torch.long))
+    if len(labels) != len(x):
+        raise UserError(f"{art.path}: {len(labels)} labels for {len(x)} images")
+    return xf, labels.long(), art

@@ -1,0 +1,192 @@
+"""Loaders. Each returns (images uint8 N x C x H x W, labels int64 N, extra tensors dict, source note).
+
+Real datasets go through torchvision's dataset classes reading the standard files from ``--root``
+(``--download`` is passed through for machines with internet). ``digits`` is scikit-learn's bundled 8x8 set
+and ``synthetic`` a fixed random generator applied to a known latent mixture (8 Gaussians on a ring).
+Security: torchvision's CIFAR-10 loader unpickles its batch files; it only reads a folder the user names.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ebmtool.errors import UserError
+
+Loaded = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], str]
+
+
+def _need_root(root: str | None, name: str) -> Path:
+    if root is None:
+        raise UserError(f"--root: dataset {name} needs the folder that holds its files")
+    p = Path(root)
+    if not p.is_dir():
+        raise UserError(f"--root: folder {p} does not exist")
+    return p
+
+
+def _to_nchw_uint8(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x))
+    if t.ndim == 3:
+        t = t.unsqueeze(1)
+    return t.to(torch.uint8).contiguous()
+
+
+def load_digits(root, split, download) -> Loaded:
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    # values 0..16 -> 0..255
+    images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(d.target.astype(np.int64))
+    return images, labels, {}, "scikit-learn load_digits (UCI optical digits, 1797 images, 8x8; split ignored)"
+
+
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def load_mnist(root, split, download) -> Loaded:
+    """torchvision's MNIST IDX readers on the split's two files, found in torchvision's layout
+    (ROOT/MNIST/raw/...) or directly in ROOT, each optionally .gz. Only one split needs to be present (the shared
+    test set); torchvision's MNIST class (which insists on all four files) is used only for ``--download``."""
+    from torchvision.datasets import MNIST
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    if download:
+        ds = MNIST(str(root or "."), train=split == "train", download=True)
+        return _to_nchw_uint8(ds.data), ds.targets.long(), {}, f"torchvision MNIST ({split}) from {root}"
+    r = _need_root(root, "mnist")
+    names = MNIST_FILES[split]
+    found = []
+    for n in names:
+        cands = [r / n, r / (n + ".gz"), r / "MNIST" / "raw" / n, r / "MNIST" / "raw" / (n + ".gz")]
+        hit = next((c for c in cands if c.exists()), None)
+        if hit is None:
+            raise UserError(f"--root: {r} has no MNIST {split} file {n}[.gz] (pass --download on a machine with internet)")
+        found.append(hit)
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = []
+        for n, src in zip(names, found):
+            opener = gzip.open if src.suffix == ".gz" else open
+            try:
+                with opener(src, "rb") as fi, open(Path(tmp) / n, "wb") as fo:
+                    shutil.copyfileobj(fi, fo)
+            except (OSError, EOFError) as e:
+                raise UserError(f"{src}: cannot read MNIST file ({e})") from None
+            staged.append(str(Path(tmp) / n))
+        try:
+            data, targets = read_image_file(staged[0]), read_label_file(staged[1])
+        except (AssertionError, RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
+            raise UserError(f"--root: MNIST files in {r} are not valid IDX files ({type(e).__name__})") from None
+        if data.ndim != 3 or len(data) != len(targets):
+            raise UserError(f"--root: MNIST files in {r} disagree ({tuple(data.shape)} images, {len(targets)} labels)")
+    return _to_nchw_uint8(data), targets.long(), {}, f"torchvision MNIST ({split}) from {r}"
+
+
+def load_svhn(root, split, download) -> Loaded:
+    from torchvision.datasets import SVHN
+
+    r = root if download else _need_root(root, "svhn")
+    try:
+        ds = SVHN(str(r), split=split, download=download)
+    except RuntimeError as e:
+        raise UserError(f"--root: {e} (SVHN needs {split}_32x32.mat in {r}; pass --download online)") from None
+    labels = torch.as_tensor(ds.labels).long()
+    return _to_nchw_uint8(ds.data), labels, {}, f"torchvision SVHN ({split}) from {r}"
+
+
+def load_cifar10(root, split, download) -> Loaded:
+    from torchvision.datasets import CIFAR10
+
+    r = root if download else _need_root(root, "cifar10")
+    try:
+        ds = CIFAR10(str(r), train=(split == "train"), download=download)
+    except RuntimeError as e:
+        raise UserError(f"--root: {e} (CIFAR-10 needs cifar-10-batches-py/ in {r}; pass --download online)") from None
+    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2)
+    return x.contiguous(), torch.as_tensor(ds.targets).long(), {}, f"torchvision CIFAR10 ({split}) from {r}"
+
+
+def load_celeba(root, split, download) -> Loaded:
+    """CelebA through torchvision (aligned images, 178x218); center-cropped to 140 then resized by --size
+    (default 64) as in the latent-EBM papers."""
+    from torchvision import transforms
+    from torchvision.datasets import CelebA
+
+    r = root if download else _need_root(root, "celeba")
+    tf = transforms.Compose([transforms.CenterCrop(140), transforms.Resize(64), transforms.PILToTensor()])
+    try:
+        ds = CelebA(str(r), split="valid" if split == "test" else "train", target_type=[], transform=tf, download=download)
+    except (RuntimeError, OSError) as e:
+        raise UserError(f"--root: {e} (CelebA needs celeba/img_align_celeba and list files in {r})") from None
+    imgs = torch.stack([ds[i][0] for i in range(len(ds))])
+    return imgs, torch.zeros(len(ds), dtype=torch.long), {}, f"torchvision CelebA ({split}) from {r}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# synthetic: known latent mixture, known generator
+# ----------------------------------------------------------------------------------------------------------
+SYNTH_MODES = 8
+SYNTH_RADIUS = 2.0
+SYNTH_STD = 0.25
+SYNTH_N = {"train": 2000, "test": 500}
+
+
+def ring_means(modes: int = SYNTH_MODES, radius: float = SYNTH_RADIUS) -> torch.Tensor:
+    ang = torch.arange(modes, dtype=torch.float64) * (2 * math.pi / modes)
+    return torch.stack([radius * torch.cos(ang), radius * torch.sin(ang)], 1).float()
+
+
+def ring_log_density(z: torch.Tensor, modes: int = SYNTH_MODES, radius: float = SYNTH_RADIUS, std: float = SYNTH_STD) -> torch.Tensor:
+    """Exact normalised log-density of the 8-Gaussian ring mixture at z (B, 2)."""
+    mu = ring_means(modes, radius).to(z)
+    d2 = (z[:, None, :] - mu[None]).pow(2).sum(-1)
+    comp = -d2 / (2 * std**2) - math.log(2 * math.pi * std**2)
+    return torch.logsumexp(comp, 1) - math.log(modes)
+
+
+def synthetic_generator() -> Callable[[torch.Tensor], torch.Tensor]:
+    """The fixed 'true' generator z (B, 2) -> x (B, 1, 8, 8) in [-1, 1]: a seeded random 2-layer MLP."""
+    g = torch.Generator().manual_seed(1234)
+    w1 = torch.randn(2, 32, generator=g)
+    b1 = 0.5 * torch.randn(32, generator=g)
+    w2 = torch.randn(32, 64, generator=g) / math.sqrt(32)
+
+    def gen(z: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(z @ w1.to(z) + b1.to(z))
+        return torch.tanh(1.5 * h @ w2.to(z)).reshape(-1, 1, 8, 8)
+
+    return gen
+
+
+def load_synthetic(root, split, download) -> Loaded:
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    n = SYNTH_N[split]
+    labels = torch.randint(0, SYNTH_MODES, (n,), generator=g)
+    z = ring_means()[labels] + SYNTH_STD * torch.randn(n, 2, generator=g)
+    x = synthetic_generator()(z) + 0.05 * torch.randn(n, 1, 8, 8, generator=g)
+    images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    note = (f"synthetic: z ~ {SYNTH_MODES} Gaussians on a ring (radius {SYNTH_RADIUS}, std {SYNTH_STD}) in 2-D, "
+            "x = fixed random MLP g*(z) + N(0, 0.05^2), 1x8x8")
+    return images, labels.long(), {"latents": z}, note
+
+
+SOURCES: dict[str, Callable[[str | None, str, bool], Loaded]] = {
+    "digits": load_digits,
+    "mnist": load_mnist,
+    "svhn": load_svhn,
+    "cifar10": load_cifar10,
+    "celeba": load_celeba,
+    "synthetic": load_synthetic,
+}
