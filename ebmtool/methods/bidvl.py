@@ -218,6 +218,7 @@ def fit(cfg: BiDVLConfig, data, init, init_art, ctx) -> FitResult:
     r = cfg.basic_ratio if cfg.basic_ratio is not None else default_basic_ratio(data.image_shape[1])
     opt_e, sched_e = adam(E.parameters(), cfg.opt_e)
     opt_qp, sched_qp = adam([*Q.parameters(), *G.parameters()], cfg.opt_qp)
+    ctx.ckpt.track(model=model, opt_e=opt_e, opt_qp=opt_qp, sched_e=sched_e, sched_qp=sched_qp)
 
     def step(idx, v, it):
         n = len(v)

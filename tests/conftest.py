@@ -1,0 +1,162 @@
+"""Shared helpers and session fixtures: tiny artifacts built once (digits data, a smoke generator, a 1-stage
+adaptive-NCE model, an mle model), and two ways to run the CLI — in-process through ``ebmtool.cli.main`` (fast)
+and as a real subprocess of the installed entry point (what a user runs)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # the CI machines are small and shared: one intra-op thread is much faster there
+
+REPO = Path(__file__).resolve().parents[1]
+# CI clones put shared/ beside the repo: ../shared relative to the repo root.
+SHARED_MNIST = Path(__file__).parents[1].parent / "shared" / "data" / "mnist"
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def have_shared_mnist() -> bool:
+    return (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file() and (SHARED_MNIST / "t10k-labels-idx1-ubyte.gz").is_file()
+
+
+need_shared_mnist = pytest.mark.skipif(not have_shared_mnist(), reason=f"shared MNIST test set absent ({SHARED_MNIST})")
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [ln for ln in self.err.splitlines() if ln.strip()]
+
+    def ok(self) -> "Run":
+        assert self.code == 0, f"exit {self.code}\nstdout:\n{self.out}\nstderr:\n{self.err}"
+        return self
+
+
+def run_cli(argv: list[str], cwd: Path | None = None) -> Run:
+    """Run ``ebmtool ARGV`` in this process. An exception escaping ``main`` is reported as a traceback in ``err``
+    (exit 1), exactly as Python would print it, so tests can assert that none escapes."""
+    from ebmtool.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    old = Path.cwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main([str(a) for a in argv])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:  # noqa: BLE001 - reported like an uncaught exception
+                err.write(traceback.format_exc())
+                code = 1
+    finally:
+        os.chdir(old)
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def ebmtool_command() -> list[str]:
+    exe = Path(sys.executable).parent / "ebmtool"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "ebmtool"]
+
+
+def run_sub(argv: list[str], cwd: Path | None = None, timeout: float = 300) -> Run:
+    """Run ``ebmtool ARGV`` as a real subprocess of the installed entry point."""
+    env = dict(os.environ, COLUMNS="200")
+    env.setdefault("OMP_NUM_THREADS", "1")  # small shared CI machines: one intra-op thread is much faster
+    p = subprocess.run(ebmtool_command() + [str(a) for a in argv], cwd=cwd, capture_output=True, text=True,
+                       timeout=timeout, env=env)
+    return Run(p.returncode, p.stdout, p.stderr)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# session artifacts (library calls: the CLI itself is tested elsewhere)
+# ----------------------------------------------------------------------------------------------------------
+TINY = {"posterior": {"steps": 5}, "epochs": 1}
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("assets")
+
+
+def _prepare(path: Path, **kw) -> Path:
+    from ebmtool import stages
+    from ebmtool.data import DataConfig
+
+    stages.data_prepare(DataConfig(**kw), str(path))
+    return path
+
+
+def _train(method: str, data: Path, out: Path, init: Path | None = None, **flags) -> Path:
+    from ebmtool import stages
+    from ebmtool.config import deep_merge, resolve
+    from ebmtool.methods import METHODS
+
+    cfg = resolve(METHODS[method].config, method=method, preset="smoke", toml=None,
+                  flags=deep_merge({"device": "cpu"}, flags))
+    stages.train(method, cfg, str(data), str(out), init_path=str(init) if init else None, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_ds(assets) -> Path:
+    """192 scikit-learn digits, 1x8x8, all ten classes."""
+    return _prepare(assets / "digits.safetensors", dataset="digits", limit=192)
+
+
+@pytest.fixture(scope="session")
+def digits_other_ds(assets) -> Path:
+    """Another digits dataset (different content from ``digits_ds``)."""
+    return _prepare(assets / "digits-other.safetensors", dataset="digits", exclude_class=0, limit=150)
+
+
+@pytest.fixture(scope="session")
+def digits32_ds(assets) -> Path:
+    """Digits resized to 32x32 (an image shape the 8x8 models do not make)."""
+    return _prepare(assets / "digits32.safetensors", dataset="digits", size=32, limit=64)
+
+
+@pytest.fixture(scope="session")
+def gen_model(assets, digits_ds) -> Path:
+    """A smoke pretrained generator (Gaussian prior, nz 8) on ``digits_ds``."""
+    return _train("pretrain", digits_ds, assets / "gen.safetensors", **TINY)
+
+
+@pytest.fixture(scope="session")
+def nce_model(assets, digits_ds, gen_model) -> Path:
+    """One adaptive-NCE stage on top of ``gen_model`` (carries a memory of posterior samples)."""
+    return _train("adaptive-nce", digits_ds, assets / "nce1.safetensors", init=gen_model, stages=1,
+                  posterior={"steps": 5})
+
+
+@pytest.fixture(scope="session")
+def mle_model(assets, digits_ds, gen_model) -> Path:
+    return _train("mle", digits_ds, assets / "mle.safetensors", init=gen_model,
+                  prior={"steps": 5}, **TINY)
+
+
+@pytest.fixture
+def fresh_copy(tmp_path):
+    def copy(p: Path, name: str | None = None) -> Path:
+        dst = tmp_path / (name or p.name)
+        shutil.copyfile(p, dst)
+        return dst
+
+    return copy

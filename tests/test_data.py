@@ -1,0 +1,198 @@
+"""data: loaders, filters, the hold-one-class anomaly protocol, resizing, limits, MNIST from IDX files."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from ebmtool import artifacts, stages
+from ebmtool.data import DataConfig, load_images, prepare, protocol_split
+from ebmtool.data.sources import ring_means, synthetic_generator
+from ebmtool.errors import UserError
+
+from conftest import MNIST_TEST_COUNTS, SHARED_MNIST, need_shared_mnist
+
+
+@pytest.fixture(scope="module")
+def digits():
+    t, meta = prepare(DataConfig(dataset="digits"))
+    return t, meta
+
+
+def test_digits_shapes_and_range(digits):
+    t, meta = digits
+    x, y = t["images"], t["labels"]
+    assert x.shape == (1797, 1, 8, 8) and x.dtype == torch.uint8
+    assert y.shape == (1797,) and y.dtype == torch.int64
+    assert int(x.min()) == 0 and int(x.max()) == 255
+    assert sorted(y.unique().tolist()) == list(range(10))
+    assert meta["image_shape"] == [1, 8, 8] and meta["n"] == 1797 and meta["classes"] == list(range(10))
+    assert meta["content_sha256"] == artifacts.tensor_sha256(x, y)
+
+
+@pytest.mark.parametrize("k", [0, 1, 9])
+def test_protocol_split_properties(digits, k):
+    y = digits[0]["labels"]
+    train, test = protocol_split(y, k)
+    train2, test2 = protocol_split(y.clone(), k)
+    assert torch.equal(train, train2) and torch.equal(test, test2)  # identical across calls
+    assert set(train.tolist()).isdisjoint(test.tolist())  # no leak
+    normals = set(torch.nonzero(y != k).squeeze(1).tolist())
+    anomalous = set(torch.nonzero(y == k).squeeze(1).tolist())
+    assert anomalous <= set(test.tolist())  # every image of class K is in the test part
+    assert not (anomalous & set(train.tolist()))
+    test_normals = set(test.tolist()) - anomalous
+    assert set(train.tolist()) | test_normals == normals  # union of normal parts = all normals
+    assert abs(len(test_normals) / len(normals) - 0.2) < 0.01  # ~20% of normals held out
+    assert len(set(train.tolist())) == len(train)  # no duplicates
+
+
+def test_protocol_parts_through_prepare(digits):
+    x, y = digits[0]["images"], digits[0]["labels"]
+    tr, mtr = prepare(DataConfig(dataset="digits", anomaly_protocol=3, part="train"))
+    te, mte = prepare(DataConfig(dataset="digits", anomaly_protocol=3, part="test"))
+    i_tr, i_te = protocol_split(y, 3)
+    assert torch.equal(tr["images"], x[i_tr]) and torch.equal(te["labels"], y[i_te])
+    assert 3 not in tr["labels"].tolist()
+    assert int((te["labels"] == 3).sum()) == int((y == 3).sum())
+    assert mtr["protocol"]["anomaly_class"] == 3 and mte["protocol"]["part"] == "test"
+    assert mtr["protocol"]["seed"] == mte["protocol"]["seed"]
+    # every training image appears in exactly one part
+    assert len(tr["labels"]) + len(te["labels"]) == len(y)
+
+
+def test_exclude_and_only_class():
+    ex, m = prepare(DataConfig(dataset="digits", exclude_class=4))
+    assert 4 not in ex["labels"].tolist() and 4 not in m["classes"]
+    only, m = prepare(DataConfig(dataset="digits", only_class=4))
+    assert set(only["labels"].tolist()) == {4} and m["classes"] == [4]
+    assert len(ex["labels"]) + len(only["labels"]) == 1797
+    with pytest.raises(UserError, match="class 12 does not occur"):
+        prepare(DataConfig(dataset="digits", only_class=12))
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(exclude_class=1, only_class=2), "exclusive"),
+    (dict(anomaly_protocol=1), "--part"),
+    (dict(part="train"), "--anomaly-protocol"),
+    (dict(anomaly_protocol=1, part="test", exclude_class=2), "cannot be combined"),
+])
+def test_inconsistent_options_are_refused(kw, msg):
+    from ebmtool.config import build
+
+    with pytest.raises(UserError, match=msg):
+        build(DataConfig, {"dataset": "digits", **kw}, where="data prepare")
+
+
+def test_resize_and_limit():
+    t, meta = prepare(DataConfig(dataset="digits", size=32, limit=10))
+    assert t["images"].shape == (10, 1, 32, 32) and t["images"].dtype == torch.uint8
+    assert meta["image_shape"] == [1, 32, 32] and meta["n"] == 10
+    full, _ = prepare(DataConfig(dataset="digits"))
+    assert torch.equal(t["labels"], full["labels"][:10])  # --limit keeps the first N
+    # resizing preserves the picture: back down to 8x8 it is close to the original
+    down = torch.nn.functional.interpolate(t["images"].float(), size=(8, 8), mode="area")
+    assert float((down - full["images"][:10].float()).abs().mean()) < 40
+    assert float(t["images"].float().std()) > 10
+
+
+def test_synthetic_has_latents():
+    t, meta = prepare(DataConfig(dataset="synthetic", split="test"))
+    assert t["images"].shape == (500, 1, 8, 8)
+    z = t["latents"]
+    assert z.shape == (500, 2) and z.dtype == torch.float32
+    # latents sit near their mode's mean, images are the fixed generator of the latents (+ small noise)
+    d = (z - ring_means()[t["labels"]]).norm(dim=1)
+    assert float(d.mean()) < 0.5
+    x = synthetic_generator()(z)
+    xr = t["images"].float() / 127.5 - 1
+    assert float((x - xr).abs().mean()) < 0.1
+    tr, _ = prepare(DataConfig(dataset="synthetic", limit=7))
+    assert tr["latents"].shape == (7, 2)
+
+
+def test_dataset_artifact_and_load_images(tmp_path):
+    out = tmp_path / "d.safetensors"
+    res = stages.data_prepare(DataConfig(dataset="digits", limit=20), str(out))
+    assert res["n"] == 20
+    x, y, art = load_images(out)
+    assert x.shape == (20, 1, 8, 8) and x.dtype == torch.float32
+    assert float(x.min()) >= -1 and float(x.max()) <= 1 and float(x.min()) == -1.0
+    assert art.kind == "dataset" and art.config["dataset"] == "digits" and art.config["limit"] == 20
+    with pytest.raises(UserError, match="output exists"):
+        stages.data_prepare(DataConfig(dataset="digits", limit=20), str(out))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MNIST: the shared gz files, and IDX files written here
+# ----------------------------------------------------------------------------------------------------------
+@need_shared_mnist
+def test_mnist_shared_test_set():
+    t, meta = prepare(DataConfig(dataset="mnist", root=str(SHARED_MNIST), split="test"))
+    assert t["images"].shape == (10000, 1, 28, 28) and t["images"].dtype == torch.uint8
+    assert torch.bincount(t["labels"], minlength=10).tolist() == MNIST_TEST_COUNTS
+    assert meta["n"] == 10000 and int(t["images"].max()) == 255
+
+
+def _idx_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=n, dtype=np.uint8)
+
+
+def write_idx(path, arr: np.ndarray, gz: bool = False) -> None:
+    """IDX format: magic (0, 0, type 0x08 = ubyte, ndim), big-endian dims, then the bytes."""
+    head = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    data = head + arr.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        with gzip.open(path.with_name(path.name + ".gz"), "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def _write_split(folder, split: str, n: int, seed: int, gz: bool):
+    imgs, labs = _idx_images(n, seed)
+    stem = "train" if split == "train" else "t10k"
+    write_idx(folder / f"{stem}-images-idx3-ubyte", imgs, gz)
+    write_idx(folder / f"{stem}-labels-idx1-ubyte", labs, gz)
+    return imgs, labs
+
+
+@pytest.mark.parametrize("layout", ["torchvision-both-splits", "torchvision-test-only", "torchvision-gz",
+                                    "flat", "flat-gz"])
+def test_mnist_from_written_idx_files(tmp_path, layout):
+    raw = tmp_path / "MNIST" / "raw" if layout.startswith("torchvision") else tmp_path
+    gz = layout.endswith("gz")
+    imgs, labs = _write_split(raw, "test", 12, seed=1, gz=gz)
+    if layout == "torchvision-both-splits":
+        _write_split(raw, "train", 20, seed=2, gz=gz)
+    t, meta = prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="test"))
+    assert t["images"].shape == (12, 1, 28, 28)
+    assert np.array_equal(t["images"][:, 0].numpy(), imgs)
+    assert np.array_equal(t["labels"].numpy(), labs.astype(np.int64))
+    t2, _ = prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="test", size=32, limit=5))
+    assert t2["images"].shape == (5, 1, 32, 32)
+    if layout == "torchvision-both-splits":
+        tr, _ = prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="train"))
+        assert tr["images"].shape == (20, 1, 28, 28)
+
+
+def test_mnist_errors(tmp_path):
+    with pytest.raises(UserError, match="--root"):
+        prepare(DataConfig(dataset="mnist", split="test"))
+    with pytest.raises(UserError, match="does not exist"):
+        prepare(DataConfig(dataset="mnist", root=str(tmp_path / "nope"), split="test"))
+    with pytest.raises(UserError, match="has no MNIST test file"):
+        prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="test"))
+    _write_split(tmp_path, "test", 3, seed=0, gz=False)
+    with pytest.raises(UserError, match="has no MNIST train file"):
+        prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="train"))
+    # images and labels that disagree in length
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(5, np.uint8))
+    with pytest.raises(UserError, match="disagree"):
+        prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="test"))
