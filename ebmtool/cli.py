@@ -232,6 +232,7 @@ def sample(
     sampler: Optional[str] = typer.Option(None, "--sampler", help="langevin | sir (multi-stage priors)"),
     trajectory: int = typer.Option(0, "--trajectory", min=0, help="record every K-th Langevin state"),
     trajectory_png: Optional[Path] = typer.Option(None, "--trajectory-png", help="PNG: 8 chains over time"),
+    layer_resample: Optional[int] = typer.Option(None, "--layer-resample", min=1, help="joint models: each grid row shares one sample of layer K (1 = bottom); the other layers are resampled"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
     force: bool = ForceOpt,
@@ -244,7 +245,7 @@ def sample(
         raise UserError(f"--sampler: unknown sampler {sampler!r} (langevin | sir)")
     res = stages.sample(str(model), n, out=_s(output), grid=_s(grid), steps=steps, step_size=step_size,
                         sampler=sampler, trajectory_every=trajectory, trajectory_png=_s(trajectory_png), seed=seed,
-                        device=device, force=force)
+                        device=device, force=force, layer_resample=layer_resample)
     emit(res, as_json, "samples")
 
 

@@ -84,6 +84,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "adaptive-nce": {"epochs_per_stage": 1, "opt_r": {"lr": 5e-4}},
         "nce": {"epochs_per_stage": 1, "opt_r": {"lr": 5e-4}},
         "bidvl": {"ebm": {"ndf": 16}, "encoder": {"nef": 16}},
+        "joint-mle": {"nz_top": 4, "opt_e": {"lr": 2e-4}, "energy_upper": {"hidden": 32},
+                      "conditional": {"hidden": 32, "layers": 2}},
+        "joint-vi": {"nz_top": 4, "opt_e": {"lr": 2e-4}, "energy_upper": {"hidden": 32},
+                     "conditional": {"hidden": 32, "layers": 2}, "encoder": {"nef": 16, "hidden": 32},
+                     "opt_q": {"lr": 1e-3}},
     },
     "cpu": {
         "description": "a 2-core CPU in minutes per model: small nets (nz 16, ngf 32), 20 epochs, "
@@ -99,6 +104,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "adaptive-nce": {"epochs_per_stage": 5, "opt_r": {"lr": 5e-4}},
         "nce": {"epochs_per_stage": 5, "opt_r": {"lr": 5e-4}},
         "bidvl": {"ebm": {"ndf": 32}, "encoder": {"nef": 32}},
+        "joint-mle": {"nz_top": 8, "opt_e": {"lr": 2e-4}},
+        "joint-vi": {"nz_top": 8, "opt_e": {"lr": 2e-4}, "encoder": {"nef": 32}, "opt_q": {"lr": 1e-3}},
     },
     "paper": {
         "description": "the papers' settings (GPU): full-size generators, paper epochs and chain lengths",
@@ -107,6 +114,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "adaptive-nce": {"epochs_per_stage": 25, "posterior": {"steps": 30}},
         "nce": {"epochs_per_stage": 100, "posterior": {"steps": 30}},
         "bidvl": {"epochs": 600, "generator": {"nz": 100, "ngf": 48}, "encoder": {"nef": 48}, "ebm": {"ndf": 64}},
+        "joint-mle": {"nz_top": 100}, "joint-vi": {"nz_top": 100},
     },
 }
 

@@ -123,7 +123,7 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
 def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional[str] = None,
            steps: Optional[int] = None, step_size: Optional[float] = None, sampler: Optional[str] = None,
            trajectory_every: int = 0, trajectory_png: Optional[str] = None, seed: int = 0, device: str = "auto",
-           force: bool = False) -> dict[str, Any]:
+           force: bool = False, layer_resample: Optional[int] = None) -> dict[str, Any]:
     if out is None and grid is None:
         raise UserError("sample: give -o FILE.safetensors and/or --grid FILE.png")
     if n < 1:
@@ -138,11 +138,18 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     model, art = load_model(model_path, device=dev)
     if sampler == "sir" and not getattr(getattr(model, "prior", None), "supports_sir", False):
         raise UserError(f"--sampler sir: not available for a {model.method} model")
-    res = model.sample(n, steps=steps, step_size=step_size, sampler=sampler, record_every=trajectory_every)
+    if layer_resample is not None:
+        if trajectory_every:
+            raise UserError("--layer-resample cannot be combined with --trajectory")
+        from ebmtool.methods.joint import hierarchical_sample
+
+        res = hierarchical_sample(model, n, layer_resample, group=8, steps=steps, step_size=step_size, sampler=sampler)
+    else:
+        res = model.sample(n, steps=steps, step_size=step_size, sampler=sampler, record_every=trajectory_every)
     images = _to_uint8(res.images.cpu())
     tensors = {"images": images, **_latent_tensors(res.latents if not isinstance(res.latents, torch.Tensor) else res.latents.cpu())}
     meta: dict[str, Any] = {"n": n, "image_shape": list(images.shape[1:]), "model_method": model.method,
-                            "steps": steps, "step_size": step_size, "sampler": sampler}
+                            "steps": steps, "step_size": step_size, "sampler": sampler, "layer_resample": layer_resample}
     if res.trajectory is not None:
         tr = res.trajectory
         tensors["trajectory.steps"] = torch.tensor(tr.steps)
@@ -155,7 +162,7 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     if out is not None:
         artifacts.save(out, "samples", tensors, meta=meta, parents=[art], force=True)
     if grid is not None:
-        save_grid(images, grid)
+        save_grid(images, grid, nrow=8 if layer_resample else None)
     if trajectory_png is not None:
         t = tensors["trajectory.images"]  # (T, 8, C, H, W): rows = chains, columns = time
         save_grid(t.transpose(0, 1).reshape(-1, *t.shape[2:]), trajectory_png, nrow=t.shape[0])

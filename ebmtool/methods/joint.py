@@ -1,0 +1,363 @@
+"""``fit-prior --method joint-mle | joint-vi``: joint latent-space EBM prior on a multi-layer generator
+(Cui, Wu, Han, CVPR 2023, seed 001).
+
+Latents z = (z_1 bottom, ..., z_L top); the generator reads z_1. The prior (eq. 6-7) tilts a Gaussian hierarchy
+by one energy term per layer::
+
+    p(z) ∝ exp[sum_i f_i(z_i)] prod_{i<L} N(z_i; mu_i(z_{i+1}), sigma_i(z_{i+1})^2) N(z_L; 0, I)
+
+``joint-mle`` (Sec. 3.2), per batch: z- by prior short-run Langevin over all layers jointly (eq. 13; 60 steps,
+s = 0.4), z+ by posterior short-run Langevin (eq. 14; 40 steps, s = 0.1), then one backward pass of
+
+    loss = -log p(x|z+) - log p(z+) + log p(z-)          (p(z) un-normalised)
+
+which gives eq. 9 for the generator, eq. 10 for the energies (loss f_i(z_i-) - f_i(z_i+)) and eq. 11 for the
+conditionals (log p(z_i|z_{i+1}) at prior minus at posterior samples, the authors' loss); log N(z_L) has no
+parameters. ``joint-vi`` (Sec. 3.3) replaces posterior Langevin by a bottom-up inference model
+q(z_1|x) prod q(z_{i+1}|z_i) with reparametrised samples z_q:
+
+    loss = -[log p(x|z_q) + log p(z_q) - log q(z_q|x)] + log p(z-)
+
+i.e. the negative ELBO with the un-normalised EBM prior (eq. 19 for q, eq. 16 for the generator) plus the
+prior-sample half of eq. 17-18. One Adam per module as in the authors' code (default betas, no decay): lr 2e-5
+for the energies, 1e-4 for the generator, the conditionals (and the inference model).
+
+Chains run in z-space (eq. 13-14, the authors' code). A Langevin step s on a Gaussian conditional of std sigma is
+stable only while sigma > s/2; conditionals that sharpen during training (a fast ``opt_c.lr``) make chains diverge,
+and the error then names the smallest sigma and the ``conditional.floor`` that would keep s stable.
+Hierarchical sampling (Sec. 5.2): :meth:`JointPrior.resample_layers`, :func:`hierarchical_sample`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
+from torch import nn
+
+from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, Strict, TrainCommon
+from ebmtool.errors import DivergenceError, UserError
+from ebmtool.methods import FitResult, register_method
+from ebmtool.methods.common import adam, train_loop
+from ebmtool.methods.shared import generator_for, latent_model
+from ebmtool.models import LatentModel, SampleOutput
+from ebmtool.nets.encoders import BottomUpGaussianEncoder, GaussianMLP, gaussian_log_prob
+from ebmtool.nets.mlp import EnergyMLP
+from ebmtool.priors import GaussianPrior, Prior, register_prior
+from ebmtool.sampling import langevin, sir
+
+Layers = tuple[torch.Tensor, ...]
+
+
+# ------------------------------------------------------------------------------------------------
+# the prior
+# ------------------------------------------------------------------------------------------------
+def _take(z: Layers, idx: torch.Tensor) -> Layers:
+    return tuple(t[idx] for t in z)
+
+
+def _insert(free: Sequence[torch.Tensor], k: int, fixed: torch.Tensor) -> Layers:
+    """(z_1..z_L without layer k) + z_k -> (z_1, ..., z_L)."""
+    free = list(free)
+    return tuple(free[:k] + [fixed] + free[k:])
+
+
+@register_prior("joint")
+class JointPrior(Prior):
+    """Joint EBM prior over (z_1, ..., z_L) (seed 001, eq. 6-7).
+
+    ``tilt(z) = sum_i f_i(z_i)`` (one :class:`EnergyMLP` per layer) and ``base_log_prob`` is the normalised
+    log-density of the Gaussian hierarchy, log N(z_L; 0, I) + sum_{i<L} log N(z_i; mu_i(z_{i+1}), sigma_i^2),
+    so ``log_prob`` = tilt + base is eq. 13's target up to log Z. ``base_sample`` is ancestral sampling of the
+    hierarchy, the chains' starting distribution.
+    """
+
+    def __init__(self, dims: Sequence[int], energy: dict[str, Any], energy_upper: dict[str, Any],
+                 conditional: dict[str, Any]):
+        dims = tuple(int(d) for d in dims)
+        if len(dims) < 2:
+            raise ValueError("a joint prior needs at least 2 latent layers")
+        super().__init__(dims[0])
+        self.dims = dims
+        self.arch = {"energy": dict(energy), "energy_upper": dict(energy_upper), "conditional": dict(conditional)}
+        self.energies = nn.ModuleList(EnergyMLP(d, **(energy if i == 0 else energy_upper)) for i, d in enumerate(dims))
+        # conditionals[i]: p(z_i | z_{i+1}) with 0-based i (the paper's p(z_{i+1} | z_{i+2}), layers numbered from 1)
+        self.conditionals = nn.ModuleList(GaussianMLP(dims[i + 1], dims[i], **conditional) for i in range(len(dims) - 1))
+
+    @property
+    def layers(self) -> int:
+        return len(self.dims)
+
+    # --- densities ------------------------------------------------------------------------------
+    def tilt(self, z: Layers) -> torch.Tensor:
+        """sum_i f_i(z_i), shape (B,)."""
+        return sum(f(t) for f, t in zip(self.energies, z))
+
+    def conditional_log_prob(self, z: Layers) -> torch.Tensor:
+        """sum_{i<L} log N(z_i; mu_i(z_{i+1}), sigma_i(z_{i+1})^2), shape (B,)."""
+        return sum(gaussian_log_prob(z[i], *c(z[i + 1])) for i, c in enumerate(self.conditionals))
+
+    def base_log_prob(self, z: Layers) -> torch.Tensor:
+        """log N(z_L; 0, I) + conditional_log_prob(z): the Gaussian hierarchy, normalised (eq. 2)."""
+        top = z[-1]
+        log_top = -0.5 * top.pow(2).sum(1) - 0.5 * top.shape[1] * math.log(2 * math.pi)
+        return log_top + self.conditional_log_prob(z)
+
+    # --- sampling -------------------------------------------------------------------------------
+    def base_sample(self, n: int, device: torch.device | str = "cpu", given: dict[int, torch.Tensor] | None = None) -> Layers:
+        """Ancestral sampling: z_L ~ N(0, I), then z_i ~ N(mu_i(z_{i+1}), sigma_i^2) downwards.
+        ``given`` {0-based layer: (n, d) tensor} clamps those layers (the layers below are drawn given them)."""
+        given = given or {}
+        dtype = next(self.parameters()).dtype
+        zs: list[torch.Tensor] = [None] * self.layers  # type: ignore[list-item]
+        with torch.no_grad():
+            for i in reversed(range(self.layers)):
+                if i in given:
+                    zs[i] = given[i].detach()
+                elif i == self.layers - 1:
+                    zs[i] = torch.randn(n, self.dims[i], device=device, dtype=dtype)
+                else:
+                    mu, sigma = self.conditionals[i](zs[i + 1])
+                    zs[i] = mu + sigma * torch.randn_like(mu)
+        return tuple(zs)
+
+    def sample(self, n: int, *, steps: int, step_size: float, sampler: str = "langevin", device="cpu",
+               record_every: int = 0, sir_proposals: int = 10):
+        """Langevin over all layers from the hierarchy (Prior.sample), or SIR: resample n of n * sir_proposals
+        ancestral draws with weights exp(sum_i f_i(z_i)) = p(z) / p_hierarchy(z)."""
+        if sampler != "sir":
+            return super().sample(n, steps=steps, step_size=step_size, sampler=sampler, device=device,
+                                  record_every=record_every, sir_proposals=sir_proposals)
+        props = self.base_sample(n * sir_proposals, device)
+        idx = sir(lambda i: self.tilt(_take(props, i)), torch.arange(n * sir_proposals, device=device), n)
+        return _take(props, idx), None
+
+    def resample_layers(self, z: Layers, keep: int, steps: int, step_size: float) -> Layers:
+        """Hierarchical sampling (Sec. 5.2): hold layer ``keep`` (1 = bottom, L = top) fixed and draw the other
+        layers afresh: ancestrally given z_keep below it, from the hierarchy above it, then ``steps`` Langevin
+        steps on log p(z) over the free layers only (the conditional p(z_free | z_keep) ∝ p(z))."""
+        if not 1 <= keep <= self.layers:
+            raise ValueError(f"keep must be a layer number in 1..{self.layers}")
+        k = keep - 1
+        fixed = z[k].detach()
+        z0 = self.base_sample(len(fixed), fixed.device, given={k: fixed})
+        free0 = tuple(t for i, t in enumerate(z0) if i != k)
+        free, _ = langevin(lambda f: self.log_prob(_insert(f, k, fixed)), free0, steps, step_size, freeze=[self],
+                           what=f"Langevin with layer {keep} fixed")
+        return _insert(free, k, fixed)
+
+    # --- serialisation --------------------------------------------------------------------------
+    def spec(self):
+        return {**super().spec(), "dims": list(self.dims), **self.arch}
+
+    @classmethod
+    def from_spec(cls, spec):
+        return cls(spec["dims"], spec["energy"], spec["energy_upper"], spec["conditional"])
+
+
+def hierarchical_sample(model: LatentModel, n: int, keep: int, *, group: int = 8, steps: int | None = None,
+                        step_size: float | None = None, sampler: str | None = None) -> SampleOutput:
+    """``sample --layer-resample K``: n images in groups of ``group`` consecutive samples (one grid row each);
+    a group shares one prior sample of layer K (drawn by ``sampler``, default the model's) and resamples the other
+    layers by Langevin (:meth:`JointPrior.resample_layers`). Chains use the model's sampling settings unless
+    ``steps`` / ``step_size`` are given."""
+    prior = getattr(model, "prior", None)
+    if not isinstance(prior, JointPrior):
+        raise UserError(f"--layer-resample: needs a multi-layer (joint-mle / joint-vi) model, not a {model.method} model")
+    if not 1 <= keep <= prior.layers:
+        raise UserError(f"--layer-resample {keep}: the model has {prior.layers} latent layers (1 = bottom .. {prior.layers} = top)")
+    ch = model.sampling.override(steps, step_size)
+    device = next(model.parameters()).device
+    heads, _ = prior.sample(math.ceil(n / group), steps=ch.steps, step_size=ch.step_size,
+                            sampler=sampler or model.sampler, device=device)
+    rows = _take(heads, torch.arange(n, device=device) // group)  # (n, d_i) per layer, row r = head r // group
+    z = prior.resample_layers(rows, keep, ch.steps, ch.step_size)
+    with torch.no_grad():
+        return SampleOutput(model.generator(z[0]), z)
+
+
+# ------------------------------------------------------------------------------------------------
+# configs
+# ------------------------------------------------------------------------------------------------
+class GaussianMLPSpec(Strict):
+    """Conditional Gaussian MLP d_in -> hidden (x layers) -> (mu, log sigma); sigma = exp(log sigma) + floor."""
+
+    hidden: int = Field(200, ge=1)
+    layers: int = Field(4, ge=1)
+    slope: float = Field(0.2, ge=0)
+    floor: float = Field(0.01, gt=0, description="least sigma (0.01: authors' code); z-space Langevin with step s "
+                                                  "is stable on a Gaussian conditional only while sigma > s/2")
+
+
+class EncoderSpec(Strict):
+    """Bottom-up inference model: conv trunk (nef channels, doubling per stride-2 conv) for q(z_1|x),
+    Gaussian MLPs (hidden x layers) for q(z_{i+1}|z_i)."""
+
+    nef: int = Field(64, ge=1)
+    hidden: int = Field(200, ge=1)
+    layers: int = Field(2, ge=1)
+    slope: float = Field(0.2, ge=0)
+
+
+class JointConfig(TrainCommon):
+    """Shared by joint-mle and joint-vi. Defaults: the authors' CIFAR-10 code (z_1 = generator.nz)."""
+
+    layers: int = Field(2, description="latent layers L (z_1 bottom .. z_L top), at least 2")
+    nz_top: int = Field(100, ge=1, description="dimension of each layer above z_1 (z_1 = generator.nz)")
+    generator: GeneratorSpec = GeneratorSpec()
+    energy: EnergySpec = EnergySpec(hidden=200, layers=3, slope=0.2)
+    energy_upper: EnergySpec = EnergySpec(hidden=100, layers=2, slope=0.2)
+    conditional: GaussianMLPSpec = GaussianMLPSpec()
+    prior: Langevin = Langevin(steps=60, step_size=0.4)
+    opt_g: Optim = Optim(lr=1e-4, beta1=0.9)  # generator (authors' g1_lr)
+    opt_c: Optim = Optim(lr=1e-4, beta1=0.9)  # Gaussian conditionals p(z_i|z_{i+1}) (authors' g2_lr)
+    opt_e: Optim = Optim(lr=2e-5, beta1=0.9)  # energies (authors' e1_lr, e2_lr)
+    energy_l2: float = Field(0.0, ge=0, description="L2 penalty on sum_i f_i at both sample sets (0 = paper)")
+    epochs: int = Field(100, ge=1)
+
+    @field_validator("layers")
+    @classmethod
+    def _at_least_two(cls, v: int) -> int:
+        if v < 2:
+            raise PydanticCustomError("layers", "joint methods need --layers >= 2")
+        return v
+
+
+class JointMLEConfig(JointConfig):
+    posterior: Langevin = Langevin(steps=40, step_size=0.1)
+
+
+class JointVIConfig(JointConfig):
+    encoder: EncoderSpec = EncoderSpec()
+    opt_q: Optim = Optim(lr=1e-4, beta1=0.9)  # inference model (as the generator: the released code has no VI run)
+
+
+# the Langevin posterior stored with a joint-vi model (used by evaluation only if the encoder is bypassed)
+VI_MODEL_POSTERIOR = Langevin(steps=40, step_size=0.1)
+
+
+# ------------------------------------------------------------------------------------------------
+# fitting
+# ------------------------------------------------------------------------------------------------
+def _prior(cfg: JointConfig, nz: int, init, init_art, method: str) -> JointPrior:
+    if init is not None and isinstance(init.prior, JointPrior):
+        if init.prior.layers != cfg.layers:
+            raise UserError(f"--init {init_art.path}: the model has {init.prior.layers} latent layers, not --layers {cfg.layers}")
+        return init.prior  # continue a joint model (its saved architecture wins)
+    if init is None or isinstance(init.prior, GaussianPrior):
+        return JointPrior((nz,) + (cfg.nz_top,) * (cfg.layers - 1), cfg.energy.model_dump(),
+                          cfg.energy_upper.model_dump(), cfg.conditional.model_dump())
+    raise UserError(f"--init {init_art.path}: a {init.prior.type_name} prior cannot be trained by {method} "
+                    "(start from a pretrained generator or a joint model)")
+
+
+def _divergence_hint(prior: JointPrior, step_size: float, device) -> str:
+    """Name the usual cause of a diverging joint chain: a Gaussian conditional narrower than s/2, on which a
+    z-space Langevin step z += (s^2/2)(mu - z)/sigma^2 overshoots and grows."""
+    with torch.no_grad():
+        z = prior.base_sample(256, device)
+        least = min(float(c(z[i + 1])[1].min()) for i, c in enumerate(prior.conditionals))
+    if least >= step_size / 2:
+        return ""
+    return (f"; the Gaussian conditionals' sigma reaches {least:.3g} < s/2 = {step_size / 2:.3g}, where a Langevin "
+            f"step of size {step_size} is unstable (raise --set conditional.floor={step_size / 2:.3g} "
+            "or lower the conditionals' learning rate opt_c.lr)")
+
+
+def _update(loss: torch.Tensor, opts: dict[str, torch.optim.Optimizer]) -> None:
+    """One backward pass gives every module its gradient (eq. 9-11 / 16-19); a non-finite one is refused, named;
+    then one Adam step per module (each with its own learning rate)."""
+    for o in opts.values():
+        o.zero_grad(set_to_none=True)
+    loss.backward()
+    for name, o in opts.items():
+        norms = [torch.linalg.vector_norm(p.grad) for g in o.param_groups for p in g["params"] if p.grad is not None]
+        if norms and not bool(torch.isfinite(torch.stack(norms).sum())):
+            raise DivergenceError(f"gradient of the {name} is non-finite (try a smaller learning rate or step size)")
+    for o in opts.values():
+        o.step()
+
+
+def joint_loss(model: LatentModel, x: torch.Tensor, z_pos: Layers, z_neg: Layers, log_q: torch.Tensor | None = None,
+               energy_l2: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss whose gradient is eq. 9-11 (``log_q`` None: z+ from posterior Langevin) or eq. 16-19 (z+ ~ q(z|x)
+    reparametrised, ``log_q`` = log q(z+|x)), with p(z) = exp(sum_i f_i) p_hierarchy un-normalised::
+
+        loss = -[log p(x|z+) + sum_i f_i(z_i+) + log p_h(z+) - log q(z+|x)] + sum_i f_i(z_i-) + log p_h(z-)
+
+    Generator: -log p(x|z+) (eq. 9, 16); energies: f(z-) - f(z+) (eq. 10, 17); conditionals: log p_h at prior
+    minus at posterior samples (eq. 11, 18); inference model: the negative ELBO (eq. 19). Returns (loss, scalars).
+    """
+    prior = model.prior
+    ll = model.log_lik(x, z_pos)  # log p(x | z_1+), (B,)
+    f_pos, c_pos = prior.tilt(z_pos), prior.base_log_prob(z_pos)  # sum_i f_i, log p_hierarchy; (B,) each
+    f_neg, c_neg = prior.tilt(z_neg), prior.base_log_prob(z_neg)
+    objective = ll + f_pos + c_pos - (log_q if log_q is not None else 0.0)  # (B,)
+    loss = -objective.mean() + (f_neg + c_neg).mean()
+    if energy_l2 > 0:
+        loss = loss + energy_l2 * (f_pos.pow(2).mean() + f_neg.pow(2).mean())
+    stats = {"loss_g": -ll.mean(), "loss_e": f_neg.mean() - f_pos.mean(), "loss_c": c_neg.mean() - c_pos.mean(),
+             "f_pos": f_pos.mean(), "f_neg": f_neg.mean(), "z_pos_norm": z_pos[0].norm(dim=1).mean(),
+             "z_neg_norm": z_neg[0].norm(dim=1).mean()}
+    if log_q is not None:
+        stats["elbo"] = objective.mean()
+    return loss, {k: v.detach() for k, v in stats.items()}
+
+
+def _fit(cfg: JointConfig, data, init, init_art, ctx, method: str, vi: bool) -> FitResult:
+    gen = generator_for(cfg.generator, data.image_shape, init, init_art and init_art.path)
+    prior = _prior(cfg, gen.nz, init, init_art, method)
+    encoder = None
+    if vi:
+        old = getattr(init, "encoder", None)
+        encoder = old if isinstance(old, BottomUpGaussianEncoder) and old.dims == prior.dims else \
+            BottomUpGaussianEncoder(data.image_shape, prior.dims, **cfg.encoder.model_dump())
+    posterior = VI_MODEL_POSTERIOR if vi else cfg.posterior
+    model = latent_model(gen, prior, cfg.sigma, data.image_shape, posterior=posterior, sampling=cfg.prior,
+                         method=method, encoder=encoder).to(ctx.device)
+    groups = {"generator": (model.generator, cfg.opt_g), "conditionals": (prior.conditionals, cfg.opt_c),
+              "energies": (prior.energies, cfg.opt_e)}
+    if vi:
+        groups["encoder"] = (encoder, cfg.opt_q)
+    adams = {name: adam(m.parameters(), o) for name, (m, o) in groups.items()}
+    opts, scheds = {k: a[0] for k, a in adams.items()}, [a[1] for a in adams.values()]
+    ctx.ckpt.track(model=model, **{f"opt_{k}": o for k, o in opts.items()},
+                   **{f"sched_{k}": sc for k, sc in zip(opts, scheds)})
+
+    def chains(x, it):
+        """z- ~ prior short-run Langevin (eq. 13); z+ ~ posterior short-run Langevin (eq. 14), or q(z|x) for VI."""
+        z_neg, _ = langevin(prior.log_prob, prior.base_sample(len(x), x.device), cfg.prior.steps,
+                            cfg.prior.step_size, noise=cfg.prior.noise, freeze=[prior],
+                            what=f"prior Langevin (iteration {it + 1})")
+        if vi:
+            return z_neg, *model.encoder.rsample(x)  # reparametrised z+ ~ q(z|x) and log q(z+|x), (B,)
+        return z_neg, model.infer(x, what=f"posterior Langevin (iteration {it + 1})")[0], None
+
+    def step(idx, x, it):
+        try:
+            z_neg, z_pos, log_q = chains(x, it)
+        except DivergenceError as e:
+            s = cfg.prior.step_size if vi else max(cfg.prior.step_size, cfg.posterior.step_size)
+            raise DivergenceError(str(e) + _divergence_hint(prior, s, x.device)) from None
+        loss, stats = joint_loss(model, x, z_pos, z_neg, log_q, cfg.energy_l2)
+        _update(loss, opts)
+        return stats
+
+    hist = train_loop(ctx, data, epochs=cfg.epochs, batch_size=cfg.batch_size, step=step, schedulers=scheds,
+                      label=method, log_every=cfg.log_every)
+    return FitResult(model, hist, meta={"latent_dims": list(prior.dims)})
+
+
+@register_method("joint-mle", JointMLEConfig,
+                 "joint EBM prior on a multi-layer generator, prior and posterior Langevin over all layers (seed 001)")
+def fit_mle(cfg: JointMLEConfig, data, init, init_art, ctx) -> FitResult:
+    return _fit(cfg, data, init, init_art, ctx, "joint-mle", vi=False)
+
+
+@register_method("joint-vi", JointVIConfig,
+                 "joint EBM prior on a multi-layer generator with a bottom-up inference model (seed 001, Sec. 3.3)")
+def fit_vi(cfg: JointVIConfig, data, init, init_art, ctx) -> FitResult:
+    return _fit(cfg, data, init, init_art, ctx, "joint-vi", vi=True)
