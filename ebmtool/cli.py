@@ -47,6 +47,8 @@ JsonOpt = typer.Option(False, "--json", help="print one JSON object on stdout")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress or log lines on stderr")
 SeedOpt = typer.Option(None, "--seed", help="random seed")
 DeviceOpt = typer.Option(None, "--device", help="auto|cpu|cuda|mps")
+PrecisionOpt = typer.Option(None, "--precision", help="fp32 (default, exact) | auto (reduced only where native) | bf16 | fp16 | tf32")
+EvalPrecisionOpt = typer.Option("fp32", "--precision", help="fp32 (default) | auto | bf16 | fp16 | tf32")
 PresetOpt = typer.Option(None, "--preset", help="smoke | cpu | paper (see `ebmtool presets`)")
 ConfigOpt = typer.Option(None, "--config", help="TOML file with config values (flags override it)")
 SetOpt = typer.Option(None, "--set", help="any config field, e.g. --set posterior.steps=30 (repeatable)")
@@ -162,6 +164,7 @@ def pretrain_generator(
     init: Optional[Path] = typer.Option(None, "--init", help="continue from a model artifact"),
     seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
+    precision: Optional[str] = PrecisionOpt,
     sets: Optional[List[str]] = SetOpt,
     checkpoint_every: int = CkEveryOpt,
     checkpoint: Optional[Path] = CkOpt,
@@ -172,7 +175,7 @@ def pretrain_generator(
 ):
     """Train a generator under N(0, I) with short-run posterior Langevin (the "0 stages" model)."""
     flags = {"epochs": epochs, "batch_size": batch_size, "generator.arch": arch, "generator.nz": nz, "seed": seed,
-             "device": device}
+             "device": device, "precision": precision}
     _train("pretrain", flags, sets, preset, config, data, init, output, force, quiet, as_json, fit_prior=False,
            ck_every=checkpoint_every, ck=checkpoint, resume=resume)
 
@@ -204,6 +207,7 @@ def fit_prior(
     nz: Optional[int] = typer.Option(None, "--nz", help="latent dimension"),
     seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
+    precision: Optional[str] = PrecisionOpt,
     sets: Optional[List[str]] = SetOpt,
     checkpoint_every: int = CkEveryOpt,
     checkpoint: Optional[Path] = CkOpt,
@@ -216,7 +220,7 @@ def fit_prior(
     flags = {"epochs": epochs, "batch_size": batch_size, "stages": stages_, "epochs_per_stage": epochs_per_stage,
              "prior_sampler": prior_sampler, "non_adaptive": non_adaptive, "layers": layers,
              "basic_ratio": basic_ratio, "offset": offset, "generator.arch": arch, "generator.nz": nz,
-             "seed": seed, "device": device}
+             "seed": seed, "device": device, "precision": precision}
     _train(method, flags, sets, preset, config, data, init, output, force, quiet, as_json,
            ck_every=checkpoint_every, ck=checkpoint, resume=resume)
 
@@ -235,6 +239,7 @@ def sample(
     layer_resample: Optional[int] = typer.Option(None, "--layer-resample", min=1, help="joint models: each grid row shares one sample of layer K (1 = bottom); the other layers are resampled"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
+    precision: str = EvalPrecisionOpt,
     force: bool = ForceOpt,
     as_json: bool = JsonOpt,
 ):
@@ -245,7 +250,7 @@ def sample(
         raise UserError(f"--sampler: unknown sampler {sampler!r} (langevin | sir)")
     res = stages.sample(str(model), n, out=_s(output), grid=_s(grid), steps=steps, step_size=step_size,
                         sampler=sampler, trajectory_every=trajectory, trajectory_png=_s(trajectory_png), seed=seed,
-                        device=device, force=force, layer_resample=layer_resample)
+                        device=device, force=force, layer_resample=layer_resample, precision=precision)
     emit(res, as_json, "samples")
 
 
@@ -265,6 +270,7 @@ def reconstruct(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="first N images only"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
+    precision: str = EvalPrecisionOpt,
     force: bool = ForceOpt,
     as_json: bool = JsonOpt,
 ):
@@ -272,7 +278,8 @@ def reconstruct(
     from ebmtool import stages
 
     res = stages.reconstruct(str(model), str(data), out=_s(output), grid=_s(grid), steps=steps, step_size=step_size,
-                             batch_size=batch_size, limit=limit, seed=seed, device=device, force=force)
+                             batch_size=batch_size, limit=limit, seed=seed, device=device, force=force,
+                             precision=precision)
     emit(res, as_json, "reconstruction")
 
 
@@ -290,6 +297,7 @@ def anomaly(
     batch_size: int = typer.Option(500, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
+    precision: str = EvalPrecisionOpt,
     force: bool = ForceOpt,
     as_json: bool = JsonOpt,
 ):
@@ -310,7 +318,7 @@ def anomaly(
             raise UserError("--labels-positive: empty list")
     res = stages.anomaly(str(model), str(data), positive=positive, ood_path=_s(ood_data), out=_s(output),
                          steps=steps, step_size=step_size, batch_size=batch_size, seed=seed, device=device,
-                         force=force, pr_png=_s(pr_curve))
+                         force=force, pr_png=_s(pr_curve), precision=precision)
     emit(res, as_json, "anomaly")
 
 

@@ -54,6 +54,8 @@ class Optim(Strict):
 class StageCommon(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16", "tf32"] = Field(
+        "fp32", description="fp32 (exact, default) | auto (reduced only where native) | bf16 | fp16 | tf32")
 
 
 class TrainCommon(StageCommon):

@@ -20,6 +20,12 @@ from ebmtool.methods.common import RunContext, TrainData, resolve_device, seed_e
 from ebmtool.models import LatentModel, Model, load_model, model_tensors
 
 
+def _precision(name: str, device: torch.device):
+    from ebmtool.precision import resolve
+
+    return resolve(name, device).context(device)
+
+
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
@@ -98,8 +104,11 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
     if init_path is not None:
         init, init_art = load_model(init_path, what="--init", device=device)
         init.train()
+    from ebmtool.precision import resolve as resolve_precision
+
     ck = Checkpointer(ck_path, checkpoint_every, config_json, resume_art)
-    ctx = RunContext(device=device, quiet=quiet, seed=cfg.seed, ckpt=ck)
+    prec = resolve_precision(cfg.precision, device)
+    ctx = RunContext(device=device, quiet=quiet, seed=cfg.seed, ckpt=ck, precision=prec)
     t0 = time.perf_counter()
     res: FitResult = spec.fit(cfg, data, init, init_art, ctx)
     wall = time.perf_counter() - t0
@@ -109,7 +118,8 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
         "model": model.spec(), "method": method, "image_shape": list(data.image_shape),
         "data_content_sha256": data.content_sha256, "n_train": len(data.x),
         "final": res.history.summary(), "wall_time_s": round(wall, 2), "device": str(device),
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, **res.meta,
+        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "precision": prec.name, "precision_reason": prec.reason, **res.meta,
     }
     parents = [data.parent] + ([init_art.as_parent()] if init_art is not None else [])
     artifacts.save(out, "model", tensors, config=cfg, meta=meta, parents=parents, force=True)
@@ -123,7 +133,7 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
 def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional[str] = None,
            steps: Optional[int] = None, step_size: Optional[float] = None, sampler: Optional[str] = None,
            trajectory_every: int = 0, trajectory_png: Optional[str] = None, seed: int = 0, device: str = "auto",
-           force: bool = False, layer_resample: Optional[int] = None) -> dict[str, Any]:
+           force: bool = False, layer_resample: Optional[int] = None, precision: str = "fp32") -> dict[str, Any]:
     if out is None and grid is None:
         raise UserError("sample: give -o FILE.safetensors and/or --grid FILE.png")
     if n < 1:
@@ -143,10 +153,12 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
             raise UserError("--layer-resample cannot be combined with --trajectory")
         from ebmtool.methods.joint import hierarchical_sample
 
-        res = hierarchical_sample(model, n, layer_resample, group=8, steps=steps, step_size=step_size, sampler=sampler)
+        with _precision(precision, dev):
+            res = hierarchical_sample(model, n, layer_resample, group=8, steps=steps, step_size=step_size, sampler=sampler)
     else:
-        res = model.sample(n, steps=steps, step_size=step_size, sampler=sampler, record_every=trajectory_every)
-    images = _to_uint8(res.images.cpu())
+        with _precision(precision, dev):
+            res = model.sample(n, steps=steps, step_size=step_size, sampler=sampler, record_every=trajectory_every)
+    images = _to_uint8(res.images.float().cpu())
     tensors = {"images": images, **_latent_tensors(res.latents if not isinstance(res.latents, torch.Tensor) else res.latents.cpu())}
     meta: dict[str, Any] = {"n": n, "image_shape": list(images.shape[1:]), "model_method": model.method,
                             "steps": steps, "step_size": step_size, "sampler": sampler, "layer_resample": layer_resample}
@@ -197,7 +209,8 @@ def _check_fits(model: Model, x: torch.Tensor, data_path: str) -> None:
 
 def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, grid: Optional[str] = None,
                 steps: Optional[int] = None, step_size: Optional[float] = None, batch_size: int = 500,
-                limit: Optional[int] = None, seed: int = 0, device: str = "auto", force: bool = False) -> dict[str, Any]:
+                limit: Optional[int] = None, seed: int = 0, device: str = "auto", force: bool = False,
+                precision: str = "fp32") -> dict[str, Any]:
     for p in (out, grid):
         if p is not None:
             artifacts.check_output(p, force)
@@ -208,7 +221,9 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
     if limit is not None:
         x, labels = x[:limit], labels[:limit]
     _check_fits(model, x, data_path)
-    xhat, z = batched(lambda b: model.reconstruct(b, steps=steps, step_size=step_size), x, batch_size, dev)
+    with _precision(precision, dev):
+        xhat, z = batched(lambda b: model.reconstruct(b, steps=steps, step_size=step_size), x, batch_size, dev)
+    xhat = xhat.float()
     per = (xhat - x).pow(2).flatten(1).mean(1)
     res = {"mse": float(per.mean()), "rmse": float(per.mean().sqrt()), "n": len(x),
            "pixel_range": "[-1, 1]", "model_method": model.method}
@@ -226,7 +241,7 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
 def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = None, ood_path: Optional[str] = None,
             out: Optional[str] = None, steps: Optional[int] = None, step_size: Optional[float] = None,
             batch_size: int = 500, seed: int = 0, device: str = "auto", force: bool = False,
-            pr_png: Optional[str] = None) -> dict[str, Any]:
+            pr_png: Optional[str] = None, precision: str = "fp32") -> dict[str, Any]:
     from ebmtool.eval.anomaly import binary_labels, metrics
 
     if (positive is None) == (ood_path is None):
@@ -248,7 +263,9 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
         parents.append(ood_art)
     else:
         y = binary_labels(labels, positive)
-    scores = batched(lambda b: model.anomaly_score(b, steps=steps, step_size=step_size), x, batch_size, dev)
+    with _precision(precision, dev):
+        scores = batched(lambda b: model.anomaly_score(b, steps=steps, step_size=step_size), x, batch_size, dev)
+    scores = scores.float()
     m = metrics(y, scores)
     res = {**m.as_dict(), "model_method": model.method, "score": "-log p(x, z) at posterior samples"
            if isinstance(model, LatentModel) else getattr(model, "score_name", "anomaly score"),

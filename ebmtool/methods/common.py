@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ebmtool.checkpoint import Checkpointer
+from ebmtool.precision import Precision
 from ebmtool.config import Optim
 from ebmtool.errors import DivergenceError, UserError
 
@@ -81,6 +82,7 @@ class RunContext:
     quiet: bool = False
     seed: int = 0
     ckpt: Checkpointer = field(default_factory=Checkpointer)
+    precision: Precision = field(default_factory=lambda: Precision("fp32", "default"))
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -172,7 +174,8 @@ def train_loop(
                         progress.update(task, advance=1)
                         continue
                     try:
-                        out = step(idx, data.x[idx.to(data.x.device)], it)
+                        with ctx.precision.context(ctx.device):
+                            out = step(idx, data.x[idx.to(data.x.device)], it)
                         check_finite("loss", out)
                     except DivergenceError as err:
                         kept = f"; last good checkpoint: {ck.path}" if ck.path is not None and ck.path.exists() else ""
