@@ -15,6 +15,7 @@ and every problem is a :class:`~ebmtool.errors.UserError` naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -128,17 +129,26 @@ def save(
         "ebmtool.parents": json.dumps([_parent(x) for x in parents]),
         "ebmtool.meta": json.dumps(dict(meta or {}), sort_keys=True, default=_json_default),
     }
+    with atomic_write(p) as tmp:
+        save_file(clean, tmp, metadata=md)
+    return p
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike):
+    """Yield a temporary path in the same folder; on success it replaces ``path`` (readable as a normal file),
+    on any error it is removed: no half-written output ever appears under ``path``."""
+    p = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
     os.close(fd)
     try:
-        save_file(clean, tmp, metadata=md)
+        yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return p
 
 
 def _umask() -> int:

@@ -184,22 +184,12 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
 def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None) -> None:
     """PNG grid through torchvision's save_image (written atomically)."""
     import math
-    import os
-    import tempfile
 
     from torchvision.utils import save_image
 
     nrow = nrow or max(1, int(math.sqrt(len(images_u8))))
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".png", dir=p.parent if str(p.parent) else ".")
-    os.close(fd)
-    try:
+    with artifacts.atomic_write(path) as tmp:
         save_image(images_u8[:256].float() / 255.0, tmp, nrow=nrow, padding=1, format="png")
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _check_fits(model: Model, x: torch.Tensor, data_path: str) -> None:

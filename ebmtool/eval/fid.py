@@ -611,15 +611,9 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, 
     p = Path(path)
     arrays = {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64), "format": np.asarray(STATS_FORMAT)}
     arrays.update({k: np.asarray(v) for k, v in meta.items() if v is not None})
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with artifacts.atomic_write(p) as tmp:
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return p
 
 

@@ -4,9 +4,6 @@ curves. Image grids (samples, trajectories, reconstruction pairs) go through tor
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -63,16 +60,10 @@ def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], p
 
 
 def _save(img, path: str) -> None:
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".png", dir=p.parent if str(p.parent) else ".")
-    os.close(fd)
-    try:
+    from ebmtool.artifacts import atomic_write
+
+    with atomic_write(path) as tmp:
         img.save(tmp, format="PNG")
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def pr_curve_png(y: np.ndarray, scores: np.ndarray, path: str) -> None:
