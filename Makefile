@@ -6,12 +6,13 @@ EBM    := $(VENV)/bin/ebmtool
 STAMP  := $(VENV)/.ebmtool-installed
 DEMO   ?= demo
 
-.PHONY: all install test demo bench clean help
+.PHONY: all install test demo bench bench-speed bench-anomaly clean help
 all: help
 help:
 	@echo "make demo   - set up .venv if missing and run the main job on scikit-learn's digits (< 3 min)"
 	@echo "make test   - set up .venv if missing and run the test suite"
-	@echo "make bench  - speed and quality benchmarks (not part of the tests)"
+	@echo "make bench  - ground-truth and speed benchmarks (QUICK=1 for a short run; not part of the tests)"
+	@echo "make bench-anomaly - hold-one-digit MNIST anomaly benchmark (resumes; rows in benchmarks/results/)"
 
 # torch and torchvision are installed together (the CUDA wheels run on the CPU; see README).
 $(STAMP): pyproject.toml
@@ -30,7 +31,14 @@ demo: $(STAMP)
 	$(PY) -m ebmtool.demo --out $(DEMO)
 
 bench: $(STAMP)
-	$(PY) benchmarks/ground_truth.py
+	$(PY) benchmarks/ground_truth.py $(if $(QUICK),--quick)
+	$(PY) benchmarks/speed.py $(if $(QUICK),--quick)
+
+bench-speed: $(STAMP)
+	$(PY) benchmarks/speed.py $(if $(QUICK),--quick)
+
+bench-anomaly: $(STAMP)
+	$(PY) benchmarks/anomaly_mnist.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
