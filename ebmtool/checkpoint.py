@@ -61,6 +61,7 @@ class Checkpointer:
     resume: Optional[artifacts.Artifact] = None
     objects: dict[str, Any] = field(default_factory=dict)
     interrupted: Optional[int] = None
+    inputs: dict[str, Any] = field(default_factory=dict)  # content hashes of --data / --init
 
     # --- tracking -----------------------------------------------------------------------------
     def track(self, **objs: Any) -> None:
@@ -98,7 +99,7 @@ class Checkpointer:
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda{i}"] = s
-        meta = {"iteration": iteration, "structure": structure, "state": state or {},
+        meta = {"iteration": iteration, "structure": structure, "state": state or {}, "inputs": self.inputs,
                 "history": {"steps": history.steps, "epochs": history.epochs}}
         artifacts.save(self.path, "checkpoint", tensors, config=self.config, meta=meta, force=True)
 
@@ -131,7 +132,8 @@ class Checkpointer:
         art = self.resume
         torch.set_rng_state(art.tensors["rng.torch"])
         if torch.cuda.is_available():
-            states = [art.tensors[k] for k in sorted(k for k in art.tensors if k.startswith("rng.cuda"))]
+            keys = sorted((k for k in art.tensors if k.startswith("rng.cuda")), key=lambda k: int(k[len("rng.cuda"):]))
+            states = [art.tensors[k] for k in keys]
             if states:
                 torch.cuda.set_rng_state_all(states)
         history.steps = {k: list(v) for k, v in art.meta["history"]["steps"].items()}
@@ -158,8 +160,8 @@ class Checkpointer:
             signal.signal(sig, h)
 
 
-def open_resume(path: str, config: dict[str, Any]) -> artifacts.Artifact:
-    """Load a checkpoint and check it was written by the same resolved config."""
+def open_resume(path: str, config: dict[str, Any], inputs: dict[str, Any]) -> artifacts.Artifact:
+    """Load a checkpoint and check it was written by the same resolved config from the same --data / --init."""
     art = artifacts.load(path, "checkpoint", what="--resume")
     for key in ("iteration", "structure", "history"):
         if key not in art.meta:
@@ -168,6 +170,10 @@ def open_resume(path: str, config: dict[str, Any]) -> artifacts.Artifact:
         diff = sorted(k for k in set(art.config) | set(config) if art.config.get(k) != config.get(k))
         raise UserError(f"{art.path}: checkpoint was written with a different config "
                         f"(differs in {', '.join(diff[:5])}); resume with the same command and options")
+    saved = art.meta.get("inputs", {})
+    for key, what in (("data_content_sha256", "--data"), ("init_sha256", "--init")):
+        if saved.get(key) != inputs.get(key):
+            raise UserError(f"{art.path}: checkpoint was written from a different {what}; resume with the same inputs")
     return art
 
 

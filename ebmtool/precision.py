@@ -63,8 +63,6 @@ def resolve(name: str, device: torch.device, warn=True) -> Precision:
     if name == "auto":
         if cuda and torch.cuda.is_bf16_supported():
             return Precision("bf16", "auto: CUDA device with native bf16")
-        if cuda and torch.cuda.get_device_capability(device)[0] >= 8:
-            return Precision("tf32", "auto: CUDA device with TF32 tensor cores")
         if device.type == "cpu" and cpu_native_bf16():
             return Precision("bf16", "auto: CPU with AMX-BF16/AVX512-BF16")
         return Precision("fp32", "auto: no native reduced precision on this device")

@@ -72,9 +72,9 @@ def open_training_data(path: str, device: torch.device) -> TrainData:
 
 
 def checkpoint_path(out: str) -> Path:
+    """OUT.safetensors -> OUT.ckpt.safetensors (other names: NAME.ckpt.safetensors); keeps every dot of the name."""
     p = Path(out)
-    return p.with_name(p.name[: -len(".safetensors")] if p.name.endswith(".safetensors") else p.name).with_suffix(
-        ".ckpt.safetensors") if p.suffix else p.with_name(p.name + ".ckpt.safetensors")
+    return p.with_name(p.name.removesuffix(".safetensors") + ".ckpt.safetensors")
 
 
 def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str] = None, force: bool = False,
@@ -92,8 +92,10 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
     if checkpoint_every < 0:
         raise UserError("--checkpoint-every must be >= 0")
     ck_path = Path(checkpoint) if checkpoint else checkpoint_path(out)
+    if ck_path.resolve() == Path(out).resolve():
+        raise UserError(f"--checkpoint {ck_path}: must differ from the output file")
     config_json = cfg.model_dump(mode="json")
-    resume_art = open_resume(resume, config_json) if resume else None
+    resume_art = None
     if resume_art is None and ck_path.exists() and not force:
         raise UserError(f"{ck_path}: a checkpoint of an earlier run exists (continue it with --resume {ck_path}, or pass --force)")
     artifacts.check_output(ck_path, True)
@@ -104,13 +106,23 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
     if init_path is not None:
         init, init_art = load_model(init_path, what="--init", device=device)
         init.train()
+    inputs = {"data_content_sha256": data.content_sha256, "init_sha256": init_art.sha256 if init_art else None}
+    if resume:
+        resume_art = open_resume(resume, config_json, inputs)
     from ebmtool.precision import resolve as resolve_precision
 
-    ck = Checkpointer(ck_path, checkpoint_every, config_json, resume_art)
+    ck = Checkpointer(ck_path, checkpoint_every, config_json, resume_art, inputs=inputs)
     prec = resolve_precision(cfg.precision, device)
+    if prec.name == "fp16":
+        raise UserError("--precision fp16: training in fp16 needs loss scaling, which ebmtool does not do; use bf16 "
+                        "(fp16 is available for sample/reconstruct/anomaly)")
     ctx = RunContext(device=device, quiet=quiet, seed=cfg.seed, ckpt=ck, precision=prec)
     t0 = time.perf_counter()
-    res: FitResult = spec.fit(cfg, data, init, init_art, ctx)
+    handlers = ck.install_signal_handlers()  # Ctrl-C / SIGTERM: checkpoint at the next iteration boundary
+    try:
+        res: FitResult = spec.fit(cfg, data, init, init_art, ctx)
+    finally:
+        ck.restore_signal_handlers(handlers)
     wall = time.perf_counter() - t0
     model = res.model
     tensors = {**model_tensors(model), **res.history.tensors(), **res.tensors}
@@ -158,6 +170,8 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     else:
         with _precision(precision, dev):
             res = model.sample(n, steps=steps, step_size=step_size, sampler=sampler, record_every=trajectory_every)
+    if trajectory_every and res.trajectory is None:
+        raise UserError("--trajectory: this model's prior is sampled exactly or by SIR; there is no Langevin chain to record")
     images = _to_uint8(res.images.float().cpu())
     tensors = {"images": images, **_latent_tensors(res.latents if not isinstance(res.latents, torch.Tensor) else res.latents.cpu())}
     meta: dict[str, Any] = {"n": n, "image_shape": list(images.shape[1:]), "model_method": model.method,
@@ -187,9 +201,10 @@ def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None) ->
 
     from torchvision.utils import save_image
 
+    images_u8 = images_u8[:256]
     nrow = nrow or max(1, int(math.sqrt(len(images_u8))))
     with artifacts.atomic_write(path) as tmp:
-        save_image(images_u8[:256].float() / 255.0, tmp, nrow=nrow, padding=1, format="png")
+        save_image(images_u8.float() / 255.0, tmp, nrow=nrow, padding=1, format="png")
 
 
 def _check_fits(model: Model, x: torch.Tensor, data_path: str) -> None:

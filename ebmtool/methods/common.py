@@ -26,6 +26,18 @@ class Interrupted(UserError):
 
 
 def resolve_device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name) if name != "auto" else None
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device: unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
+    if dev is not None and dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA device is available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    if dev is not None and dev.type not in ("cpu", "mps"):
+        raise UserError(f"--device: unsupported device {name!r} (auto, cpu, cuda, cuda:N, mps)")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -157,45 +169,44 @@ def train_loop(
     show = not ctx.quiet and sys.stderr.isatty()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.fields[msg]}"), disable=not show, transient=True)
-    old_handlers = ck.install_signal_handlers() if ck.path is not None else {}
-    try:
-        with progress:
-            task = progress.add_task(label, total=epochs * n_batches, msg="")
-            for e in range(epochs):
-                epoch = epoch_offset + e
-                if (epoch + 1) * n_batches < resume_it:  # finished (with its epoch-end actions) before the checkpoint
-                    progress.update(task, advance=n_batches)
+    with progress:
+        task = progress.add_task(label, total=epochs * n_batches, msg="")
+        for e in range(epochs):
+            epoch = epoch_offset + e
+            if (epoch + 1) * n_batches < resume_it:  # finished (with its epoch-end actions) before the checkpoint
+                progress.update(task, advance=n_batches)
+                continue
+            gen = torch.Generator().manual_seed(ctx.seed * 100003 + epoch)
+            t0 = time.perf_counter()
+            for b, idx in enumerate(batches(n, batch_size, gen)):
+                it = epoch * n_batches + b
+                if it < resume_it:
+                    progress.update(task, advance=1)
                     continue
-                gen = torch.Generator().manual_seed(ctx.seed * 100003 + epoch)
-                t0 = time.perf_counter()
-                for b, idx in enumerate(batches(n, batch_size, gen)):
-                    it = epoch * n_batches + b
-                    if it < resume_it:
-                        progress.update(task, advance=1)
-                        continue
-                    try:
-                        with ctx.precision.context(ctx.device):
-                            out = step(idx, data.x[idx.to(data.x.device)], it)
-                        check_finite("loss", out)
-                    except DivergenceError as err:
-                        kept = f"; last good checkpoint: {ck.path}" if ck.path is not None and ck.path.exists() else ""
-                        raise DivergenceError(f"{label} epoch {epoch + 1} iteration {it + 1}: {err}{kept}") from None
-                    vals = {k: float(v) for k, v in out.items()}
-                    history.add(vals)
-                    done = it + 1
-                    if ck.path is not None and ((ck.every and done % ck.every == 0) or ck.interrupted):
-                        ck.save(done, history)
-                    if ck.interrupted:
-                        raise Interrupted(f"interrupted at iteration {done}; checkpoint written to {ck.path} "
-                                          f"(continue with the same command and --resume {ck.path})")
-                    if log_every and done % log_every == 0:
-                        ctx.log(f"[{label}] it {done} " + " ".join(f"{k}={v:.4g}" for k, v in vals.items()))
-                    progress.update(task, advance=1, msg=" ".join(f"{k}={v:.3g}" for k, v in list(vals.items())[:3]))
-                for s in schedulers:
-                    s.step()
-                means = history.close_epoch(epoch * n_batches)
-                ctx.log(f"[{label}] epoch {epoch + 1} ({time.perf_counter() - t0:.1f}s) "
-                        + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
-    finally:
-        ck.restore_signal_handlers(old_handlers)
+                try:
+                    with ctx.precision.context(ctx.device):
+                        out = step(idx, data.x[idx.to(data.x.device)], it)
+                    # one host sync for all logged scalars
+                    vals = dict(zip(out, torch.stack([v.detach().float().reshape(()) for v in out.values()]).tolist()))
+                    bad = [k for k, v in vals.items() if not math.isfinite(v)]
+                    if bad:
+                        raise DivergenceError(f"{bad[0]} is non-finite (try a smaller Langevin step size or learning rate)")
+                except DivergenceError as err:
+                    kept = f"; last good checkpoint: {ck.path}" if ck.path is not None and ck.path.exists() else ""
+                    raise DivergenceError(f"{label} epoch {epoch + 1} iteration {it + 1}: {err}{kept}") from None
+                history.add(vals)
+                done = it + 1
+                if ck.path is not None and ((ck.every and done % ck.every == 0) or ck.interrupted):
+                    ck.save(done, history)
+                if ck.interrupted:
+                    raise Interrupted(f"interrupted at iteration {done}; checkpoint written to {ck.path} "
+                                      f"(continue with the same command and --resume {ck.path})")
+                if log_every and done % log_every == 0:
+                    ctx.log(f"[{label}] it {done} " + " ".join(f"{k}={v:.4g}" for k, v in vals.items()))
+                progress.update(task, advance=1, msg=" ".join(f"{k}={v:.3g}" for k, v in list(vals.items())[:3]))
+            for s in schedulers:
+                s.step()
+            means = history.close_epoch(epoch * n_batches)
+            ctx.log(f"[{label}] epoch {epoch + 1} ({time.perf_counter() - t0:.1f}s) "
+                    + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
     return history
