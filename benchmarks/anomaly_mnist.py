@@ -8,6 +8,11 @@ benchmarks/results/anomaly_mnist.csv as soon as it is measured; rows already the
 session resumes where this one stopped.
 
     .venv/bin/python benchmarks/anomaly_mnist.py [--digits 1 4 5 7 9] [--seeds 0 1 2] [--methods mle adaptive-nce]
+                                                 [--precision fp32|bf16]
+
+--precision runs the whole pipeline (pretraining, fitting, scoring) at that precision, so that rows of the same
+digit and seed measure the quality cost of reduced precision (issue 9). Each row also records the test-set
+reconstruction MSE of the model (pixels in [-1, 1]).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ PAPER_AUPRC = {  # seeds' Table (MNIST, AUPRC, leaky split in the original code)
     "adaptive-nce": {1: 0.531, 4: 0.729, 5: 0.742, 7: 0.620, 9: 0.499},
 }
 FIELDS = ["method", "digit", "seed", "budget", "auprc", "average_precision", "auroc", "n_test", "n_anomalous",
-          "wall_time_s", "cpu", "torch", "threads"]
+          "wall_time_s", "cpu", "torch", "threads", "precision", "recon_mse"]
 
 
 def cpu_name() -> str:
@@ -57,16 +62,33 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def done_rows() -> set[tuple[str, int, int]]:
+def read_rows() -> list[dict]:
+    """Rows measured so far; rows written before the precision column existed were fp32."""
     if not RESULTS.exists():
-        return set()
+        return []
     with open(RESULTS) as f:
-        return {(r["method"], int(r["digit"]), int(r["seed"])) for r in csv.DictReader(f)}
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["precision"] = r.get("precision") or "fp32"
+    return rows
+
+
+def done_rows() -> set[tuple[str, int, int, str]]:
+    return {(r["method"], int(r["digit"]), int(r["seed"]), r["precision"]) for r in read_rows()}
 
 
 def append(row: dict) -> None:
-    new = not RESULTS.exists()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    if RESULTS.exists():
+        with open(RESULTS) as f:
+            header = f.readline().strip().split(",")
+        if header != FIELDS:  # an older file: rewrite it once with the new columns
+            rows = read_rows()
+            with open(RESULTS, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=FIELDS, restval="")
+                w.writeheader()
+                w.writerows(rows)
+    new = not RESULTS.exists()
     with open(RESULTS, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         if new:
@@ -87,11 +109,11 @@ def split(digit: int) -> tuple[str, str]:
     return out[0], out[1]
 
 
-def train(method: str, data: str, out: Path, seed: int, init: str | None) -> float:
+def train(method: str, data: str, out: Path, seed: int, init: str | None, precision: str = "fp32") -> float:
     if out.exists():
         return 0.0
     cfg = resolve(METHODS[method].config, method=method, preset="cpu", toml=None,
-                  flags={**BUDGET[method], "seed": seed})
+                  flags={**BUDGET[method], "seed": seed, "precision": precision})
     t0 = time.perf_counter()
     stages.train(method, cfg, data, str(out), init_path=init, quiet=True)
     return time.perf_counter() - t0
@@ -103,7 +125,7 @@ def report() -> str:
 
     if not RESULTS.exists():
         return "(no rows measured yet)"
-    rows = list(csv.DictReader(open(RESULTS)))
+    rows = [r for r in read_rows() if r["precision"] == "fp32"]
     digits = sorted({int(r["digit"]) for r in rows})
     methods = [m for m in ["pca", "pretrain", "mle", "adaptive-nce"] if any(r["method"] == m for r in rows)]
     names = {"pca": "PCA (32 comp.)", "pretrain": "0-stage generator", "mle": "LEBM (mle)", "adaptive-nce": "adaptive-nce, 4 stages"}
@@ -125,26 +147,51 @@ def report() -> str:
     return "\n".join(lines)
 
 
+def fill_mse() -> None:
+    """Add the reconstruction MSE to rows measured before that column existed (models still under runs/)."""
+    rows = read_rows()
+    for r in rows:
+        if r.get("recon_mse") or r["method"] == "pca":
+            continue
+        d, s, tag = int(r["digit"]), int(r["seed"]), "" if r["precision"] == "fp32" else "-" + r["precision"]
+        name = "gen" if r["method"] == "pretrain" else r["method"]
+        model = WORK / f"{name}-d{d}-s{s}{tag}.safetensors"
+        if model.exists():
+            r["recon_mse"] = f"{stages.reconstruct(str(model), split(d)[1], seed=s, precision=r['precision'])['mse']:.5f}"
+            print(r["method"], d, s, r["recon_mse"], flush=True)
+    with open(RESULTS, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, restval="")
+        w.writeheader()
+        w.writerows(rows)
+
+
 def main() -> None:
     if "--report" in sys.argv:
         print(report())
+        return
+    if "--fill-mse" in sys.argv:
+        fill_mse()
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--digits", type=int, nargs="+", default=[1, 4, 5, 7, 9])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=["mle", "adaptive-nce"])
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = ap.parse_args()
+    prec = args.precision
+    tag = "" if prec == "fp32" else f"-{prec}"
     if not MNIST.exists():
         sys.exit(f"anomaly_mnist: {MNIST} not found (the shared MNIST test set)")
     cpu = cpu_name()
     for seed in args.seeds:
         for digit in args.digits:
-            todo = [m for m in ["pca", "pretrain", *args.methods] if (m, digit, seed) not in done_rows()]
+            todo = [m for m in ["pca", "pretrain", *args.methods] if (m, digit, seed, prec) not in done_rows()
+                    and not (m == "pca" and prec != "fp32")]
             if not todo:
                 continue
             tr, te = split(digit)
-            gen = WORK / f"gen-d{digit}-s{seed}.safetensors"
-            t_gen = train("pretrain", tr, gen, seed, None)
+            gen = WORK / f"gen-d{digit}-s{seed}{tag}.safetensors"
+            t_gen = train("pretrain", tr, gen, seed, None, prec) if any(m != "pca" for m in todo) else 0.0
             for m in todo:
                 t0 = time.perf_counter()
                 if m == "pca":
@@ -152,16 +199,19 @@ def main() -> None:
                     xte, lte, _ = load_images(te)
                     met = metrics(binary_labels(lte, [digit]), pca_scores(xtr, xte, seed=seed))
                     wall, budget = time.perf_counter() - t0, "PCA 32 components"
+                    mse = ""
                 else:
-                    model = str(gen) if m == "pretrain" else str(WORK / f"{m}-d{digit}-s{seed}.safetensors")
-                    wall = t_gen if m == "pretrain" else train(m, tr, Path(model), seed, str(gen))
-                    r = stages.anomaly(model, te, positive=[digit], seed=seed)
+                    model = str(gen) if m == "pretrain" else str(WORK / f"{m}-d{digit}-s{seed}{tag}.safetensors")
+                    wall = t_gen if m == "pretrain" else train(m, tr, Path(model), seed, str(gen), prec)
+                    r = stages.anomaly(model, te, positive=[digit], seed=seed, precision=prec)
+                    mse = f"{stages.reconstruct(model, te, seed=seed, precision=prec)['mse']:.5f}"
                     met = type("M", (), r)
                     budget = f"cpu preset + {BUDGET['pretrain']}" + ("" if m == "pretrain" else f" then {BUDGET[m]}")
                 row = {"method": m, "digit": digit, "seed": seed, "budget": budget, "auprc": f"{met.auprc:.4f}",
                        "average_precision": f"{met.average_precision:.4f}", "auroc": f"{met.auroc:.4f}",
                        "n_test": met.n, "n_anomalous": met.n_anomalous, "wall_time_s": f"{wall:.1f}", "cpu": cpu,
-                       "torch": torch.__version__, "threads": torch.get_num_threads()}
+                       "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "precision": prec, "recon_mse": mse}
                 append(row)
                 print(row, flush=True)
 

@@ -137,7 +137,16 @@ def save(
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike):
     """Yield a temporary path in the same folder; on success it replaces ``path`` (readable as a normal file),
-    on any error it is removed: no half-written output ever appears under ``path``."""
+    on any error it is removed: no half-written output ever appears under ``path``.
+
+    Under torchrun only rank 0 writes: other ranks get a scratch path that is discarded, so every rank runs
+    the same code and only one copy of each file reaches the disk."""
+    from ebmtool.distributed import world
+
+    if not world().is_main:
+        with tempfile.TemporaryDirectory(prefix="ebmtool-rank") as scratch:
+            yield os.path.join(scratch, Path(path).name)
+        return
     p = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
     os.close(fd)

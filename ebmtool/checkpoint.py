@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ebmtool import artifacts
+from ebmtool import artifacts, distributed
 from ebmtool.errors import UserError
 
 
@@ -95,10 +95,15 @@ class Checkpointer:
                 structure[name] = {"state": _flatten(obj.state_dict(), name, tensors)}
             else:
                 raise TypeError(f"cannot checkpoint {name!r} of type {type(obj).__name__}")
-        tensors["rng.torch"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda{i}"] = s
+        if distributed.world().parallel:  # every rank's RNG state (collective: all ranks save together)
+            tensors["rng.torch.ranks"] = distributed.gather(torch.get_rng_state().unsqueeze(0))
+            if torch.cuda.is_available():
+                tensors["rng.cuda.ranks"] = distributed.gather(torch.cuda.get_rng_state().unsqueeze(0))
+        else:
+            tensors["rng.torch"] = torch.get_rng_state()
+            if torch.cuda.is_available():
+                for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                    tensors[f"rng.cuda{i}"] = s
         meta = {"iteration": iteration, "structure": structure, "state": state or {}, "inputs": self.inputs,
                 "history": {"steps": history.steps, "epochs": history.epochs}}
         artifacts.save(self.path, "checkpoint", tensors, config=self.config, meta=meta, force=True)
@@ -130,8 +135,14 @@ class Checkpointer:
         if self.resume is None:
             return
         art = self.resume
-        torch.set_rng_state(art.tensors["rng.torch"])
-        if torch.cuda.is_available():
+        w = distributed.world()
+        if "rng.torch.ranks" in art.tensors:
+            torch.set_rng_state(art.tensors["rng.torch.ranks"][w.rank].clone())  # clone: a row view would be read from its storage start
+            if torch.cuda.is_available() and "rng.cuda.ranks" in art.tensors:
+                torch.cuda.set_rng_state(art.tensors["rng.cuda.ranks"][w.rank].clone())
+        else:
+            torch.set_rng_state(art.tensors["rng.torch"])
+        if torch.cuda.is_available() and "rng.torch.ranks" not in art.tensors:
             keys = sorted((k for k in art.tensors if k.startswith("rng.cuda")), key=lambda k: int(k[len("rng.cuda"):]))
             states = [art.tensors[k] for k in keys]
             if states:
@@ -171,6 +182,10 @@ def open_resume(path: str, config: dict[str, Any], inputs: dict[str, Any]) -> ar
         raise UserError(f"{art.path}: checkpoint was written with a different config "
                         f"(differs in {', '.join(diff[:5])}); resume with the same command and options")
     saved = art.meta.get("inputs", {})
+    ranks, now = saved.get("world_size", 1), inputs.get("world_size", 1)
+    if ranks != now:
+        raise UserError(f"{art.path}: checkpoint was written by {ranks} torchrun rank(s), this run has {now}; "
+                        "resume with the same --nproc_per_node")
     for key, what in (("data_content_sha256", "--data"), ("init_sha256", "--init")):
         if saved.get(key) != inputs.get(key):
             raise UserError(f"{art.path}: checkpoint was written from a different {what}; resume with the same inputs")

@@ -8,6 +8,7 @@ z <- z + (s^2/2) grad log pi(z) + s * eps (s = --step-size).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -33,6 +34,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="ebmtool: energy-based priors in the latent space of generator models. "
                        "Stages chain through safetensors artifacts. Langevin convention: "
                        "z <- z + (s^2/2) grad log pi(z) + s*eps.")
+
+
+@app.callback()
+def _common(threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, envvar="EBMTOOL_THREADS",
+        help="CPU threads for torch's intra-op pool (default: torch's choice; on a busy shared machine 1 can be "
+             "several times faster than 2)")) -> None:
+    """Options for every command: ebmtool [--threads N] COMMAND ..."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Dataset artifacts.")
 app.add_typer(data_app, name="data")
 
@@ -58,6 +73,10 @@ ResumeOpt = typer.Option(None, "--resume", help="continue from a checkpoint writ
 
 
 def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
+    from ebmtool.distributed import world
+
+    if not world().is_main:  # under torchrun rank 0 reports for all
+        return
     if as_json:
         print(json.dumps(result, default=str))
         return
@@ -447,21 +466,70 @@ def presets():
 
 
 # ------------------------------------------------------------------------------------------------
+# commands that share their work across torchrun ranks; any other command runs on rank 0 alone
+PARALLEL_COMMANDS = {"pretrain-generator", "fit-prior", "sample", "reconstruct", "anomaly", "fid"}
+
+
+def _say(msg: str, code: int) -> None:
+    """One line on stderr. Under torchrun rank 0 speaks for all (every rank ran the same checks); other ranks
+    speak only for failures of their own (divergence, a lost peer), prefixed with their rank."""
+    from ebmtool.distributed import world
+
+    w = world()
+    if w.is_main:
+        print(f"ebmtool: {msg}", file=sys.stderr)
+    elif code not in (2, 130):
+        print(f"ebmtool[rank {w.rank}]: {msg}", file=sys.stderr)
+
+
+def _command_name(args: list[str]) -> Optional[str]:
+    """The subcommand in argv (skipping the global --threads N)."""
+    it = iter(args)
+    for a in it:
+        if a == "--threads":
+            next(it, None)
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
 def main(argv: Optional[list[str]] = None) -> None:
+    from ebmtool import distributed
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    ok = False
     try:
-        rv = app(args=argv, prog_name="ebmtool", standalone_mode=False)
+        if distributed.launched_by_torchrun():
+            command = _command_name(args)
+            if command in PARALLEL_COMMANDS:
+                distributed.init_from_env()
+            elif os.environ.get("RANK", "0") != "0":
+                return  # nothing to share: rank 0 runs it alone
+        rv = app(args=args, prog_name="ebmtool", standalone_mode=False)
+        ok = True
     except UserError as e:
-        print(f"ebmtool: error: {e}", file=sys.stderr)
+        _say(f"error: {e}", e.exit_code)
+        if e.exit_code == 2:
+            distributed.fail_together()
         sys.exit(e.exit_code)
     except _ClickException as e:
         msg = " ".join(e.format_message().split())
-        print(f"ebmtool: error: {msg}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, _UsageError) else getattr(e, "exit_code", 1))
-    except _Abort:
-        print("ebmtool: interrupted", file=sys.stderr)
+        code = 2 if isinstance(e, _UsageError) else getattr(e, "exit_code", 1)
+        _say(f"error: {msg}", code)
+        distributed.fail_together()
+        sys.exit(code)
+    except (_Abort, KeyboardInterrupt):
+        _say("interrupted", 130)
         sys.exit(130)
-    except KeyboardInterrupt:
-        print("ebmtool: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except RuntimeError as e:
+        import torch.distributed as dist
+
+        if not (distributed.world().parallel and isinstance(e, getattr(dist, "DistError", ()))):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        _say(f"error: lost contact with another torchrun rank, which probably failed (see its message): {first}", 1)
+        sys.exit(1)
+    finally:
+        distributed.finish(ok)
     if isinstance(rv, int) and rv != 0:
         sys.exit(rv)

@@ -74,7 +74,9 @@ def resolve(name: str, device: torch.device, warn=True) -> Precision:
         return Precision("tf32", "requested")
     if name == "fp16" and not cuda:
         raise UserError("--precision fp16: fp16 autocast is only supported on CUDA here (use bf16 on a CPU)")
-    if name == "bf16" and device.type == "cpu" and not cpu_native_bf16() and warn:
+    from ebmtool.distributed import world
+
+    if name == "bf16" and device.type == "cpu" and not cpu_native_bf16() and warn and world().is_main:
         print("ebmtool: warning: this CPU has no native bf16 (no AMX-BF16/AVX512-BF16): bf16 is emulated and "
               "typically far slower than fp32 (see docs/performance.md); running it as asked", file=sys.stderr)
     return Precision(name, "requested")

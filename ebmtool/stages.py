@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import torch
 
-from ebmtool import artifacts
+from ebmtool import artifacts, distributed
 from ebmtool.data import DataConfig, load_images, prepare
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS, FitResult
@@ -31,12 +31,17 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def batched(fn, x: torch.Tensor, batch_size: int, device: torch.device):
-    """Apply fn to batches of x on the device; concatenate (tensors or tuples of tensors) on the CPU."""
-    outs = [fn(x[i: i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
+    """Apply fn to batches of x on the device; concatenate (tensors or tuples of tensors) on the CPU.
+    Under torchrun each rank takes a contiguous shard of x and the results are gathered in order."""
+    shard = distributed.world().parallel and len(x) >= distributed.world().size
+    xs = distributed.take(x) if shard else x
+    outs = [fn(xs[i: i + batch_size].to(device)) for i in range(0, len(xs), batch_size)]
     first = outs[0]
     if isinstance(first, tuple):
-        return tuple(_cat([o[j] for o in outs]) for j in range(len(first)))
-    return _cat(outs)
+        res = tuple(_cat([o[j] for o in outs]) for j in range(len(first)))
+    else:
+        res = _cat(outs)
+    return distributed.gather_nested(res) if shard else res
 
 
 def _cat(parts):
@@ -89,6 +94,8 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
 
     spec = METHODS[method]
     artifacts.check_output(out, force)
+    if hasattr(cfg, "batch_size"):
+        distributed.check_batch_size(cfg.batch_size)
     if checkpoint_every < 0:
         raise UserError("--checkpoint-every must be >= 0")
     ck_path = Path(checkpoint) if checkpoint else checkpoint_path(out)
@@ -107,6 +114,8 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
         init, init_art = load_model(init_path, what="--init", device=device)
         init.train()
     inputs = {"data_content_sha256": data.content_sha256, "init_sha256": init_art.sha256 if init_art else None}
+    if distributed.world().parallel:
+        inputs["world_size"] = distributed.world().size
     if resume:
         resume_art = open_resume(resume, config_json, inputs)
     from ebmtool.precision import resolve as resolve_precision
@@ -116,7 +125,8 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
     if prec.name == "fp16":
         raise UserError("--precision fp16: training in fp16 needs loss scaling, which ebmtool does not do; use bf16 "
                         "(fp16 is available for sample/reconstruct/anomaly)")
-    ctx = RunContext(device=device, quiet=quiet, seed=cfg.seed, ckpt=ck, precision=prec)
+    ctx = RunContext(device=device, quiet=quiet or not distributed.world().is_main, seed=cfg.seed, ckpt=ck,
+                     precision=prec)
     t0 = time.perf_counter()
     handlers = ck.install_signal_handlers()  # Ctrl-C / SIGTERM: checkpoint at the next iteration boundary
     try:
@@ -135,7 +145,7 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
     }
     parents = [data.parent] + ([init_art.as_parent()] if init_art is not None else [])
     artifacts.save(out, "model", tensors, config=cfg, meta=meta, parents=parents, force=True)
-    if ck.path is not None and ck.path.exists():
+    if ck.path is not None and ck.path.exists() and distributed.world().is_main:
         ck.path.unlink()
     return {"output": str(out), "method": method, "wall_time_s": round(wall, 2), **res.history.summary(),
             **{k: v for k, v in res.meta.items() if k != "data_content_sha256"}}
@@ -156,7 +166,7 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     if trajectory_png is not None and trajectory_every < 1:
         raise UserError("--trajectory-png needs --trajectory K (record every K-th step)")
     dev = resolve_device(device)
-    seed_everything(seed)
+    seed_everything(seed, per_rank=True)
     model, art = load_model(model_path, device=dev)
     if sampler == "sir" and not getattr(getattr(model, "prior", None), "supports_sir", False):
         raise UserError(f"--sampler sir: not available for a {model.method} model")
@@ -168,8 +178,14 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
         with _precision(precision, dev):
             res = hierarchical_sample(model, n, layer_resample, group=8, steps=steps, step_size=step_size, sampler=sampler)
     else:
+        W = distributed.world()
+        shard = W.parallel and n >= W.size  # each rank draws its share; images and latents are gathered
+        a, b = distributed.bounds(n) if shard else (0, n)
         with _precision(precision, dev):
-            res = model.sample(n, steps=steps, step_size=step_size, sampler=sampler, record_every=trajectory_every)
+            res = model.sample(b - a, steps=steps, step_size=step_size, sampler=sampler, record_every=trajectory_every)
+        if shard:
+            res.images = distributed.gather(res.images.contiguous())
+            res.latents = distributed.gather_nested(res.latents)
     if trajectory_every and res.trajectory is None:
         raise UserError("--trajectory: this model's prior is sampled exactly or by SIR; there is no Langevin chain to record")
     images = _to_uint8(res.images.float().cpu())
@@ -220,7 +236,7 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
         if p is not None:
             artifacts.check_output(p, force)
     dev = resolve_device(device)
-    seed_everything(seed)
+    seed_everything(seed, per_rank=True)
     model, art = load_model(model_path, device=dev)
     x, labels, data_art = load_images(data_path)
     if limit is not None:
@@ -255,7 +271,7 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
         if p is not None:
             artifacts.check_output(p, force)
     dev = resolve_device(device)
-    seed_everything(seed)
+    seed_everything(seed, per_rank=True)
     model, art = load_model(model_path, device=dev)
     x, labels, data_art = load_images(data_path)
     _check_fits(model, x, data_path)

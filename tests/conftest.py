@@ -76,9 +76,9 @@ def ebmtool_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "ebmtool"]
 
 
-def run_sub(argv: list[str], cwd: Path | None = None, timeout: float = 300) -> Run:
-    """Run ``ebmtool ARGV`` as a real subprocess of the installed entry point."""
-    env = dict(os.environ, COLUMNS="200")
+def run_sub(argv: list[str], cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> Run:
+    """Run ``ebmtool ARGV`` as a real subprocess of the installed entry point (``env``: extra variables)."""
+    env = dict(os.environ, COLUMNS="200", **(env or {}))
     env.setdefault("OMP_NUM_THREADS", "1")  # small shared CI machines: one intra-op thread is much faster
     p = subprocess.run(ebmtool_command() + [str(a) for a in argv], cwd=cwd, capture_output=True, text=True,
                        timeout=timeout, env=env)

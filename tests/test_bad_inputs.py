@@ -150,7 +150,7 @@ def test_corpus_is_well_formed():
     ids = [c["id"] for c in CASES]
     assert len(ids) == len(set(ids)), "case ids must be unique"
     assert len(CASES) >= 40
-    known = {"id", "argv", "expect", "make", "outputs", "existing", "subprocess"}
+    known = {"id", "argv", "expect", "make", "outputs", "existing", "subprocess", "env"}
     for c in CASES:
         assert set(c) <= known, (c["id"], set(c) - known)
         assert c["expect"].strip(), c["id"]
@@ -183,7 +183,8 @@ def test_bad_input(case, tmp_path, request):
     assert not any(o.exists() for o in outputs if o != existing)
 
     argv = [sub(a) for a in case["argv"]]
-    run = run_sub(argv) if case.get("subprocess") else run_cli(argv)
+    assert "env" not in case or case.get("subprocess"), "env needs subprocess = true"
+    run = run_sub(argv, env=case.get("env")) if case.get("subprocess") else run_cli(argv)
 
     everything = run.out + run.err
     assert "Traceback" not in everything, everything

@@ -527,13 +527,18 @@ def compute_statistics(
     extractor.check_image_shape(tuple(x.shape[1:]), what)
     d = _probe_feature_dim(x, extractor)
     _check_enough(n, d, what)
-    feats = np.empty((n, d), dtype=np.float64)
-    starts = range(0, n, int(batch_size))
-    for i in _progress(starts, len(starts), f"features ({what})", progress):
-        f = extractor(images_to_float(x[i : i + batch_size]))
-        if f.shape != (min(batch_size, n - i), d):
+    from ebmtool import distributed
+
+    # under torchrun each rank extracts the features of its contiguous shard; all are gathered in order
+    lo, hi = distributed.bounds(n) if distributed.world().parallel else (0, n)
+    local = torch.empty((hi - lo, d), dtype=torch.float64)
+    starts = range(lo, hi, int(batch_size))
+    for i in _progress(starts, len(starts), f"features ({what})", progress and distributed.world().is_main):
+        f = extractor(images_to_float(x[i : min(i + batch_size, hi)]))
+        if f.shape != (min(batch_size, hi - i), d):
             raise UserError(f"feature extractor {extractor.name} returned shape {tuple(f.shape)}, expected (batch, {d})")
-        feats[i : i + f.shape[0]] = f.double().cpu().numpy()
+        local[i - lo : i - lo + f.shape[0]] = f.double().cpu()
+    feats = distributed.gather(local).numpy()
     if not np.isfinite(feats).all():
         raise UserError(f"feature extractor {extractor.name} produced non-finite features for {what}")
     mu = feats.mean(axis=0)

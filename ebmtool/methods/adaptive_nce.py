@@ -28,6 +28,7 @@ from pydantic import Field
 from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, StageCommon
 from ebmtool.errors import UserError
 from ebmtool.methods import FitResult, register_method
+from ebmtool import distributed
 from ebmtool.methods.common import History, adam, optimizer_step, train_loop
 from ebmtool.methods.shared import generator_for, latent_model
 from ebmtool.priors import GaussianPrior, RatioProductPrior
@@ -74,6 +75,7 @@ def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adapti
     for r in prior.stages:
         r.requires_grad_(False)
     k0 = len(prior.stages)
+    W = distributed.world()
     model = latent_model(gen, prior, cfg.sigma, data.image_shape, posterior=cfg.posterior, sampling=cfg.sampling,
                          sampler=cfg.sampler, method=method).to(ctx.device)
     if cfg.non_adaptive:
@@ -116,9 +118,9 @@ def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adapti
         def negatives(m: int, it: int) -> torch.Tensor:
             if k == 0:
                 return torch.randn(m, nz, device=dev)  # p_0 = N(0, I) exactly
-            if read_memory is not None:
-                rows = torch.randint(0, n, (m,), generator=mem_gen).to(dev)
-                return read_memory[rows]
+            if read_memory is not None:  # rows drawn for the global batch; this rank uses its shard of them
+                rows = torch.randint(0, n, (m if not W.parallel else cfg.batch_size,), generator=mem_gen)
+                return read_memory[distributed.take(rows)[:m].to(dev)]
             z, _ = langevin(prior.log_prob, prior.base_sample(m, dev), cfg.prior.steps, cfg.prior.step_size,
                             noise=cfg.prior.noise, freeze=[prior], what=f"prior Langevin (stage {k}, iteration {it + 1})")
             return z
@@ -131,7 +133,8 @@ def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adapti
             lr_pos, lr_neg = r(z_pos), r(z_neg)
             loss_r = nce_loss(lr_pos, lr_neg)
             optimizer_step(opt_r, loss_r, f"the NCE loss of stage {k}")
-            write_memory[idx.to(dev)] = z_pos
+            # each rank writes the rows of the examples it holds; every replica of the memory gets all of them
+            write_memory[distributed.gather(idx.to(dev))] = distributed.gather(z_pos.detach())
             return {"loss_g": loss_g.detach(), "nce": loss_r.detach(), "log_r_pos": lr_pos.mean().detach(),
                     "log_r_neg": lr_neg.mean().detach()}
 

@@ -43,7 +43,7 @@ from pydantic import Field
 from ebmtool.config import Optim, StageCommon, Strict
 from ebmtool.errors import UserError
 from ebmtool.methods import FitResult, register_method
-from ebmtool.methods.common import adam, train_loop
+from ebmtool.methods.common import adam, optimizer_step, train_loop
 from ebmtool.models import Chain, Model, SampleOutput, register_model
 from ebmtool.nets.image_ebm import GaussianEncoder, ImageEnergy, ImageGenerator, levels
 from ebmtool.sampling import frozen, langevin
@@ -231,12 +231,8 @@ def fit(cfg: BiDVLConfig, data, init, init_art, ctx) -> FitResult:
         loss_ul = loss_e
         if not cfg.offset:
             loss_ul = loss_ul + kl_to_standard_normal(*Q(v_gen)).mean() / nz
-            opt_qp.zero_grad(set_to_none=True)
-        opt_e.zero_grad(set_to_none=True)
-        loss_ul.backward()
-        opt_e.step()
-        if not cfg.offset:
-            opt_qp.step()  # only the encoder has gradients here
+        # without offset the KL term also trains the encoder (the generator has no gradient here)
+        optimizer_step({"the energy": opt_e, "the encoder": opt_qp} if not cfg.offset else opt_e, loss_ul, "the energy")
         # --- lower level, eq. (13) (eq. (11)'s latent reconstruction through w1 too without offset) -------
         with frozen([E]):
             mu, logvar = Q(v)  # (n, nz) each
@@ -249,9 +245,7 @@ def fit(cfg: BiDVLConfig, data, init, init_art, ctx) -> FitResult:
             h_back = mu_hat if cfg.offset else reparameterise(mu_hat, logvar_hat)
             h_rec = (h_back - h).pow(2).sum(1).mean() / nz
             loss_qp = e_hat + h_rec + r * (rec + kl)
-            opt_qp.zero_grad(set_to_none=True)
-            loss_qp.backward()
-        opt_qp.step()
+        optimizer_step(opt_qp, loss_qp, "the encoder/generator loss")
         return {"loss_e": loss_e.detach(), "loss_qp": loss_qp.detach(), "e_data": e_data.detach(),
                 "e_gen": e_gen.detach(), "mse": rec.detach() / v[0].numel(), "kl": kl.detach(),
                 "h_rec": h_rec.detach()}

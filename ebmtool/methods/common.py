@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
+from ebmtool import distributed
 from ebmtool.checkpoint import Checkpointer
 from ebmtool.precision import Precision
 from ebmtool.config import Optim
@@ -26,6 +27,12 @@ class Interrupted(UserError):
 
 
 def resolve_device(name: str) -> torch.device:
+    """--device NAME -> torch.device; one line and exit 2 when it does not exist here. Under torchrun, CUDA rank r
+    gets cuda:LOCAL_RANK."""
+    return distributed.device_for_rank(_device(name))
+
+
+def _device(name: str) -> torch.device:
     try:
         dev = torch.device(name) if name != "auto" else None
     except (RuntimeError, ValueError):
@@ -49,7 +56,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, per_rank: bool = False) -> None:
+    """Seed every generator. ``per_rank``: under torchrun each rank draws differently (evaluation stages, whose
+    ranks share no parameters); training seeds equally so that the replicas start identical."""
+    if per_rank and distributed.world().parallel:
+        seed = distributed.rank_seed(seed)
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
@@ -60,14 +71,24 @@ def adam(params: Iterable[nn.Parameter], o: Optim) -> tuple[torch.optim.Optimize
     return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=o.decay)
 
 
-def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, what: str) -> None:
-    """zero_grad, backward, refuse non-finite gradients (named), step."""
-    opt.zero_grad(set_to_none=True)
+def optimizer_step(opts: torch.optim.Optimizer | dict[str, torch.optim.Optimizer], loss: torch.Tensor,
+                   what: str = "the loss") -> None:
+    """The one parameter update of every method: zero_grad, one backward, average the gradients over torchrun
+    ranks (no-op in one process), refuse a non-finite gradient (named), then one step per optimiser.
+
+    ``opts`` is one optimiser (its gradient is called ``what``) or {name: optimiser} when one loss trains several
+    modules, each with its own learning rate."""
+    named = opts if isinstance(opts, dict) else {what: opts}
+    for o in named.values():
+        o.zero_grad(set_to_none=True)
     loss.backward()
-    grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-    if grads and not bool(torch.isfinite(torch.stack([torch.linalg.vector_norm(g) for g in grads]).sum())):
-        raise DivergenceError(f"gradient of {what} is non-finite (try a smaller learning rate or step size)")
-    opt.step()
+    for name, o in named.items():
+        params = [p for g in o.param_groups for p in g["params"] if p.grad is not None]
+        distributed.average_gradients(params)
+        if params and not bool(torch.isfinite(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]).sum())):
+            raise DivergenceError(f"gradient of {name} is non-finite (try a smaller learning rate or step size)")
+    for o in named.values():
+        o.step()
 
 
 def check_finite(where: str, values: dict[str, torch.Tensor], hint: str = "try a smaller Langevin step size or learning rate") -> None:
@@ -161,6 +182,10 @@ def train_loop(
     resume_it = ck.resume_iteration
     if (ck.path is not None or ck.resume is not None) and not ck.objects:
         raise UserError(f"{label}: this method does not support checkpoints yet (use --checkpoint-every 0)")
+    W = distributed.world()
+    if W.parallel:  # replicas start equal (same seed); their random draws from here on differ per rank
+        distributed.check_batch_size(batch_size)
+        torch.manual_seed(distributed.rank_seed(ctx.seed, epoch_offset))
     if ck.resume is not None and first <= resume_it <= last and not getattr(ck, "_resumed", False):
         ck.restore()
         ck.restore_rng_and_history(history)
@@ -183,11 +208,20 @@ def train_loop(
                 if it < resume_it:
                     progress.update(task, advance=1)
                     continue
+                if len(idx) < W.size:  # a final partial batch smaller than the world size: every rank skips it
+                    progress.update(task, advance=1)
+                    continue
+                local = distributed.take(idx)  # this rank's shard of the global batch (all of it in one process)
+                distributed.set_batch(len(local), len(idx))
                 try:
                     with ctx.precision.context(ctx.device):
-                        out = step(idx, data.x[idx.to(data.x.device)], it)
-                    # one host sync for all logged scalars
-                    vals = dict(zip(out, torch.stack([v.detach().float().reshape(()) for v in out.values()]).tolist()))
+                        out = step(local, data.x[local.to(data.x.device)], it)
+                    # one host sync for all logged scalars (averaged over ranks with the stop flag under torchrun)
+                    vec, stop = distributed.mean_scalars(torch.stack([v.detach().float().reshape(()) for v in out.values()]),
+                                                         ck.interrupted is not None)
+                    if stop and ck.interrupted is None:
+                        ck.interrupted = 15  # another rank got SIGINT/SIGTERM: stop at the same iteration
+                    vals = dict(zip(out, vec.tolist()))
                     bad = [k for k, v in vals.items() if not math.isfinite(v)]
                     if bad:
                         raise DivergenceError(f"{bad[0]} is non-finite (try a smaller Langevin step size or learning rate)")

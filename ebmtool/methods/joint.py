@@ -41,7 +41,7 @@ from torch import nn
 from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, Strict, TrainCommon
 from ebmtool.errors import DivergenceError, UserError
 from ebmtool.methods import FitResult, register_method
-from ebmtool.methods.common import adam, train_loop
+from ebmtool.methods.common import adam, optimizer_step, train_loop
 from ebmtool.methods.shared import generator_for, latent_model
 from ebmtool.models import LatentModel, SampleOutput
 from ebmtool.nets.encoders import BottomUpGaussianEncoder, GaussianMLP, gaussian_log_prob
@@ -267,20 +267,6 @@ def _divergence_hint(prior: JointPrior, step_size: float, device) -> str:
             "or lower the conditionals' learning rate opt_c.lr)")
 
 
-def _update(loss: torch.Tensor, opts: dict[str, torch.optim.Optimizer]) -> None:
-    """One backward pass gives every module its gradient (eq. 9-11 / 16-19); a non-finite one is refused, named;
-    then one Adam step per module (each with its own learning rate)."""
-    for o in opts.values():
-        o.zero_grad(set_to_none=True)
-    loss.backward()
-    for name, o in opts.items():
-        norms = [torch.linalg.vector_norm(p.grad) for g in o.param_groups for p in g["params"] if p.grad is not None]
-        if norms and not bool(torch.isfinite(torch.stack(norms).sum())):
-            raise DivergenceError(f"gradient of the {name} is non-finite (try a smaller learning rate or step size)")
-    for o in opts.values():
-        o.step()
-
-
 def joint_loss(model: LatentModel, x: torch.Tensor, z_pos: Layers, z_neg: Layers, log_q: torch.Tensor | None = None,
                energy_l2: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss whose gradient is eq. 9-11 (``log_q`` None: z+ from posterior Langevin) or eq. 16-19 (z+ ~ q(z|x)
@@ -343,7 +329,7 @@ def _fit(cfg: JointConfig, data, init, init_art, ctx, method: str, vi: bool) -> 
             s = cfg.prior.step_size if vi else max(cfg.prior.step_size, cfg.posterior.step_size)
             raise DivergenceError(str(e) + _divergence_hint(prior, s, x.device)) from None
         loss, stats = joint_loss(model, x, z_pos, z_neg, log_q, cfg.energy_l2)
-        _update(loss, opts)
+        optimizer_step({f"the {k}": o for k, o in opts.items()}, loss)  # one backward, one Adam step per module
         return stats
 
     hist = train_loop(ctx, data, epochs=cfg.epochs, batch_size=cfg.batch_size, step=step, schedulers=scheds,

@@ -1,0 +1,218 @@
+"""Data parallelism under torchrun: ``torchrun --nproc_per_node N -m ebmtool fit-prior ...``.
+
+torchrun sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; :func:`init_from_env` joins the process group
+(gloo for CPU tensors, NCCL for CUDA tensors) and every other module asks :func:`world` what to do. With one
+process (no torchrun) every function here is the identity and costs nothing, so single-process results are
+unchanged bit for bit.
+
+The algorithm is DistributedDataParallel's: every rank holds a full replica of every module and optimiser;
+each global batch of ``batch_size`` examples (the same shuffled order on every rank) is split into one
+contiguous shard per rank; after each backward pass the gradients are averaged across ranks (weighted by shard
+size, so the update equals the single-process update on the whole batch) and every rank takes the same
+optimiser step. ebmtool all-reduces the gradients itself instead of wrapping modules in
+``torch.nn.parallel.DistributedDataParallel``: a Langevin chain calls the generator and the energy dozens of
+times between two optimiser steps, with parameters frozen, which DDP's per-forward reducer does not support.
+
+Per-example state (adaptive-NCE memory rows) is written by the rank that holds the example and all-gathered,
+so every replica stays identical. Only rank 0 writes files (:func:`ebmtool.artifacts.atomic_write`) and
+prints. Batch-norm layers (BiDVL) normalise with their rank's shard, as DDP without SyncBatchNorm does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+
+from ebmtool.errors import UserError
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    weight: float = 1.0  # this rank's share of the current global batch (n_local / n_global)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.size > 1
+
+
+_WORLD = World()
+
+
+def world() -> World:
+    return _WORLD
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env() -> World:
+    """Join the process group torchrun describes in the environment (no-op without torchrun)."""
+    global _WORLD
+    if not launched_by_torchrun() or _WORLD.parallel:
+        return _WORLD
+    import torch.distributed as dist
+
+    for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if key not in os.environ:
+            raise UserError(f"WORLD_SIZE is set but {key} is not: launch data-parallel runs with torchrun")
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    _WORLD = World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=int(os.environ["LOCAL_RANK"]))
+    return _WORLD
+
+
+def finish(success: bool) -> None:
+    """Wait for every rank (so that rank 0's files exist when the launch ends), then leave the group."""
+    global _WORLD
+    if not _WORLD.parallel:
+        return
+    import torch.distributed as dist
+
+    try:
+        if success:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+        _WORLD = World()
+
+
+def fail_together(timeout_s: float = 10.0) -> None:
+    """Before exiting on a user mistake: wait (briefly) for the other ranks, which ran the same checks on the same
+    inputs and fail the same way, so that every rank exits with status 2 instead of being killed by torchrun
+    when the first one leaves."""
+    if not _WORLD.parallel:
+        return
+    import datetime
+    import signal
+
+    import torch.distributed as dist
+
+    # this rank is leaving with status 2 anyway: torchrun's SIGTERM (sent when the first rank leaves) must not
+    # turn that into a kill
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s), wait_all_ranks=True)
+    except Exception:  # a rank that did not fail (or the gloo part is missing): nothing more to wait for
+        pass
+
+
+def device_for_rank(dev: torch.device) -> torch.device:
+    """Under torchrun, CUDA rank r uses cuda:LOCAL_RANK (one GPU per process)."""
+    w = _WORLD
+    if not w.parallel or dev.type != "cuda":
+        return dev
+    if dev.index is not None and dev.index != w.local_rank:
+        raise UserError(f"--device {dev}: under torchrun each rank uses cuda:LOCAL_RANK; pass --device cuda")
+    torch.cuda.set_device(w.local_rank)
+    return torch.device("cuda", w.local_rank)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sharding
+# --------------------------------------------------------------------------------------------------------------
+def bounds(n: int) -> tuple[int, int]:
+    """[start, stop) of this rank's contiguous shard of n items (sizes differ by at most one)."""
+    w = _WORLD
+    base, extra = divmod(n, w.size)
+    start = w.rank * base + min(w.rank, extra)
+    return start, start + base + (1 if w.rank < extra else 0)
+
+
+def take(t: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous shard of the rows of t (t itself with one process)."""
+    if not _WORLD.parallel:
+        return t
+    a, b = bounds(len(t))
+    return t[a:b]
+
+
+def set_batch(n_local: int, n_global: int) -> None:
+    _WORLD.weight = n_local / n_global if n_global else 1.0
+
+
+def check_batch_size(batch_size: int, what: str = "batch_size") -> None:
+    w = _WORLD
+    if w.parallel and batch_size % w.size:
+        raise UserError(f"{what} = {batch_size} is not divisible by the torchrun world size {w.size} "
+                        "(every rank takes an equal share of each batch)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# collectives (identity with one process)
+# --------------------------------------------------------------------------------------------------------------
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Replace each gradient by the shard-size-weighted average over ranks, in one coalesced all-reduce."""
+    w = _WORLD
+    if not w.parallel:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads]) * w.weight
+    dist.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def mean_scalars(values: torch.Tensor, stop: bool = False) -> tuple[torch.Tensor, bool]:
+    """Shard-weighted mean over ranks of a vector of per-batch scalars, and whether any rank asked to stop."""
+    w = _WORLD
+    if not w.parallel:
+        return values, stop
+    import torch.distributed as dist
+
+    buf = torch.cat([values.float().reshape(-1) * w.weight,
+                     torch.tensor([1.0 if stop else 0.0], device=values.device)])
+    dist.all_reduce(buf)
+    return buf[:-1], bool(buf[-1] > 0)
+
+
+def gather(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's rows of t in rank order (shards may differ in length); t with one process."""
+    w = _WORLD
+    if not w.parallel:
+        return t
+    import torch.distributed as dist
+
+    n = torch.tensor([len(t)], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(w.size)]
+    dist.all_gather(sizes, n)
+    sizes_i = [int(s) for s in sizes]
+    m = max(sizes_i)
+    pad = torch.zeros((m - len(t), *t.shape[1:]), dtype=t.dtype, device=t.device)
+    buf = torch.cat([t.contiguous(), pad]) if m > len(t) else t.contiguous()
+    parts = [torch.empty_like(buf) for _ in range(w.size)]
+    dist.all_gather(parts, buf)
+    return torch.cat([p[:k] for p, k in zip(parts, sizes_i)])
+
+
+def gather_nested(x):
+    """:func:`gather` over a tensor, a tuple of tensors, or None."""
+    if x is None:
+        return None
+    if isinstance(x, tuple):
+        return tuple(gather_nested(t) for t in x)
+    return gather(x)
+
+
+def rank_seed(seed: int, salt: int = 0) -> Optional[int]:
+    """A seed for this rank's random draws (Langevin noise, chain starts); None with one process."""
+    w = _WORLD
+    if not w.parallel:
+        return None
+    return (seed * 1_000_003 + salt * 7919 + w.rank * 104_729 + 1) % (2**63)
