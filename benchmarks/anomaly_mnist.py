@@ -147,6 +147,41 @@ def report() -> str:
     return "\n".join(lines)
 
 
+def precision_report() -> str:
+    """Markdown: the quality cost of bf16 — AUPRC and test reconstruction MSE, fp32 vs bf16, for every
+    (method, digit) measured at both precisions with the same seeds, beside the seed-to-seed spread of fp32."""
+    import statistics
+
+    rows = read_rows()
+    key = lambda r: (r["method"], int(r["digit"]))  # noqa: E731
+    cells = sorted({key(r) for r in rows if r["precision"] == "bf16"}, key=lambda k: (k[1], k[0]))
+    lines = ["| method | digit | seeds | AUPRC fp32 | AUPRC bf16 | Δ AUPRC (bf16 − fp32) | fp32 seed std | "
+             "MSE fp32 | MSE bf16 | Δ MSE | fp32 seed std | wall bf16 / fp32 |", "|" + " --- |" * 12]
+    for m, d in cells:
+        by = {p: {int(r["seed"]): r for r in rows if key(r) == (m, d) and r["precision"] == p} for p in ("fp32", "bf16")}
+        seeds = sorted(set(by["fp32"]) & set(by["bf16"]))
+        if not seeds:
+            continue
+
+        def col(p, f):
+            return [float(by[p][s][f]) for s in seeds if by[p][s].get(f)]
+
+        def fmt(v):
+            return f"{statistics.mean(v):.4f}" if v else "–"
+
+        def std(f):
+            v = [float(r[f]) for r in by["fp32"].values() if r.get(f)]
+            return f"{statistics.stdev(v):.4f}" if len(v) > 1 else "–"
+
+        a32, a16, e32, e16 = col("fp32", "auprc"), col("bf16", "auprc"), col("fp32", "recon_mse"), col("bf16", "recon_mse")
+        da = statistics.mean(b - a for a, b in zip(a32, a16))
+        de = f"{statistics.mean(b - a for a, b in zip(e32, e16)):+.4f}" if len(e32) == len(e16) == len(seeds) else "–"
+        w = statistics.mean(float(by["bf16"][s]["wall_time_s"]) / float(by["fp32"][s]["wall_time_s"]) for s in seeds)
+        lines.append(f"| {m} | {d} | {','.join(map(str, seeds))} | {fmt(a32)} | {fmt(a16)} | {da:+.4f} | {std('auprc')} | "
+                     f"{fmt(e32)} | {fmt(e16)} | {de} | {std('recon_mse')} | {w:.2f} |")
+    return "\n".join(lines)
+
+
 def fill_mse() -> None:
     """Add the reconstruction MSE to rows measured before that column existed (models still under runs/)."""
     rows = read_rows()
@@ -168,6 +203,9 @@ def fill_mse() -> None:
 def main() -> None:
     if "--report" in sys.argv:
         print(report())
+        return
+    if "--precision-report" in sys.argv:
+        print(precision_report())
         return
     if "--fill-mse" in sys.argv:
         fill_mse()

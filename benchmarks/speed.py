@@ -9,6 +9,8 @@ What it measures, at two sizes (``mnist32``: nz 16, ngf 32, 1 channel = ebmtool'
                     negatives (stage k = 1, the ``step`` of ``ebmtool.methods.adaptive_nce``, captured);
 * ``sample``        images/s: prior Langevin 100 steps + decode (``LatentModel.sample`` of an LEBM model);
 * ``reconstruct``   images/s: posterior Langevin 20 steps + decode (``LatentModel.reconstruct``).
+* ``mle bf16``, ``adaptive-nce bf16``: the same training steps under bf16 autocast (what ``--precision bf16``
+                    does), against the fp32 reference; only on devices with native bf16 (``--precision auto``'s rule).
 
 Each against a *reference* that follows the PyTorch listing printed in the LEBM paper (seed 002, appendix
 D) literally: latents (n, nz, 1, 1), two ``autograd.grad`` calls per posterior step (generator term,
@@ -20,8 +22,8 @@ the median over adjacent pairs of t_reference / t_ebmtool (so a load change hits
 Also: the dense matmul peak (fp32 and bf16, n = 2048) in the same run, the FLOPs of every workload
 (``torch.utils.flop_counter.FlopCounterMode``; one posterior step = forward + ``.backward()`` to z with
 the parameters frozen: matmul/conv FLOPs only), the achieved GFLOP/s and its share of the fp32 peak, and
-variants of the posterior chain (the hot loop): the proposed ``channels_last`` generator (also per ``mle``
-iteration at mnist32), 2 threads vs 1 (the main tables run at ``--threads``, 1 by default), bf16 autocast
+variants of the posterior chain (the hot loop) against the plain NCHW layout of the listing: ebmtool's
+``channels_last`` generator weights (also per ``mle`` iteration at mnist32), 2 threads vs 1 (the main tables run at ``--threads``, 1 by default), bf16 autocast
 and bf16 + channels_last (with the gradient's error against fp32). See docs/performance.md.
 
     .venv/bin/python benchmarks/speed.py [--quick] [--sizes mnist32 svhn32] [--threads N]
@@ -187,18 +189,6 @@ def threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def channels_last_generator(gen: nn.Module, on: bool = True) -> None:
-    """The proposed ebmtool change, applied to one Generator instance: NHWC (channels_last) weights, so the
-    transposed convolutions run as oneDNN NHWC kernels, and NCHW images out (``.contiguous()``) so that
-    callers see the same tensors as before. ``on=False`` undoes it."""
-    if on:
-        gen.to(memory_format=torch.channels_last)
-        gen.forward = lambda z, _g=gen: type(_g).forward(_g, z).contiguous()
-    else:
-        gen.to(memory_format=torch.contiguous_format)
-        gen.__dict__.pop("forward", None)
-
-
 # ------------------------------------------------------------------------------------------------
 # ebmtool's path: the real ``step`` closures of the mle and adaptive-nce fit functions
 # ------------------------------------------------------------------------------------------------
@@ -315,6 +305,7 @@ class SizeBench:
         m = self.mle_model
         # the reference owns deep copies made before any step: same initial weights, own optimizers
         self.ref_mle_model: LatentModel = copy.deepcopy(m)
+        self.ref_mle_model.generator.to(memory_format=torch.contiguous_format)  # the listing's NCHW layout
         G, f = self.ref_mle_model.generator, self.ref_mle_model.prior.f
         self.ref_mle = Reference(G.net, lambda z: -f(z.squeeze()), m.sigma, nz)
         self.ref_optG = adam_like(G.parameters(), cells["opt_g"])
@@ -334,6 +325,7 @@ class SizeBench:
         self.nce_r: nn.Module = cells["r"]
         nm = copy.deepcopy({"model": self.nce_model, "r": self.nce_r})
         self.ref_nce_model, self.ref_nce_r = nm["model"], nm["r"]
+        self.ref_nce_model.generator.to(memory_format=torch.contiguous_format)
         rp = self.ref_nce_model.prior
         self.ref_nce = Reference(self.ref_nce_model.generator.net, lambda z: -rp.tilt(z.squeeze()),
                                  self.nce_model.sigma, nz)
@@ -350,6 +342,14 @@ class SizeBench:
 
     def ebm_nce(self):
         return self.nce_step(self.idx, self.x, 0)
+
+    def ebm_mle_bf16(self):  # what --precision bf16 does: the whole training step under autocast
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return self.mle_step(self.idx, self.x, 0)
+
+    def ebm_nce_bf16(self):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return self.nce_step(self.idx, self.x, 0)
 
     def ebm_sample(self):
         return self.mle_model.sample(BATCH, steps=SAMPLE_STEPS).images
@@ -454,11 +454,12 @@ def grad_z(model: LatentModel, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor
         return torch.autograd.grad(model.log_joint(x, z).sum(), z)[0]
 
 
-def mle_step_channels_last(sb: SizeBench) -> Callable:
-    """ebmtool's mle step on a copy of the generator with the proposed channels_last change (captured from
-    mle.fit with that generator as --init; the energy MLP is a fresh one: its cost is the same)."""
+def mle_step_contiguous(sb: SizeBench) -> Callable:
+    """ebmtool's mle step on a copy of the generator in the plain NCHW layout, i.e. without the channels_last
+    weights ebmtool's generators use (captured from mle.fit with that generator as --init; the energy MLP is a
+    fresh one: its cost is the same)."""
     gen = copy.deepcopy(sb.mle_model.generator)
-    channels_last_generator(gen)
+    gen.to(memory_format=torch.contiguous_format)
     nz, ch = sb.nz, sb.ch
     init = LatentModel(gen, GaussianPrior(nz), sb.mle_model.sigma, (ch, 32, 32), inference=Chain(20, 0.1),
                        sampling=Chain(60, 0.4), method="pretrain")
@@ -469,9 +470,10 @@ def mle_step_channels_last(sb: SizeBench) -> Callable:
 
 
 def variants(sb: SizeBench, clock: Clock, p: dict[str, Any], alt_threads: int) -> list[dict]:
-    m, x, steps = sb.mle_model, sb.x, p["variant_steps"]
-    m_cl = copy.deepcopy(m)  # same weights, the proposed channels_last generator (converted once, untimed)
-    channels_last_generator(m_cl.generator)
+    x, steps = sb.x, p["variant_steps"]
+    m_cl = sb.mle_model  # ebmtool's generator: channels_last weights
+    m = copy.deepcopy(m_cl)  # same weights in the plain NCHW layout: the baseline of every variant
+    m.generator.to(memory_format=torch.contiguous_format)
     chain = Chain(steps, 0.1)
     base = lambda: m.infer(x, chain)  # noqa: E731
     cl = lambda: m_cl.infer(x, chain)  # noqa: E731
@@ -500,7 +502,7 @@ def variants(sb: SizeBench, clock: Clock, p: dict[str, Any], alt_threads: int) -
 
     post = sb.flops["posterior_step"] * steps
     specs = [  # scope, name, variant fn, gradient error vs fp32 contiguous, FLOPs per call
-        ("posterior chain", "channels_last generator", cl, err(m_cl), post),
+        ("posterior chain", "channels_last generator (ebmtool)", cl, err(m_cl), post),
         ("posterior chain", f"threads {alt_threads} (vs {torch.get_num_threads()})", other_threads, err(m), post),
         ("posterior chain", "bf16 autocast", bf16(base), err(m, True), post),
         ("posterior chain", "bf16 autocast + channels_last", bf16(cl), err(m_cl, True), post),
@@ -511,10 +513,10 @@ def variants(sb: SizeBench, clock: Clock, p: dict[str, Any], alt_threads: int) -
         r = ab(clock, base, fn, pairs=p["variant_pairs"], budget_s=p["variant_budget_s"])
         out.append(variant_row(sb.arch, scope, name, f"{steps} steps", steps, "steps/s", r, fl, rel_err))
     if p.get("iteration_variant_pairs"):
-        fa, fb = (lambda: sb.mle_step(sb.idx, sb.x, 0)), mle_step_channels_last(sb)
-        fb()  # warm-up (fresh Adam state, new primitives)
+        fa, fb = mle_step_contiguous(sb), (lambda: sb.mle_step(sb.idx, sb.x, 0))
+        fa()  # warm-up (fresh Adam state, new primitives)
         r = ab(clock, fa, fb, pairs=p["iteration_variant_pairs"], budget_s=p["variant_budget_s"])
-        out.append(variant_row(sb.arch, "mle iteration", "channels_last generator", "1 iteration", 1, "it/s", r,
+        out.append(variant_row(sb.arch, "mle iteration", "channels_last generator (ebmtool)", "1 iteration", 1, "it/s", r,
                                sb.flops["mle"], None))
     return out
 
@@ -538,20 +540,22 @@ def variant_row(arch, scope, name, what, items, unit, r, flops, rel_err) -> dict
 # ------------------------------------------------------------------------------------------------
 # main
 # ------------------------------------------------------------------------------------------------
-WORKLOADS = [  # name, unit, items per call, ebmtool fn, reference fn
+WORKLOADS = [  # name, unit, items per call, ebmtool fn, reference fn (always fp32: the listing)
     ("mle", "it/s", 1, "ebm_mle", "ref_mle_iter"),
     ("adaptive-nce", "it/s", 1, "ebm_nce", "ref_nce_iter"),
+    ("mle bf16", "it/s", 1, "ebm_mle_bf16", "ref_mle_iter"),  # only where bf16 is native (--precision auto's rule)
+    ("adaptive-nce bf16", "it/s", 1, "ebm_nce_bf16", "ref_nce_iter"),
     ("sample", "img/s", BATCH, "ebm_sample", "ref_sample"),
     ("reconstruct", "img/s", BATCH, "ebm_reconstruct", "ref_reconstruct"),
 ]
 
 
-def plan(quick: bool, arch: str) -> dict[str, Any]:
+def plan(quick: bool, arch: str, native_bf16: bool = False) -> dict[str, Any]:
     """Pairs and time budgets per cell. An svhn32 iteration takes ~20-40 s on a shared 2-core CPU, so svhn32
     cells run few pairs (quick: only sample and reconstruct; the mle-iteration channels_last variant only at
     mnist32); the JSON records how many pairs each cell ran."""
     big = arch == "svhn32"
-    all_w = [w[0] for w in WORKLOADS]
+    all_w = [w[0] for w in WORKLOADS if native_bf16 or not w[0].endswith("bf16")]
     if quick:
         return {"pairs": 1 if big else 2, "budget_s": 0.0 if big else 10.0,
                 "workloads": ["sample", "reconstruct"] if big else all_w,
@@ -606,9 +610,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     con.print(f"matmul 2048: fp32 {peaks['fp32'][0]['best_gflops']:.1f} GFLOP/s at {main_threads} thread(s), "
               f"{peaks[alt_key][0]['best_gflops']:.1f} at {alt_threads}; bf16 {peaks['bf16'][0]['best_gflops']:.1f}")
 
+    from ebmtool.precision import resolve as resolve_precision
+
+    native_bf16 = resolve_precision("auto", device, warn=False).name == "bf16"  # the rule of --precision auto
     rows, var_rows, flops = [], [], {}
     for arch in args.sizes:
-        p = plan(args.quick, arch)
+        p = plan(args.quick, arch, native_bf16)
         t0 = time.perf_counter()
         sb = SizeBench(arch, device, args.seed)
         sb.warm_up()
@@ -620,7 +627,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 continue
             t0 = time.perf_counter()
             r = ab(clock, getattr(sb, ebm_fn), getattr(sb, ref_fn), pairs=p["pairs"], budget_s=p["budget_s"])
-            fl = sb.flops[name]
+            fl = sb.flops[name.split()[0]]
             row = {"size": arch, "workload": name, "unit": unit, "pairs": r["pairs"],
                    "ebmtool_rate": items / r["a"]["median_s"], "reference_rate": items / r["b"]["median_s"],
                    "speedup": r["ratio_b_over_a"]["median"],

@@ -364,6 +364,10 @@ def fid(
         F.InceptionExtractor(weights_path=_s(inception_weights), device=dev)
     res = F.fid(str(samples), str(ref), ex, batch_size=batch_size,
                 cache_dir=str(cache_dir) if cache_dir else F.default_cache_dir(), progress=not quiet and sys.stderr.isatty())
+    from ebmtool.distributed import world
+
+    if not world().is_main:  # under torchrun rank 0 reports for all
+        return
     for w in res.warnings:
         print(f"ebmtool: warning: {w}", file=sys.stderr)
     if as_json:
@@ -471,14 +475,15 @@ PARALLEL_COMMANDS = {"pretrain-generator", "fit-prior", "sample", "reconstruct",
 
 
 def _say(msg: str, code: int) -> None:
-    """One line on stderr. Under torchrun rank 0 speaks for all (every rank ran the same checks); other ranks
-    speak only for failures of their own (divergence, a lost peer), prefixed with their rank."""
+    """One line on stderr. Under torchrun rank 0 speaks for all (every rank ran the same checks on the same
+    inputs, and training agrees on divergence and interruption across ranks); other ranks speak only when they
+    lost contact with a peer, prefixed with their rank."""
     from ebmtool.distributed import world
 
     w = world()
     if w.is_main:
         print(f"ebmtool: {msg}", file=sys.stderr)
-    elif code not in (2, 130):
+    elif code == 1:  # a lost peer: each rank says what it saw
         print(f"ebmtool[rank {w.rank}]: {msg}", file=sys.stderr)
 
 
@@ -524,12 +529,19 @@ def main(argv: Optional[list[str]] = None) -> None:
     except RuntimeError as e:
         import torch.distributed as dist
 
-        if not (distributed.world().parallel and isinstance(e, getattr(dist, "DistError", ()))):
+        text = str(e)
+        lost = isinstance(e, getattr(dist, "DistError", ())) or any(
+            k in text for k in ("Connection closed", "Connection reset", "gloo", "Gloo", "NCCL", "Broken pipe", "imed out"))
+        if not (distributed.world().parallel and lost):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         _say(f"error: lost contact with another torchrun rank, which probably failed (see its message): {first}", 1)
         sys.exit(1)
     finally:
-        distributed.finish(ok)
+        try:
+            distributed.finish(ok)
+        except UserError as e:  # a peer died after this rank's work was done
+            _say(f"error: {e}", 1)
+            sys.exit(1)
     if isinstance(rv, int) and rv != 0:
         sys.exit(rv)

@@ -35,6 +35,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     weight: float = 1.0  # this rank's share of the current global batch (n_local / n_global)
+    in_step: bool = False  # inside a training step, where every rank runs the same collectives in the same order
 
     @property
     def is_main(self) -> bool:
@@ -82,9 +83,16 @@ def finish(success: bool) -> None:
     try:
         if success:
             dist.barrier()
+    except Exception as e:  # a peer died after this rank finished its work
+        raise UserError(f"lost contact with another torchrun rank at the end of the run: {_first_line(e)}") from None
     finally:
         dist.destroy_process_group()
         _WORLD = World()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def fail_together(timeout_s: float = 10.0) -> None:
@@ -180,6 +188,30 @@ def mean_scalars(values: torch.Tensor, stop: bool = False) -> tuple[torch.Tensor
                      torch.tensor([1.0 if stop else 0.0], device=values.device)])
     dist.all_reduce(buf)
     return buf[:-1], bool(buf[-1] > 0)
+
+
+def any_rank(flag: bool) -> bool:
+    """Inside a training step under torchrun: whether ``flag`` holds on any rank (one tiny all-reduce);
+    elsewhere (one process, or evaluation, where ranks may run different numbers of batches): ``flag``."""
+    w = _WORLD
+    if not (w.parallel and w.in_step):
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0])  # a CPU tensor: gloo's part of the group, also on CUDA machines
+    dist.all_reduce(t)
+    return bool(t[0] > 0)
+
+
+def broadcast_modules(modules: Iterable[torch.nn.Module]) -> None:
+    """Copy rank 0's parameters and buffers to every rank (what DDP does when it wraps a module)."""
+    if not _WORLD.parallel:
+        return
+    import torch.distributed as dist
+
+    for m in modules:
+        for t in [*m.parameters(), *m.buffers()]:
+            dist.broadcast(t.data, src=0)
 
 
 def gather(t: torch.Tensor) -> torch.Tensor:

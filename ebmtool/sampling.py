@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Sequence, Union
 import torch
 from torch import nn
 
+from ebmtool import distributed
 from ebmtool.errors import DivergenceError
 
 Latent = Union[torch.Tensor, tuple[torch.Tensor, ...]]
@@ -101,7 +102,9 @@ def langevin(
                     new.append(t)
                 zs = new
     zs = [t.detach() for t in zs]
-    if not all(bool(torch.isfinite(t).all()) for t in zs):
+    # under torchrun, inside a training step every rank runs the same chains: all stop together (no rank left
+    # waiting in the next gradient all-reduce)
+    if distributed.any_rank(not all(bool(torch.isfinite(t).all()) for t in zs)):
         raise DivergenceError(
             f"{what}: latents became non-finite after {steps} steps of size {step_size} "
             "(try a smaller step size or fewer steps)"

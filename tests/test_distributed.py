@@ -124,12 +124,19 @@ def test_two_ranks_match_one_process_and_resume_byte_identical(work):
     assert one.tensors["history.loss_g"][-1] < one.tensors["history.loss_g"][0]  # both actually trained
     assert two.tensors["history.loss_g"][-1] < two.tensors["history.loss_g"][0]
 
-    # SIGKILL the 2-rank run once it has checkpointed, resume with 2 ranks: byte-identical to the uninterrupted run
+    # SIGKILL the 2-rank run once it has checkpointed inside stage 1 (24 iterations per stage: the stage-1 ratio
+    # is created between two training loops and must start equal on both ranks), resume with 2 ranks:
+    # byte-identical to the uninterrupted run
     ckpt = d / "killed.ckpt.safetensors"
     p = _fit(d, "killed.safetensors", "--checkpoint-every", "5", wait=False)
     t0 = time.time()
-    while not ckpt.exists() and p.poll() is None and time.time() - t0 < 120:
-        time.sleep(0.05)
+    while p.poll() is None and time.time() - t0 < 180:
+        try:
+            if artifacts.load(ckpt, "checkpoint").meta["iteration"] >= 30:
+                break
+        except Exception:  # not written yet
+            pass
+        time.sleep(0.2)
     _kill_all(p, "killed.safetensors")
     assert ckpt.exists() and not (d / "killed.safetensors").exists()
     _fit(d, "killed.safetensors", "--checkpoint-every", "5", "--resume", str(ckpt))
@@ -149,6 +156,19 @@ def test_two_ranks_match_one_process_and_resume_byte_identical(work):
                     "d.safetensors", "--init", "g.safetensors", "--preset", "smoke", "--batch-size", "32", "-o",
                     "again.safetensors", "--quiet", "--force", "--resume", str(ck2)], d)
     assert r.returncode == 2 and "2 torchrun rank(s)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_final_batch_smaller_than_world_is_skipped_consistently(tmp_path):
+    """65 examples, batch 32: the last batch (1 example) cannot be split over 2 ranks; every rank skips it and
+    the per-epoch history still has one entry per epoch."""
+    tensors, meta = prepare(DataConfig(dataset="digits", limit=65))
+    artifacts.save(tmp_path / "d.safetensors", "dataset", tensors, meta=meta)
+    r = _run(TORCHRUN + ["-m", "ebmtool", "pretrain-generator", "--data", "d.safetensors", "-o", "g.safetensors",
+                         "--preset", "smoke", "--epochs", "3", "--batch-size", "32", "--quiet"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    g = artifacts.load(tmp_path / "g.safetensors", "model")
+    assert g.tensors["history.loss_g"].shape == (3,)
+    assert abs(float(g.tensors["history.loss_g"][-1]) - g.meta["final"]["loss_g"]) < 1e-3
 
 
 def test_sample_is_sharded_and_gathered(work):

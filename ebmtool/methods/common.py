@@ -183,9 +183,12 @@ def train_loop(
     if (ck.path is not None or ck.resume is not None) and not ck.objects:
         raise UserError(f"{label}: this method does not support checkpoints yet (use --checkpoint-every 0)")
     W = distributed.world()
-    if W.parallel:  # replicas start equal (same seed); their random draws from here on differ per rank
+    if W.parallel:  # replicas start equal (rank 0's copy); their random draws from here on differ per rank
         distributed.check_batch_size(batch_size)
+        distributed.broadcast_modules(o for o in ck.objects.values() if isinstance(o, nn.Module))
         torch.manual_seed(distributed.rank_seed(ctx.seed, epoch_offset))
+    # a final partial batch smaller than the world size is skipped by every rank (only under torchrun)
+    per_epoch = n_batches - (1 if W.parallel and 0 < n % batch_size < W.size else 0)
     if ck.resume is not None and first <= resume_it <= last and not getattr(ck, "_resumed", False):
         ck.restore()
         ck.restore_rng_and_history(history)
@@ -214,13 +217,19 @@ def train_loop(
                 local = distributed.take(idx)  # this rank's shard of the global batch (all of it in one process)
                 distributed.set_batch(len(local), len(idx))
                 try:
-                    with ctx.precision.context(ctx.device):
-                        out = step(local, data.x[local.to(data.x.device)], it)
+                    W.in_step = True
+                    try:
+                        with ctx.precision.context(ctx.device):
+                            out = step(local, data.x[local.to(data.x.device)], it)
+                    finally:
+                        W.in_step = False
                     # one host sync for all logged scalars (averaged over ranks with the stop flag under torchrun)
                     vec, stop = distributed.mean_scalars(torch.stack([v.detach().float().reshape(()) for v in out.values()]),
                                                          ck.interrupted is not None)
                     if stop and ck.interrupted is None:
                         ck.interrupted = 15  # another rank got SIGINT/SIGTERM: stop at the same iteration
+                    # decide on the agreed flag only: a signal arriving after the all-reduce waits for the next
+                    # iteration, so every rank saves (a collective) and stops at the same one
                     vals = dict(zip(out, vec.tolist()))
                     bad = [k for k, v in vals.items() if not math.isfinite(v)]
                     if bad:
@@ -230,9 +239,9 @@ def train_loop(
                     raise DivergenceError(f"{label} epoch {epoch + 1} iteration {it + 1}: {err}{kept}") from None
                 history.add(vals)
                 done = it + 1
-                if ck.path is not None and ((ck.every and done % ck.every == 0) or ck.interrupted):
+                if ck.path is not None and ((ck.every and done % ck.every == 0) or stop):
                     ck.save(done, history)
-                if ck.interrupted:
+                if stop:
                     raise Interrupted(f"interrupted at iteration {done}; checkpoint written to {ck.path} "
                                       f"(continue with the same command and --resume {ck.path})")
                 if log_every and done % log_every == 0:
@@ -240,7 +249,9 @@ def train_loop(
                 progress.update(task, advance=1, msg=" ".join(f"{k}={v:.3g}" for k, v in list(vals.items())[:3]))
             for s in schedulers:
                 s.step()
-            means = history.close_epoch(epoch * n_batches)
+            means = history.close_epoch(epoch * per_epoch)
             ctx.log(f"[{label}] epoch {epoch + 1} ({time.perf_counter() - t0:.1f}s) "
                     + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+    if W.parallel:  # modules a method creates after this loop (the next adaptive-NCE stage) start equal
+        torch.manual_seed(ctx.seed * 1_000_003 + epoch_offset + epochs)
     return history
