@@ -566,6 +566,60 @@ def plan(quick: bool, arch: str, native_bf16: bool = False) -> dict[str, Any]:
             "variant_budget_s": 15.0 if big else 20.0, "iteration_variant_pairs": 0 if big else 4}
 
 
+def hot_loop(var_rows: list[dict], flops: dict, peak: float, peak_cpu: float) -> dict[str, Any]:
+    """The fp32 posterior chain as ebmtool runs it (channels_last generator): steps/s, GFLOP/s, % of the peak."""
+    hot = {}
+    for arch in flops:
+        runs = [(w, c) for v in var_rows if v["size"] == arch and v["scope"] == "posterior chain"
+                and v["variant"].startswith("channels_last generator")
+                for w, c in zip(v["runs"]["b"]["wall_s"], v["runs"]["b"]["cpu_s"])]
+        if not runs:
+            continue
+        k = int(next(v["per_call"] for v in var_rows if v["size"] == arch).split()[0])
+        w, c = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+        fl = flops[arch]["posterior_step"]
+        hot[arch] = {"posterior_step_gflop": fl / 1e9, "steps_per_s": k / w, "gflops": k * fl / w / 1e9,
+                     "pct_of_peak": 100 * k * fl / w / 1e9 / peak, "gflops_per_cpu_s": k * fl / c / 1e9,
+                     "pct_of_peak_cpu_time": 100 * k * fl / c / 1e9 / peak_cpu, "runs": len(runs)}
+    return hot
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """docs/performance.md's tables from a results JSON (``--report FILE``)."""
+    e = r["env"]
+    peak, peak_cpu = r["peak_fp32_gflops"], r["peak_fp32_gflops_per_cpu_s"]
+    hot = hot_loop(r["variants"], r["flops"], peak, peak_cpu)
+    mm = r["matmul"]
+    out = [f"Run of {e['load_start']['time']}: **{e['cpu']}**, {e['logical_cpus']} logical CPUs, torch {e['torch']}, "
+           f"{e['threads']} thread(s), batch {BATCH}, {e['mode']} mode, {e['elapsed_s']:.0f} s; load average "
+           f"{e['load_start']['loadavg_1_5_15'][0]} → {e['load_end']['loadavg_1_5_15'][0]}. Matmul 2048 fp32: best "
+           f"{peak:.0f} GFLOP/s ({peak_cpu:.0f} per CPU second; samples "
+           + ", ".join(f"{x['best_gflops']:.0f}" for x in mm["fp32"]) + f"), bf16 {mm['bf16'][0]['best_gflops']:.0f}.",
+           "", "| size | workload | ebmtool | reference (listing, fp32) | speed-up wall, median (range) | speed-up CPU time | "
+           "pairs | GFLOP / call | GFLOP/s | % peak (CPU s) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for w in r["workloads"]:
+        lo, hi = w["speedup_range"]
+        out.append(f"| {w['size']} | {w['workload']} | {w['ebmtool_rate']:.3g} {w['unit']} | {w['reference_rate']:.3g} "
+                   f"{w['unit']} | **{w['speedup']:.2f}** ({lo:.2f}–{hi:.2f}) | {w['speedup_cpu_time']:.2f} | {w['pairs']} | "
+                   f"{w['gflop_per_call']:.1f} | {w['ebmtool_gflops']:.1f} | {w['ebmtool_pct_of_peak_cpu_time']:.0f} |")
+    out += ["", "| size | scope | variant (vs fp32, NCHW generator) | baseline | variant | speed-up wall, median (range) | "
+            "speed-up CPU time | pairs | grad rel. err | step err / noise |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for v in r["variants"]:
+        lo, hi = v["speedup_range"]
+        ge = "–" if v["grad_rel_err_vs_fp32"] is None else f"{v['grad_rel_err_vs_fp32']:.1e}"
+        se = "–" if v["step_error_over_noise"] is None else f"{v['step_error_over_noise']:.1e}"
+        cpu = "n/a" if v["variant"].startswith("threads") else f"{v['speedup_cpu_time']:.2f}"
+        out.append(f"| {v['size']} | {v['scope']} ({v['per_call']}) | {v['variant']} | {v['baseline_rate']:.3g} {v['unit']} | "
+                   f"{v['variant_rate']:.3g} {v['unit']} | **{v['speedup']:.2f}** ({lo:.2f}–{hi:.2f}) | {cpu} | {v['pairs']} | "
+                   f"{ge} | {se} |")
+    out.append("")
+    for arch, h in hot.items():
+        out.append(f"Hot loop at {arch} (fp32 posterior step as ebmtool runs it, {h['posterior_step_gflop']:.2f} GFLOP): "
+                   f"{h['steps_per_s']:.2f} steps/s = {h['gflops']:.1f} GFLOP/s = **{h['pct_of_peak']:.0f} %** of the "
+                   f"fp32 matmul peak ({h['pct_of_peak_cpu_time']:.0f} % per CPU second; {h['runs']} runs).  ")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="few repeats, svhn32 only sample/reconstruct (< ~3 min)")
@@ -578,7 +632,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--deadline-s", type=float, default=None,
                     help="after this many seconds cells stop at one A/B pair (default: 120 quick, 360 full)")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--report", metavar="JSON", help="print the markdown tables of a results file and exit")
     args = ap.parse_args(argv)
+    if args.report:
+        print(markdown(json.loads(Path(args.report).read_text())))
+        return {}
     from rich.console import Console
     from rich.table import Table
 
@@ -662,20 +720,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         v["baseline_pct_of_peak"] = 100 * v["baseline_gflops"] / peak
         v["baseline_pct_of_peak_cpu_time"] = 100 * v["baseline_gflops_per_cpu_s"] / peak_cpu
         v["variant_pct_of_peak"] = 100 * v["variant_gflops"] / (peak_alt if v["variant"].startswith("threads") else peak)
-    hot = {}
-    for arch in flops:
-        base_runs = [(w, c) for v in var_rows if v["size"] == arch and v["scope"] == "posterior chain"
-                     and not v["variant"].startswith("threads")
-                     for w, c in zip(v["runs"]["a"]["wall_s"], v["runs"]["a"]["cpu_s"])]
-        steps = next(v["per_call"] for v in var_rows if v["size"] == arch)
-        k = int(steps.split()[0])
-        if base_runs:
-            w = statistics.median(r[0] for r in base_runs)
-            c = statistics.median(r[1] for r in base_runs)
-            fl = flops[arch]["posterior_step"]
-            hot[arch] = {"posterior_step_gflop": fl / 1e9, "steps_per_s": k / w, "gflops": k * fl / w / 1e9,
-                         "pct_of_peak": 100 * k * fl / w / 1e9 / peak, "gflops_per_cpu_s": k * fl / c / 1e9,
-                         "pct_of_peak_cpu_time": 100 * k * fl / c / 1e9 / peak_cpu, "runs": len(base_runs)}
+    hot = hot_loop(var_rows, flops, peak, peak_cpu)
     env["load_end"] = load_snapshot()
     env["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     result = {"env": env, "peak_fp32_gflops": peak, "peak_fp32_gflops_per_cpu_s": peak_cpu, "matmul": peaks,
