@@ -111,11 +111,16 @@ class LatentModel(Model):
 
     # --- posterior ----------------------------------------------------------------------------
     def infer(self, x: torch.Tensor, chain: Chain | None = None, z0: Latent | None = None,
-              record_every: int = 0, what: str = "posterior Langevin") -> tuple[Latent, Trajectory | None]:
-        """Posterior samples: short-run Langevin on log p(x, z) from p0 (or z0), or the encoder if trained."""
+              record_every: int = 0, what: str = "posterior Langevin", refine: bool = False
+              ) -> tuple[Latent, Trajectory | None]:
+        """Posterior samples: short-run Langevin on log p(x, z) from p0 (or z0), or the encoder if trained;
+        ``refine``: with an encoder, run the chain from the encoder's sample (``--steps``/``--step-size``)."""
         if self.encoder is not None and z0 is None:
             with torch.no_grad():
-                return self.encoder.sample(x), None
+                z_enc = self.encoder.sample(x)
+            if not refine:
+                return z_enc, None
+            z0 = z_enc
         chain = chain or self.inference
         z0 = self.prior.base_sample(len(x), x.device) if z0 is None else z0
         return langevin(lambda z: self.log_joint(x, z), z0, chain.steps, chain.step_size, noise=chain.noise,
@@ -131,13 +136,16 @@ class LatentModel(Model):
         return SampleOutput(x, z, traj)
 
     def reconstruct(self, x, *, steps=None, step_size=None, **_):
-        z, _t = self.infer(x, self.inference.override(steps, step_size))
+        # an explicit chain (--steps/--step-size) refines an encoder's z instead of being ignored
+        refine = steps is not None or step_size is not None
+        z, _t = self.infer(x, self.inference.override(steps, step_size), refine=refine)
         with torch.no_grad():
             return self.generator(bottom(z)), z
 
     def anomaly_score(self, x, *, steps=None, step_size=None, **_):
         """-log p(x, z) at a posterior sample z (DESIGN §5): higher = more anomalous."""
-        z, _t = self.infer(x, self.inference.override(steps, step_size))
+        refine = steps is not None or step_size is not None
+        z, _t = self.infer(x, self.inference.override(steps, step_size), refine=refine)
         with torch.no_grad():
             return -self.log_joint(x, z)
 

@@ -271,6 +271,23 @@ def test_joint_vi_elbo_rises_and_encoder_reconstructs(runs):
     assert (xhat - x).pow(2).mean() < 0.25 * (x_rand - x).pow(2).mean()
 
 
+def test_explicit_steps_refine_the_encoders_latents(runs):
+    """With an encoder, --steps K runs K posterior Langevin steps from q's sample instead of being ignored:
+    noise-free steps climb log p(x, z); --steps 0 is the encoder alone."""
+    model, _ = load_model(runs["vi_synth"], device="cpu")
+    x = stages.open_training_data(str(runs["synth"]), torch.device("cpu")).x[:100]
+    torch.manual_seed(0)
+    z_q, _ = model.infer(x)
+    torch.manual_seed(0)
+    _, z0 = model.reconstruct(x, steps=0)
+    assert all(torch.equal(a, b) for a, b in zip(z_q, z0))
+    model.inference = Chain(30, 0.02, noise=False)
+    torch.manual_seed(0)
+    _, z_ref = model.reconstruct(x, steps=30)
+    with torch.no_grad():
+        assert model.log_joint(x, z_ref).mean() > model.log_joint(x, z_q).mean()
+
+
 @pytest.mark.parametrize("name", ["mle_digits", "vi_synth"])
 def test_evaluation_verbs_need_no_method_flags(runs, name, tmp_path):
     model = str(runs[name])
