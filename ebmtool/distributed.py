@@ -68,7 +68,10 @@ def init_from_env() -> World:
         if key not in os.environ:
             raise UserError(f"WORLD_SIZE is set but {key} is not: launch data-parallel runs with torchrun")
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
+    try:
+        dist.init_process_group(backend=backend)
+    except Exception as e:  # rendezvous failed (address, port, timeout): one line, not a traceback
+        raise UserError(f"torchrun: could not join the process group ({backend}): {_first_line(e)}") from None
     _WORLD = World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=int(os.environ["LOCAL_RANK"]))
     return _WORLD
 
