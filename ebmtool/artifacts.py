@@ -129,6 +129,10 @@ def save(
         "ebmtool.parents": json.dumps([_parent(x) for x in parents]),
         "ebmtool.meta": json.dumps(dict(meta or {}), sort_keys=True, default=_json_default),
     }
+    from ebmtool.distributed import world
+
+    if not world().is_main:  # under torchrun only rank 0 writes; every rank ran the checks above
+        return p
     with atomic_write(p) as tmp:
         save_file(clean, tmp, metadata=md)
     return p
