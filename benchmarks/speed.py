@@ -22,8 +22,9 @@ the median over adjacent pairs of t_reference / t_ebmtool (so a load change hits
 Also: the dense matmul peak (fp32 and bf16, n = 2048) in the same run, the FLOPs of every workload
 (``torch.utils.flop_counter.FlopCounterMode``; one posterior step = forward + ``.backward()`` to z with
 the parameters frozen: matmul/conv FLOPs only), the achieved GFLOP/s and its share of the fp32 peak, and
-variants of the posterior chain (the hot loop) against the plain NCHW layout of the listing: ebmtool's
-``channels_last`` generator weights (also per ``mle`` iteration at mnist32), 2 threads vs 1 (the main tables run at ``--threads``, 1 by default), bf16 autocast
+variants of the posterior chain (the hot loop) against the listing's plain NCHW ``ConvTranspose2d`` layers:
+ebmtool's generator (channels_last weights, GEMM forms of the first and image layers; also per ``mle``
+iteration at mnist32), 2 threads vs 1 (the main tables run at ``--threads``, 1 by default), bf16 autocast
 and bf16 + channels_last (with the gradient's error against fp32). See docs/performance.md.
 
     .venv/bin/python benchmarks/speed.py [--quick] [--sizes mnist32 svhn32] [--threads N]
@@ -305,7 +306,7 @@ class SizeBench:
         m = self.mle_model
         # the reference owns deep copies made before any step: same initial weights, own optimizers
         self.ref_mle_model: LatentModel = copy.deepcopy(m)
-        self.ref_mle_model.generator.to(memory_format=torch.contiguous_format)  # the listing's NCHW layout
+        listing_layers(self.ref_mle_model.generator)  # the listing's layers and NCHW layout
         G, f = self.ref_mle_model.generator, self.ref_mle_model.prior.f
         self.ref_mle = Reference(G.net, lambda z: -f(z.squeeze()), m.sigma, nz)
         self.ref_optG = adam_like(G.parameters(), cells["opt_g"])
@@ -325,7 +326,7 @@ class SizeBench:
         self.nce_r: nn.Module = cells["r"]
         nm = copy.deepcopy({"model": self.nce_model, "r": self.nce_r})
         self.ref_nce_model, self.ref_nce_r = nm["model"], nm["r"]
-        self.ref_nce_model.generator.to(memory_format=torch.contiguous_format)
+        listing_layers(self.ref_nce_model.generator)
         rp = self.ref_nce_model.prior
         self.ref_nce = Reference(self.ref_nce_model.generator.net, lambda z: -rp.tilt(z.squeeze()),
                                  self.nce_model.sigma, nz)
@@ -455,11 +456,11 @@ def grad_z(model: LatentModel, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor
 
 
 def mle_step_contiguous(sb: SizeBench) -> Callable:
-    """ebmtool's mle step on a copy of the generator in the plain NCHW layout, i.e. without the channels_last
-    weights ebmtool's generators use (captured from mle.fit with that generator as --init; the energy MLP is a
+    """ebmtool's mle step on a copy of the generator with the listing's layers in NCHW, i.e. without the channels_last
+    weights and GEMM layers of ebmtool's generators (captured from mle.fit with that generator as --init; the energy MLP is a
     fresh one: its cost is the same)."""
     gen = copy.deepcopy(sb.mle_model.generator)
-    gen.to(memory_format=torch.contiguous_format)
+    listing_layers(gen)
     nz, ch = sb.nz, sb.ch
     init = LatentModel(gen, GaussianPrior(nz), sb.mle_model.sigma, (ch, 32, 32), inference=Chain(20, 0.1),
                        sampling=Chain(60, 0.4), method="pretrain")
@@ -471,9 +472,9 @@ def mle_step_contiguous(sb: SizeBench) -> Callable:
 
 def variants(sb: SizeBench, clock: Clock, p: dict[str, Any], alt_threads: int) -> list[dict]:
     x, steps = sb.x, p["variant_steps"]
-    m_cl = sb.mle_model  # ebmtool's generator: channels_last weights
-    m = copy.deepcopy(m_cl)  # same weights in the plain NCHW layout: the baseline of every variant
-    m.generator.to(memory_format=torch.contiguous_format)
+    m_cl = sb.mle_model  # ebmtool's generator: channels_last weights, GEMM first and image layers on a CPU
+    m = copy.deepcopy(m_cl)  # same weights, the listing's layers in NCHW: the baseline of every variant
+    listing_layers(m.generator)
     chain = Chain(steps, 0.1)
     base = lambda: m.infer(x, chain)  # noqa: E731
     cl = lambda: m_cl.infer(x, chain)  # noqa: E731
@@ -502,10 +503,10 @@ def variants(sb: SizeBench, clock: Clock, p: dict[str, Any], alt_threads: int) -
 
     post = sb.flops["posterior_step"] * steps
     specs = [  # scope, name, variant fn, gradient error vs fp32 contiguous, FLOPs per call
-        ("posterior chain", "channels_last generator (ebmtool)", cl, err(m_cl), post),
+        ("posterior chain", "ebmtool generator (channels_last + GEMM layers)", cl, err(m_cl), post),
         ("posterior chain", f"threads {alt_threads} (vs {torch.get_num_threads()})", other_threads, err(m), post),
         ("posterior chain", "bf16 autocast", bf16(base), err(m, True), post),
-        ("posterior chain", "bf16 autocast + channels_last", bf16(cl), err(m_cl, True), post),
+        ("posterior chain", "bf16 autocast + ebmtool generator", bf16(cl), err(m_cl, True), post),
     ]
     out = []
     for scope, name, fn, rel_err, fl in specs:
@@ -516,7 +517,7 @@ def variants(sb: SizeBench, clock: Clock, p: dict[str, Any], alt_threads: int) -
         fa, fb = mle_step_contiguous(sb), (lambda: sb.mle_step(sb.idx, sb.x, 0))
         fa()  # warm-up (fresh Adam state, new primitives)
         r = ab(clock, fa, fb, pairs=p["iteration_variant_pairs"], budget_s=p["variant_budget_s"])
-        out.append(variant_row(sb.arch, "mle iteration", "channels_last generator (ebmtool)", "1 iteration", 1, "it/s", r,
+        out.append(variant_row(sb.arch, "mle iteration", "ebmtool generator (channels_last + GEMM layers)", "1 iteration", 1, "it/s", r,
                                sb.flops["mle"], None))
     return out
 
@@ -566,12 +567,23 @@ def plan(quick: bool, arch: str, native_bf16: bool = False) -> dict[str, Any]:
             "variant_budget_s": 15.0 if big else 20.0, "iteration_variant_pairs": 0 if big else 4}
 
 
+def listing_layers(module: nn.Module) -> None:
+    """The listing's generator: plain ``nn.ConvTranspose2d`` for every layer and the NCHW layout (ebmtool's
+    generators use channels_last weights and GEMM forms of the first and image layers on a CPU)."""
+    from ebmtool.nets.generators import GemmConvTranspose2d
+
+    for m in module.modules():
+        if isinstance(m, GemmConvTranspose2d):
+            m.__class__ = nn.ConvTranspose2d  # same parameters; the subclass only changes forward
+    module.to(memory_format=torch.contiguous_format)
+
+
 def hot_loop(var_rows: list[dict], flops: dict, peak: float, peak_cpu: float) -> dict[str, Any]:
     """The fp32 posterior chain as ebmtool runs it (channels_last generator): steps/s, GFLOP/s, % of the peak."""
     hot = {}
     for arch in flops:
         runs = [(w, c) for v in var_rows if v["size"] == arch and v["scope"] == "posterior chain"
-                and v["variant"].startswith("channels_last generator")
+                and v["variant"].startswith("ebmtool generator")
                 for w, c in zip(v["runs"]["b"]["wall_s"], v["runs"]["b"]["cpu_s"])]
         if not runs:
             continue
