@@ -54,7 +54,11 @@ def world() -> World:
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        return int(raw) > 1
+    except ValueError:
+        raise UserError(f"WORLD_SIZE={raw!r} is not a number (torchrun sets it; unset it to run one process)") from None
 
 
 def init_from_env() -> World:
