@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from ebmtool.nets.generators import GemmConvTranspose2d
+
 
 def levels(size: int) -> int:
     """Number of stride-2 levels from ``size`` down to a 4x4 map (8 -> 1, 32 -> 3, 64 -> 4)."""
@@ -109,12 +111,13 @@ class ImageGenerator(nn.Module):
         super().__init__()
         L = levels(size)
         w = ngf * 2**L
-        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, w, 4, 1, 0, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+        # GemmConvTranspose2d: the 1x1 first layer and the image layer as matrix products on a CPU (same parameters)
+        layers: list[nn.Module] = [GemmConvTranspose2d(nz, w, 4, 1, 0, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
         for i in range(L):
             out = w if i == 0 else w // 2
             layers += [nn.ConvTranspose2d(w, out, 4, 2, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
             w = out
-        layers += [nn.ConvTranspose2d(w, channels, 3, 1, 1), nn.Tanh()]
+        layers += [GemmConvTranspose2d(w, channels, 3, 1, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         dcgan_init(self)
         self.channels, self.size, self.nz, self.ngf = channels, size, nz, ngf
