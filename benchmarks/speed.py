@@ -61,8 +61,9 @@ sys.path.insert(0, str(ROOT))
 from ebmtool.config import GeneratorSpec  # noqa: E402
 from ebmtool.methods import adaptive_nce as nce_mod  # noqa: E402
 from ebmtool.methods import mle as mle_mod  # noqa: E402
-from ebmtool.methods.common import RunContext, TrainData  # noqa: E402
-from ebmtool.models import Chain, LatentModel  # noqa: E402
+from ebmtool.config import Langevin  # noqa: E402
+from ebmtool.models import LatentModel  # noqa: E402
+from ebmtool.training import RunContext, TrainData  # noqa: E402
 from ebmtool.priors import GaussianPrior, RatioProductPrior  # noqa: E402
 from ebmtool.sampling import frozen  # noqa: E402
 
@@ -318,7 +319,7 @@ class SizeBench:
                                        self.nce_cfg.energy.slope, stages=1)
         init_prior.stages[0].requires_grad_(False)
         init = LatentModel(copy.deepcopy(m.generator), init_prior, self.nce_cfg.sigma, (ch, 32, 32),
-                           inference=Chain(30, 0.1), sampling=Chain(100, 0.1), method="adaptive-nce")
+                           inference=Langevin(steps=30, step_size=0.1), sampling=Langevin(steps=100, step_size=0.1), method="adaptive-nce")
         init_art = SimpleNamespace(path="speed-bench", tensors={"memory": torch.randn(N_DATA, nz)},
                                    meta={"data_content_sha256": data.content_sha256})
         self.nce_step, cells = capture_step(nce_mod, self.nce_cfg, data, init, init_art, ctx)
@@ -440,7 +441,7 @@ class SizeBench:
     def warm_up(self):
         """First calls build oneDNN primitives and allocator pools; one short run of each path."""
         m, R = self.mle_model, self.ref_mle
-        m.infer(self.x, Chain(2, 0.1))
+        m.infer(self.x, Langevin(steps=2, step_size=0.1))
         R.posterior(R.sample_p_0(BATCH, self.device), self.x, 2, 0.1)
         m.prior.sample(BATCH, steps=2, step_size=0.4, device=self.device)
         R.prior(R.sample_p_0(BATCH, self.device), 2, 0.4)
@@ -462,8 +463,8 @@ def mle_step_contiguous(sb: SizeBench) -> Callable:
     gen = copy.deepcopy(sb.mle_model.generator)
     listing_layers(gen)
     nz, ch = sb.nz, sb.ch
-    init = LatentModel(gen, GaussianPrior(nz), sb.mle_model.sigma, (ch, 32, 32), inference=Chain(20, 0.1),
-                       sampling=Chain(60, 0.4), method="pretrain")
+    init = LatentModel(gen, GaussianPrior(nz), sb.mle_model.sigma, (ch, 32, 32), inference=Langevin(steps=20, step_size=0.1),
+                       sampling=Langevin(steps=60, step_size=0.4), method="pretrain")
     data = TrainData(x=sb.x, labels=torch.zeros(BATCH, dtype=torch.long), content_sha256="speed-bench", parent={})
     step, _cells = capture_step(mle_mod, sb.mle_cfg, data, init, SimpleNamespace(path="speed-bench"),
                                 RunContext(device=sb.device, quiet=True, seed=1))
@@ -475,7 +476,7 @@ def variants(sb: SizeBench, clock: Clock, p: dict[str, Any], alt_threads: int) -
     m_cl = sb.mle_model  # ebmtool's generator: channels_last weights, GEMM first and image layers on a CPU
     m = copy.deepcopy(m_cl)  # same weights, the listing's layers in NCHW: the baseline of every variant
     listing_layers(m.generator)
-    chain = Chain(steps, 0.1)
+    chain = Langevin(steps=steps, step_size=0.1)
     base = lambda: m.infer(x, chain)  # noqa: E731
     cl = lambda: m_cl.infer(x, chain)  # noqa: E731
     z_fixed = torch.randn(BATCH, sb.nz, device=sb.device)
@@ -680,7 +681,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     con.print(f"matmul 2048: fp32 {peaks['fp32'][0]['best_gflops']:.1f} GFLOP/s at {main_threads} thread(s), "
               f"{peaks[alt_key][0]['best_gflops']:.1f} at {alt_threads}; bf16 {peaks['bf16'][0]['best_gflops']:.1f}")
 
-    from ebmtool.precision import resolve as resolve_precision
+    from ebmtool.runtime import resolve as resolve_precision
 
     native_bf16 = resolve_precision("auto", device, warn=False).name == "bf16"  # the rule of --precision auto
     rows, var_rows, flops = [], [], {}

@@ -1,7 +1,7 @@
 """Resumable training: checkpoints in the artifact format (kind ``checkpoint``).
 
 A method *tracks* everything that evolves during training (modules, optimisers, schedulers, buffers such as
-the adaptive-NCE memory, torch.Generators); :func:`ebmtool.methods.common.train_loop` saves all of it, plus
+the adaptive-NCE memory, torch.Generators); :func:`ebmtool.training.train_loop` saves all of it, plus
 the global RNG states, the history and the number of completed iterations, every ``every`` iterations and
 when SIGINT/SIGTERM arrives. ``--resume CKPT`` rebuilds the run from the same command, restores every tracked
 object and continues at the next iteration of the same data order, so with a fixed seed on a CPU a killed
@@ -12,7 +12,6 @@ Optimiser and scheduler states are flattened: tensors into safetensors entries, 
 
 from __future__ import annotations
 
-import json
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +61,7 @@ class Checkpointer:
     objects: dict[str, Any] = field(default_factory=dict)
     interrupted: Optional[int] = None
     inputs: dict[str, Any] = field(default_factory=dict)  # content hashes of --data / --init
+    _resumed: bool = field(default=False, repr=False)
 
     # --- tracking -----------------------------------------------------------------------------
     def track(self, **objs: Any) -> None:
@@ -71,8 +71,15 @@ class Checkpointer:
     def resume_iteration(self) -> int:
         return int(self.resume.meta["iteration"]) if self.resume is not None else 0
 
-    def resume_meta(self, key: str, default: Any = None) -> Any:
-        return self.resume.meta.get("state", {}).get(key, default) if self.resume is not None else default
+    def resume_into(self, history, first: int, last: int) -> bool:
+        """Restore every tracked object, the RNG states and ``history`` once, in the training loop whose
+        iterations [first, last] hold the checkpoint's iteration; True when it did."""
+        if self.resume is None or self._resumed or not first <= self.resume_iteration <= last:
+            return False
+        self.restore()
+        self.restore_rng_and_history(history)
+        self._resumed = True
+        return True
 
     # --- save -----------------------------------------------------------------------------------
     def save(self, iteration: int, history, state: dict[str, Any] | None = None) -> None:
@@ -191,6 +198,3 @@ def open_resume(path: str, config: dict[str, Any], inputs: dict[str, Any]) -> ar
             raise UserError(f"{art.path}: checkpoint was written from a different {what}; resume with the same inputs")
     return art
 
-
-def json_roundtrip(d: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(d))

@@ -7,10 +7,10 @@ z <- z + (s^2/2) grad log pi(z) + s * eps (s = --step-size).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -25,10 +25,10 @@ except ImportError:  # older typer depends on click
     from click.exceptions import Abort as _Abort
     from click.exceptions import ClickException as _ClickException
     from click.exceptions import UsageError as _UsageError
-from rich.console import Console
 from rich.table import Table
 
 from ebmtool.errors import UserError
+from ebmtool.methods import METHODS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ebmtool: energy-based priors in the latent space of generator models. "
@@ -135,7 +135,7 @@ def data_prepare(
     download: bool = typer.Option(False, "--download", help="let torchvision download into --root (needs internet)"),
     exclude_class: Optional[int] = typer.Option(None, "--exclude-class"),
     only_class: Optional[int] = typer.Option(None, "--only-class"),
-    anomaly_protocol: Optional[int] = typer.Option(None, "--anomaly-protocol", help="held-out class K (DESIGN §5 split)"),
+    anomaly_protocol: Optional[int] = typer.Option(None, "--anomaly-protocol", help="held-out class K: the anomaly protocol's split (docs/design.md)"),
     part: Optional[str] = typer.Option(None, "--part", help="train | test part of the anomaly protocol"),
     size: Optional[int] = typer.Option(None, "--size", help="resize to SIZE x SIZE"),
     limit: Optional[int] = typer.Option(None, "--limit", help="keep the first N images"),
@@ -154,94 +154,81 @@ def data_prepare(
     emit(stages.data_prepare(cfg, str(output), force), as_json, "dataset")
 
 
-def _train(method: str, flags: dict[str, Any], sets, preset, config, data, init, output, force, quiet, as_json,
-           *, fit_prior: bool = True, ck_every: int = 0, ck: Optional[Path] = None, resume: Optional[Path] = None):
+def _train(method: str, fields: dict[str, Any], sets, preset, config, data, init, output, force, quiet, as_json,
+           ck_every: int, ck: Optional[Path], resume: Optional[Path], fit_prior: bool) -> None:
     from ebmtool import stages
     from ebmtool.config import deep_merge, resolve
-    from ebmtool.methods import METHODS
 
     if method not in METHODS or METHODS[method].fit_prior != fit_prior:
         choices = ", ".join(k for k, m in METHODS.items() if m.fit_prior)
         raise UserError(f"--method: unknown method {method!r} (choose from {choices})")
     cfg = resolve(METHODS[method].config, method=method, preset=preset, toml=config,
-                  flags=deep_merge(nested(flags), parse_sets(sets)))
-    res = stages.train(method, cfg, str(data), str(output), init_path=str(init) if init else None, force=force,
-                       quiet=quiet, checkpoint_every=ck_every, checkpoint=_s(ck), resume=_s(resume))
-    emit(res, as_json, f"{method}")
+                  flags=deep_merge(nested(fields), parse_sets(sets)))
+    res = stages.train(method, cfg, str(data), str(output), init_path=_s(init), force=force, quiet=quiet,
+                       checkpoint_every=ck_every, checkpoint=_s(ck), resume=_s(resume))
+    emit(res, as_json, method)
 
 
-@app.command("pretrain-generator")
-def pretrain_generator(
-    data: Path = typer.Option(..., "--data", help="dataset artifact"),
-    output: Path = OutOpt,
-    preset: Optional[str] = PresetOpt,
-    config: Optional[Path] = ConfigOpt,
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    arch: Optional[str] = typer.Option(None, "--arch", help="auto | digits8 | mnist32 | svhn32 | cifar32 | celeba64"),
-    nz: Optional[int] = typer.Option(None, "--nz", help="latent dimension"),
-    init: Optional[Path] = typer.Option(None, "--init", help="continue from a model artifact"),
-    seed: Optional[int] = SeedOpt,
-    device: Optional[str] = DeviceOpt,
-    precision: Optional[str] = PrecisionOpt,
-    sets: Optional[List[str]] = SetOpt,
-    checkpoint_every: int = CkEveryOpt,
-    checkpoint: Optional[Path] = CkOpt,
-    resume: Optional[Path] = ResumeOpt,
-    force: bool = ForceOpt,
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
-):
-    """Train a generator under N(0, I) with short-run posterior Langevin (the "0 stages" model)."""
-    flags = {"epochs": epochs, "batch_size": batch_size, "generator.arch": arch, "generator.nz": nz, "seed": seed,
-             "device": device, "precision": precision}
-    _train("pretrain", flags, sets, preset, config, data, init, output, force, quiet, as_json, fit_prior=False,
-           ck_every=checkpoint_every, ck=checkpoint, resume=resume)
+# the options of pretrain-generator and fit-prior: (parameter, type, option, config field or None)
+TRAIN_OPTIONS: list[tuple[str, Any, Any, Optional[str]]] = [
+    ("data", Path, typer.Option(..., "--data", help="dataset artifact"), None),
+    ("output", Path, OutOpt, None),
+    ("init", Optional[Path], typer.Option(None, "--init", help="start from a model artifact (a pretrained generator, "
+                                          "or a model to continue or add stages to)"), None),
+    ("preset", Optional[str], PresetOpt, None),
+    ("config", Optional[Path], ConfigOpt, None),
+    ("epochs", Optional[int], typer.Option(None, "--epochs"), "epochs"),
+    ("batch_size", Optional[int], typer.Option(None, "--batch-size"), "batch_size"),
+    ("arch", Optional[str], typer.Option(None, "--arch", help="generator architecture: auto (by image size) | digits8 "
+                                         "| mnist32 | svhn32 | cifar32 | celeba64"), "generator.arch"),
+    ("nz", Optional[int], typer.Option(None, "--nz", help="latent dimension"), "generator.nz"),
+    ("seed", Optional[int], SeedOpt, "seed"),
+    ("device", Optional[str], DeviceOpt, "device"),
+    ("precision", Optional[str], PrecisionOpt, "precision"),
+    ("sets", Optional[List[str]], SetOpt, None),
+    ("checkpoint_every", int, CkEveryOpt, None),
+    ("checkpoint", Optional[Path], CkOpt, None),
+    ("resume", Optional[Path], ResumeOpt, None),
+    ("force", bool, ForceOpt, None),
+    ("quiet", bool, QuietOpt, None),
+    ("as_json", bool, JsonOpt, None),
+]
 
 
-def _method_help() -> str:
-    from ebmtool.methods import METHODS
+def _method_flags() -> list[tuple[str, Any, Any, Optional[str]]]:
+    """The options the registered methods declare (one per option name, shared by the methods that declare it)."""
+    seen: dict[str, tuple[str, Any, Any, Optional[str]]] = {}
+    for m in METHODS.values():
+        for f in m.flags:
+            if f.option not in seen:
+                seen[f.option] = (f.param, Optional[f.type], typer.Option(None, *f.option.split(" "), help=f.help), f.field)
+    return list(seen.values())
 
-    return "; ".join(f"{k}: {m.description}" for k, m in METHODS.items() if m.fit_prior)
+
+def _training_command(name: str, method: Optional[str], doc: str) -> None:
+    """Register ``name``: pretrain-generator (``method`` fixed) or fit-prior (``--method`` and every method's flags)."""
+    opts = list(TRAIN_OPTIONS)
+    if method is None:
+        names = ", ".join(k for k, m in METHODS.items() if m.fit_prior)
+        opts = [("method", str, typer.Option(..., "--method", help=f"training method: {names} (see `ebmtool methods`)"),
+                 None)] + opts[:10] + _method_flags() + opts[10:]
+    fields = {p: f for p, _, _, f in opts if f is not None}
+
+    def command(**kw: Any) -> None:
+        _train(kw.pop("method", method), {f: kw.pop(p) for p, f in fields.items()}, kw["sets"], kw["preset"],
+               kw["config"], kw["data"], kw["init"], kw["output"], kw["force"], kw["quiet"], kw["as_json"],
+               kw["checkpoint_every"], kw["checkpoint"], kw["resume"], fit_prior=method is None)
+
+    command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(p, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t) for p, t, o, _ in opts])
+    command.__annotations__ = {p: t for p, t, _, _ in opts}
+    command.__doc__ = doc
+    app.command(name)(command)
 
 
-@app.command("fit-prior")
-def fit_prior(
-    method: str = typer.Option(..., "--method", help="training method (see `ebmtool methods`)"),
-    data: Path = typer.Option(..., "--data", help="dataset artifact"),
-    output: Path = OutOpt,
-    init: Optional[Path] = typer.Option(None, "--init", help="start from a model artifact (pretrained generator, or a model to add stages to)"),
-    preset: Optional[str] = PresetOpt,
-    config: Optional[Path] = ConfigOpt,
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    stages_: Optional[int] = typer.Option(None, "--stages", help="adaptive-nce: stages to add"),
-    epochs_per_stage: Optional[int] = typer.Option(None, "--epochs-per-stage", help="adaptive-nce"),
-    prior_sampler: Optional[str] = typer.Option(None, "--prior-sampler", help="adaptive-nce: memory | langevin"),
-    non_adaptive: Optional[bool] = typer.Option(None, "--non-adaptive/--adaptive", help="adaptive-nce: TRE-style ablation"),
-    layers: Optional[int] = typer.Option(None, "--layers", help="joint-mle/joint-vi: latent layers"),
-    basic_ratio: Optional[float] = typer.Option(None, "--basic-ratio", help="bidvl: r' (0.05 at 32x32, 0.1 at 64x64)"),
-    offset: Optional[bool] = typer.Option(None, "--offset/--no-offset", help="bidvl: offset (default) or not-offset variant"),
-    arch: Optional[str] = typer.Option(None, "--arch", help="generator architecture (auto picks by image size)"),
-    nz: Optional[int] = typer.Option(None, "--nz", help="latent dimension"),
-    seed: Optional[int] = SeedOpt,
-    device: Optional[str] = DeviceOpt,
-    precision: Optional[str] = PrecisionOpt,
-    sets: Optional[List[str]] = SetOpt,
-    checkpoint_every: int = CkEveryOpt,
-    checkpoint: Optional[Path] = CkOpt,
-    resume: Optional[Path] = ResumeOpt,
-    force: bool = ForceOpt,
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
-):
-    """Fit a latent-space EBM prior (and its generator) with one of the seed methods."""
-    flags = {"epochs": epochs, "batch_size": batch_size, "stages": stages_, "epochs_per_stage": epochs_per_stage,
-             "prior_sampler": prior_sampler, "non_adaptive": non_adaptive, "layers": layers,
-             "basic_ratio": basic_ratio, "offset": offset, "generator.arch": arch, "generator.nz": nz,
-             "seed": seed, "device": device, "precision": precision}
-    _train(method, flags, sets, preset, config, data, init, output, force, quiet, as_json,
-           ck_every=checkpoint_every, ck=checkpoint, resume=resume)
+_training_command("pretrain-generator", "pretrain",
+                  "Train a generator under N(0, I) with short-run posterior Langevin (the \"0 stages\" model).")
+_training_command("fit-prior", None, "Fit a latent-space EBM prior (and its generator) with one of the methods.")
 
 
 @app.command("sample")
@@ -354,18 +341,12 @@ def fid(
     as_json: bool = JsonOpt,
 ):
     """Fréchet distance between samples and a reference (pytorch-fid InceptionV3 pool3, or --features)."""
-    from ebmtool.eval import fid as F
-    from ebmtool.methods.common import resolve_device
-
-    dev = str(resolve_device(device))
-    if features is not None and inception_weights is not None:
-        raise UserError("give --features or --inception-weights, not both")
-    ex = F.ClassifierExtractor(str(features), device=dev) if features is not None else \
-        F.InceptionExtractor(weights_path=_s(inception_weights), device=dev)
-    res = F.fid(str(samples), str(ref), ex, batch_size=batch_size,
-                cache_dir=str(cache_dir) if cache_dir else F.default_cache_dir(), progress=not quiet and sys.stderr.isatty())
+    from ebmtool import stages
     from ebmtool.distributed import world
 
+    res = stages.fid(str(samples), str(ref), inception_weights=_s(inception_weights), features=_s(features),
+                     batch_size=batch_size, cache_dir=_s(cache_dir), device=device,
+                     progress=not quiet and sys.stderr.isatty())
     if not world().is_main:  # under torchrun rank 0 reports for all
         return
     for w in res.warnings:
@@ -389,12 +370,11 @@ def train_features(
     as_json: bool = JsonOpt,
 ):
     """Train a small classifier whose penultimate layer is a dataset-specific FID feature space."""
-    from ebmtool.eval import fid as F
-    from ebmtool.methods.common import resolve_device
+    from ebmtool import stages
 
-    res = F.train_features(str(data), str(output), epochs, seed, device=str(resolve_device(device)), force=force,
-                           progress=not quiet and sys.stderr.isatty())
-    emit({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(res).items()}, as_json, "features")
+    res = stages.train_features(str(data), str(output), epochs=epochs, seed=seed, device=device, force=force,
+                                progress=not quiet and sys.stderr.isatty())
+    emit(res, as_json, "features")
 
 
 @app.command("inspect")
@@ -433,19 +413,15 @@ def plot(
     force: bool = ForceOpt,
 ):
     """PNG of what an artifact holds: per-stage NCE losses, loss curves, Langevin energy profile, PR curve, grid."""
-    from ebmtool import artifacts
-    from ebmtool.eval.plots import plot_artifact
+    from ebmtool import stages
 
-    artifacts.check_output(output, force)
-    what = plot_artifact(artifacts.load(path), str(output))
-    out_console.print(f"{output}: {what}")
+    res = stages.plot(str(path), str(output), force)
+    out_console.print(f"{res['output']}: {res['drew']}")
 
 
 @app.command("methods")
 def methods():
-    """List the prior-fitting methods and their default configs."""
-    from ebmtool.methods import METHODS
-
+    """List the prior-fitting methods."""
     t = Table(title="fit-prior --method")
     t.add_column("method", style="bold")
     t.add_column("description")
@@ -457,7 +433,7 @@ def methods():
 
 @app.command("presets")
 def presets():
-    """List the presets (smoke / cpu / paper) and what they set."""
+    """List the presets (smoke / cpu / paper) and what they set, for every method and per method."""
     from ebmtool.config import PRESETS
 
     t = Table(title="--preset")
@@ -465,7 +441,8 @@ def presets():
     t.add_column("description")
     t.add_column("settings", overflow="fold")
     for k, p in PRESETS.items():
-        t.add_row(k, p["description"], json.dumps({a: b for a, b in p.items() if a != "description"}))
+        own = {m: spec.presets[k] for m, spec in METHODS.items() if k in spec.presets}
+        t.add_row(k, p["description"], json.dumps({"common": p.get("common", {}), **own}))
     out_console.print(t)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -21,11 +21,22 @@ class Strict(BaseModel):
 
 
 class Langevin(Strict):
-    """Short-run Langevin chain in the one convention: z <- z + (s^2/2) grad log pi(z) + s * eps."""
+    """Short-run Langevin chain in the one convention: z <- z + (s^2/2) grad log pi(z) + s * eps.
+    Training chains and the chains a model stores for evaluation (its spec) are both this class."""
 
     steps: int = Field(20, ge=1, description="number of Langevin steps")
     step_size: float = Field(0.1, gt=0, description="s in z + s^2/2 grad + s eps")
     noise: bool = True
+
+    @classmethod
+    def stored(cls, steps: int, step_size: float, noise: bool = True) -> "Langevin":
+        """A chain a model keeps for evaluation (from its saved spec, or BiDVL's optional image-space refinement):
+        0 steps, no chain, is allowed there, unlike in a training config."""
+        return cls.model_construct(steps=int(steps), step_size=float(step_size), noise=bool(noise))
+
+    def override(self, steps: Optional[int] = None, step_size: Optional[float] = None) -> "Langevin":
+        """This chain with ``--steps`` / ``--step-size`` where given."""
+        return self.model_copy(update={k: v for k, v in (("steps", steps), ("step_size", step_size)) if v is not None})
 
 
 class GeneratorSpec(Strict):
@@ -66,8 +77,8 @@ class TrainCommon(StageCommon):
 
 
 # ---------------------------------------------------------------------------------------------
-# Presets as data: for each preset a one-line description and per-method overrides.
-# "common" applies to every training method (keys a method lacks are skipped).
+# Presets as data: for each preset a one-line description and the settings common to every training method
+# ("common"; keys a method lacks are skipped). A method's own overrides live with its registry entry.
 # ---------------------------------------------------------------------------------------------
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -82,15 +93,6 @@ PRESETS: dict[str, dict[str, Any]] = {
             "prior": {"steps": 15},
             "opt_g": {"lr": 1e-3},
         },
-        "mle": {"opt_e": {"lr": 2e-4}},
-        "adaptive-nce": {"epochs_per_stage": 1, "opt_r": {"lr": 5e-4}},
-        "nce": {"epochs_per_stage": 1, "opt_r": {"lr": 5e-4}},
-        "bidvl": {"ebm": {"ndf": 16}, "encoder": {"nef": 16}},
-        "joint-mle": {"nz_top": 4, "opt_e": {"lr": 2e-4}, "energy_upper": {"hidden": 32},
-                      "conditional": {"hidden": 32, "layers": 2}},
-        "joint-vi": {"nz_top": 4, "opt_e": {"lr": 2e-4}, "energy_upper": {"hidden": 32},
-                     "conditional": {"hidden": 32, "layers": 2}, "encoder": {"nef": 16, "hidden": 32},
-                     "opt_q": {"lr": 1e-3}},
     },
     "cpu": {
         "description": "a 2-core CPU in minutes per model: small nets (nz 16, ngf 32), 20 epochs, "
@@ -102,21 +104,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "energy": {"hidden": 200},
             "opt_g": {"lr": 1e-3},
         },
-        "mle": {"opt_e": {"lr": 2e-4}},
-        "adaptive-nce": {"epochs_per_stage": 5, "opt_r": {"lr": 5e-4}},
-        "nce": {"epochs_per_stage": 5, "opt_r": {"lr": 5e-4}},
-        "bidvl": {"ebm": {"ndf": 32}, "encoder": {"nef": 32}},
-        "joint-mle": {"nz_top": 8, "opt_e": {"lr": 2e-4}},
-        "joint-vi": {"nz_top": 8, "opt_e": {"lr": 2e-4}, "encoder": {"nef": 32}, "opt_q": {"lr": 1e-3}},
     },
     "paper": {
         "description": "the papers' settings (GPU): full-size generators, paper epochs and chain lengths",
         "common": {"epochs": 100, "batch_size": 100, "generator": {"nz": 100, "ngf": 64}},
-        "mle": {"epochs": 200},
-        "adaptive-nce": {"epochs_per_stage": 25, "posterior": {"steps": 30}},
-        "nce": {"epochs_per_stage": 100, "posterior": {"steps": 30}},
-        "bidvl": {"epochs": 600, "generator": {"nz": 100, "ngf": 48}, "encoder": {"nef": 48}, "ebm": {"ndf": 64}},
-        "joint-mle": {"nz_top": 100}, "joint-vi": {"nz_top": 100},
     },
 }
 
@@ -151,9 +142,10 @@ def preset_overrides(preset: str | None, method: str, cls: type[BaseModel]) -> d
         return {}
     if preset not in PRESETS:
         raise UserError(f"--preset: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    p = PRESETS[preset]
-    merged = deep_merge(_only_known(cls, p.get("common", {})), p.get(method, {}))
-    return merged
+    from ebmtool.registry import METHODS
+
+    own = METHODS[method].presets.get(preset, {}) if method in METHODS else {}
+    return deep_merge(_only_known(cls, PRESETS[preset].get("common", {})), own)
 
 
 def read_toml(path: str | Path | None) -> dict[str, Any]:

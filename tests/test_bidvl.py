@@ -19,8 +19,9 @@ import torch
 from ebmtool import artifacts, stages
 from ebmtool.cli import main
 from ebmtool.data import DataConfig, load_images
-from ebmtool.methods.bidvl import BiDVLConfig, BiDVLModel, model_for, kl_to_standard_normal
-from ebmtool.methods.common import seed_everything
+from ebmtool.methods.bidvl import BiDVLConfig, kl_to_standard_normal, model_for
+from ebmtool.models import BiDVLModel
+from ebmtool.runtime import seed_everything
 from ebmtool.models import load_model, model_tensors
 from ebmtool.nets.image_ebm import GaussianEncoder, ImageEnergy, ImageGenerator
 
@@ -208,7 +209,7 @@ def test_no_offset_also_trains_the_encoder_on_generated_images(work, capsys, tmp
 # ------------------------------------------------------------------------------------------------ refusals
 def test_latent_models_and_bidvl_models_do_not_mix_through_init(work, capsys, tmp_path):
     from ebmtool.config import Langevin
-    from ebmtool.methods.shared import latent_model
+    from ebmtool.models import latent_model
     from ebmtool.nets.generators import Generator
     from ebmtool.priors import GaussianPrior
 

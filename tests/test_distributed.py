@@ -50,7 +50,7 @@ def test_gradient_average_and_gather_are_exact(tmp_path):
         import sys, torch
         from safetensors.torch import save_file
         from ebmtool import distributed as D
-        from ebmtool.methods.common import optimizer_step
+        from ebmtool.training import optimizer_step
 
         def step(x, y, n_global):
             torch.manual_seed(0)

@@ -21,8 +21,10 @@ from ebmtool.config import resolve
 from ebmtool.data import DataConfig
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
-from ebmtool.methods.joint import JointPrior, hierarchical_sample, joint_loss
-from ebmtool.models import Chain, LatentModel, load_model
+from ebmtool.config import Langevin
+from ebmtool.methods.joint import joint_loss
+from ebmtool.models import LatentModel, hierarchical_sample, load_model
+from ebmtool.priors import JointPrior
 from ebmtool.nets.encoders import BottomUpGaussianEncoder
 from ebmtool.nets.generators import Generator
 from ebmtool.priors import GaussianPrior
@@ -158,8 +160,8 @@ def test_joint_loss_moves_each_module_the_way_its_equation_says(vi):
     prior = JointPrior((3, 2), dict(hidden=8, layers=2, slope=0.2), dict(hidden=8, layers=1, slope=0.2),
                        dict(hidden=8, layers=2, slope=0.2))
     enc = BottomUpGaussianEncoder((1, 8, 8), (3, 2), nef=4, hidden=8, layers=1) if vi else None
-    model = LatentModel(Generator("digits8", 3, 4, 1), prior, 0.3, (1, 8, 8), inference=Chain(5, 0.1),
-                        sampling=Chain(5, 0.4), encoder=enc).double()
+    model = LatentModel(Generator("digits8", 3, 4, 1), prior, 0.3, (1, 8, 8), inference=Langevin(steps=5, step_size=0.1),
+                        sampling=Langevin(steps=5, step_size=0.4), encoder=enc).double()
     x = torch.rand(16, 1, 8, 8, dtype=torch.float64) * 2 - 1
     z_neg = tuple(t.double() for t in prior.base_sample(16))
     z_fixed = tuple(t + 0.5 for t in z_neg)  # posterior stand-in for joint-mle: shifted latents
@@ -281,7 +283,7 @@ def test_explicit_steps_refine_the_encoders_latents(runs):
     torch.manual_seed(0)
     _, z0 = model.reconstruct(x, steps=0)
     assert all(torch.equal(a, b) for a, b in zip(z_q, z0))
-    model.inference = Chain(30, 0.02, noise=False)
+    model.inference = Langevin(steps=30, step_size=0.02, noise=False)
     torch.manual_seed(0)
     _, z_ref = model.reconstruct(x, steps=30)
     with torch.no_grad():
@@ -315,8 +317,8 @@ def test_hierarchical_sample_shares_the_kept_layer_within_a_group(runs):
     assert (z1[:4] - z1[:4].mean(0)).abs().max() > 1e-3  # z_1 varies within a group
     with pytest.raises(UserError, match="the model has 2 latent layers"):
         hierarchical_sample(model, 4, keep=3)
-    single = LatentModel(model.generator, GaussianPrior(8), 0.3, (1, 8, 8), inference=Chain(5, 0.1),
-                         sampling=Chain(5, 0.4), method="pretrain")
+    single = LatentModel(model.generator, GaussianPrior(8), 0.3, (1, 8, 8), inference=Langevin(steps=5, step_size=0.1),
+                         sampling=Langevin(steps=5, step_size=0.4), method="pretrain")
     with pytest.raises(UserError, match="needs a multi-layer"):
         hierarchical_sample(single, 4, keep=1)
 

@@ -17,8 +17,8 @@ from torch import nn
 from ebmtool import artifacts
 from ebmtool.config import EnergySpec, Langevin, Optim, resolve
 from ebmtool.methods import METHODS
-from ebmtool.methods.common import RunContext, TrainData
-from ebmtool.models import Chain, LatentModel, load_model, model_tensors
+from ebmtool.models import LatentModel, load_model, model_tensors
+from ebmtool.training import RunContext, TrainData
 from ebmtool.nets.generators import Generator
 from ebmtool.nets.mlp import EnergyMLP
 from ebmtool.priors import EnergyTiltedPrior, GaussianPrior, RatioProductPrior, prior_from_spec
@@ -78,7 +78,7 @@ def test_energy_tilted_prior_log_prob():
 def _model(prior, nz=4, sigma=0.3):
     torch.manual_seed(0)
     g = Generator("digits8", nz, 8, 1)
-    return LatentModel(g, prior, sigma, (1, 8, 8), inference=Chain(5, 0.1), sampling=Chain(5, 0.1), method="test")
+    return LatentModel(g, prior, sigma, (1, 8, 8), inference=Langevin(steps=5, step_size=0.1), sampling=Langevin(steps=5, step_size=0.1), method="test")
 
 
 def test_log_joint_formula():
@@ -92,7 +92,7 @@ def test_log_joint_formula():
     torch.manual_seed(1)
     score = m.anomaly_score(x, steps=2)
     torch.manual_seed(1)
-    z_post, _ = m.infer(x, Chain(2, 0.1))
+    z_post, _ = m.infer(x, Langevin(steps=2, step_size=0.1))
     assert torch.allclose(score, -m.log_joint(x, z_post))  # -log p(x, z) at the posterior sample (DESIGN §5)
 
 
@@ -163,8 +163,8 @@ def _linear_case(n: int = 800):
     g = torch.Generator().manual_seed(0)
     x = (WIDER * W * torch.randn(n, generator=g)).reshape(n, 1, 1, 1)
     data = TrainData(x, torch.zeros(n, dtype=torch.long), "linear-case", {})
-    init = LatentModel(LinearGenerator(W), GaussianPrior(1), SIGMA, (1, 1, 1), inference=Chain(40, 0.5),
-                       sampling=Chain(40, 0.5))
+    init = LatentModel(LinearGenerator(W), GaussianPrior(1), SIGMA, (1, 1, 1), inference=Langevin(steps=40, step_size=0.5),
+                       sampling=Langevin(steps=40, step_size=0.5))
     return data, init
 
 
@@ -185,8 +185,8 @@ def test_adaptive_nce_later_stage_ratio_is_far_from_constant():
     z_post = res.tensors["memory"]  # stage 1's posterior samples (q_1), one row per example
     assert z_post.shape == (800, 1)
     # stage 1's negatives: posterior samples of stage 0 (under p0 with the same, frozen generator)
-    base = LatentModel(init.generator, GaussianPrior(1), SIGMA, (1, 1, 1), inference=Chain(40, 0.5),
-                       sampling=Chain(40, 0.5))
+    base = LatentModel(init.generator, GaussianPrior(1), SIGMA, (1, 1, 1), inference=Langevin(steps=40, step_size=0.5),
+                       sampling=Langevin(steps=40, step_size=0.5))
     z_neg, _ = base.infer(data.x)
     assert float(z_post.var()) > float(z_neg.var()) + 1.0  # the posterior moved with the prior: q_1 != q_0
     r1 = prior.stages[1]

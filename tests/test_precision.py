@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ebmtool import precision as P
+from ebmtool import runtime as P
 from ebmtool.errors import UserError
 
 CPU = torch.device("cpu")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ebmtool.errors import UserError
+from ebmtool.images import to_uint8
 
 Loaded = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], str]
 
@@ -176,7 +177,7 @@ def load_synthetic(root, split, download) -> Loaded:
     labels = torch.randint(0, SYNTH_MODES, (n,), generator=g)
     z = ring_means()[labels] + SYNTH_STD * torch.randn(n, 2, generator=g)
     x = synthetic_generator()(z) + 0.05 * torch.randn(n, 1, 8, 8, generator=g)
-    images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    images = to_uint8(x)
     note = (f"synthetic: z ~ {SYNTH_MODES} Gaussians on a ring (radius {SYNTH_RADIUS}, std {SYNTH_STD}) in 2-D, "
             "x = fixed random MLP g*(z) + N(0, 0.05^2), 1x8x8")
     return images, labels.long(), {"latents": z}, note

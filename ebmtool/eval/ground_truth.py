@@ -43,7 +43,7 @@ import torch
 
 from ebmtool.config import Optim
 from ebmtool.methods.adaptive_nce import nce_loss
-from ebmtool.methods.common import adam
+from ebmtool.training import adam
 from ebmtool.priors import EnergyTiltedPrior, RatioProductPrior
 from ebmtool.sampling import langevin, sir
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import torch
+
+from ebmtool.images import save_grid, to_uint8
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -122,11 +125,7 @@ def plot_artifact(art, out: str) -> str:
         pr_curve_png(t["labels"].numpy(), t["scores"].numpy(), out)
         return "precision-recall curve"
     if "images" in t and t["images"].ndim == 4:
-        from ebmtool.stages import save_grid
-
         imgs = t["images"]
-        if imgs.dtype != __import__("torch").uint8:
-            imgs = ((imgs.clamp(-1, 1) + 1) * 127.5).round().to(__import__("torch").uint8)
-        save_grid(imgs[:100], out)
+        save_grid((imgs if imgs.dtype == torch.uint8 else to_uint8(imgs))[:100], out)
         return "image grid"
     raise UserError(f"{art.path}: nothing to plot in a {art.kind} artifact")

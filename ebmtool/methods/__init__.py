@@ -1,7 +1,7 @@
-"""Method registry (fairseq style): each training method registers its name, pydantic config and fit function.
-
-``fit-prior --method`` choices and help are built from :data:`METHODS`; a new method touches one file.
-Every fit function has the same contract::
+"""The training methods, one file each. Importing this package imports every module in this folder (and every
+``*.py`` file in the folders that the environment variable ``EBMTOOL_METHODS`` lists, separated like PATH), and
+each registers itself in :data:`ebmtool.registry.METHODS` (its config class, fit function, presets and
+``fit-prior`` flags), so a new method is one new file. Every fit function has the same contract::
 
     fit(cfg, data: TrainData, init: Model | None, init_art: Artifact | None, ctx: RunContext) -> FitResult
 """
@@ -9,50 +9,34 @@ Every fit function has the same contract::
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Any, Callable
+import importlib.util
+import os
+import pkgutil
+import sys
+from pathlib import Path
 
-import torch
-from pydantic import BaseModel
-
-from ebmtool.methods.common import History
-
-METHODS: dict[str, "MethodSpec"] = {}
-
-
-@dataclass
-class FitResult:
-    model: Any  # ebmtool.models.Model
-    history: History
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # extra tensors (memory, per-stage losses)
-    meta: dict[str, Any] = field(default_factory=dict)
+from ebmtool.errors import UserError
+from ebmtool.registry import METHODS, MethodSpec, register_method
+from ebmtool.training import FitResult
 
 
-@dataclass
-class MethodSpec:
-    name: str
-    config: type[BaseModel]
-    fit: Callable[..., FitResult]
-    description: str
-    fit_prior: bool = True  # listed under fit-prior --method
+def _import_folder(folder: Path) -> None:
+    """Import every ``*.py`` file of an out-of-tree method folder as ``ebmtool_methods.<stem>``."""
+    if not folder.is_dir():
+        raise UserError(f"EBMTOOL_METHODS: {folder} is not a folder")
+    for path in sorted(folder.glob("*.py")):
+        name = f"ebmtool_methods.{path.stem}"
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
 
 
-def register_method(name: str, config: type[BaseModel], description: str, fit_prior: bool = True):
-    if not (isinstance(config, type) and issubclass(config, BaseModel)):
-        raise TypeError(f"method {name!r}: config must be a pydantic model class")
+for _m in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
+    importlib.import_module(f"{__name__}.{_m}")
+for _folder in filter(None, os.environ.get("EBMTOOL_METHODS", "").split(os.pathsep)):
+    _import_folder(Path(_folder))
 
-    def deco(fn):
-        if name in METHODS:
-            raise ValueError(f"method {name!r} registered twice")
-        METHODS[name] = MethodSpec(name, config, fn, description, fit_prior)
-        return fn
-
-    return deco
-
-
-for _m in ("pretrain", "mle", "adaptive_nce", "joint", "bidvl"):
-    try:
-        importlib.import_module(f"ebmtool.methods.{_m}")
-    except ModuleNotFoundError as e:  # a method file not written yet must not break the others
-        if e.name != f"ebmtool.methods.{_m}":
-            raise
+__all__ = ["METHODS", "MethodSpec", "FitResult", "register_method"]

@@ -1,4 +1,4 @@
-"""``fit-prior --method adaptive-nce``: adaptive multi-stage density ratio estimation (Xiao & Han, seed 000).
+"""``fit-prior --method adaptive-nce``: adaptive multi-stage density ratio estimation (Xiao & Han 2022, arXiv:2209.08739).
 
 Prior at stage k: p_k(z) = p0(z) prod_{i<k} r_i(z). Within stage k, per batch:
 
@@ -27,12 +27,11 @@ from pydantic import Field
 
 from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, StageCommon
 from ebmtool.errors import UserError
-from ebmtool.methods import FitResult, register_method
+from ebmtool.registry import Flag, register_method
 from ebmtool import distributed
-from ebmtool.methods.common import History, adam, optimizer_step, train_loop
-from ebmtool.methods.shared import generator_for, latent_model
+from ebmtool.training import FitResult, History, adam, optimizer_step, train_loop
+from ebmtool.models.latent import generator_for, latent_model
 from ebmtool.priors import GaussianPrior, RatioProductPrior
-from ebmtool.sampling import frozen, langevin
 
 
 class AdaptiveNCEConfig(StageCommon):
@@ -67,8 +66,21 @@ def _prior_from_init(init, cfg, nz, init_art) -> RatioProductPrior:
                     f"not a {init.prior.type_name} prior")
 
 
+NCE_FLAGS = (Flag("--stages", "stages", int, "adaptive-nce: stages to add"),
+             Flag("--epochs-per-stage", "epochs_per_stage", int, "adaptive-nce"),
+             Flag("--prior-sampler", "prior_sampler", str, "adaptive-nce: memory | langevin"),
+             Flag("--non-adaptive/--adaptive", "non_adaptive", bool, "adaptive-nce: TRE-style ablation"))
+
+
+def _nce_presets(per_stage: dict[str, int]) -> dict[str, dict]:
+    return {"smoke": {"epochs_per_stage": per_stage["smoke"], "opt_r": {"lr": 5e-4}},
+            "cpu": {"epochs_per_stage": per_stage["cpu"], "opt_r": {"lr": 5e-4}},
+            "paper": {"epochs_per_stage": per_stage["paper"], "posterior": {"steps": 30}}}
+
+
 @register_method("adaptive-nce", AdaptiveNCEConfig,
-                 "adaptive multi-stage NCE density-ratio estimation, stage by stage (seed 000)")
+                 "adaptive multi-stage NCE density-ratio estimation, stage by stage (Xiao & Han 2022)",
+                 presets=_nce_presets({"smoke": 1, "cpu": 5, "paper": 25}), flags=NCE_FLAGS)
 def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adaptive-nce") -> FitResult:
     gen = generator_for(cfg.generator, data.image_shape, init, init_art and init_art.path)
     prior = _prior_from_init(init, cfg, gen.nz, init_art)
@@ -121,8 +133,7 @@ def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adapti
             if read_memory is not None:  # rows drawn for the global batch; this rank uses its shard of them
                 rows = torch.randint(0, n, (m if not W.parallel else cfg.batch_size,), generator=mem_gen)
                 return read_memory[distributed.take(rows)[:m].to(dev)]
-            z, _ = langevin(prior.log_prob, prior.base_sample(m, dev), cfg.prior.steps, cfg.prior.step_size,
-                            noise=cfg.prior.noise, freeze=[prior], what=f"prior Langevin (stage {k}, iteration {it + 1})")
+            z, _ = prior.chain(m, cfg.prior, f"prior Langevin (stage {k}, iteration {it + 1})", device=dev)
             return z
 
         def step(idx, x, it):
@@ -210,6 +221,7 @@ class NCEConfig(AdaptiveNCEConfig):
     stages: int = Field(1, ge=1, le=1, description="plain NCE is the one-stage case")
 
 
-@register_method("nce", NCEConfig, "single-stage NCE (adaptive-nce with --stages 1)")
+@register_method("nce", NCEConfig, "single-stage NCE (adaptive-nce with --stages 1)",
+                 presets=_nce_presets({"smoke": 1, "cpu": 5, "paper": 100}), flags=NCE_FLAGS)
 def fit_nce(cfg, data, init, init_art, ctx) -> FitResult:
     return fit(cfg, data, init, init_art, ctx, method="nce")

@@ -1,4 +1,4 @@
-"""``fit-prior --method bidvl``: bi-level doubly variational learning (Kan et al., CVPR 2022, seed 003).
+"""``fit-prior --method bidvl``: bi-level doubly variational learning (Kan et al., CVPR 2022, arXiv:2203.14702).
 
 Decoupled EBLVM (eq. 8): p(v, h) = p_psi(v) q_w1(h|v), p_psi(v) ~ exp(-E_psi(v)), with a Gaussian inference
 model q_w1(h|v) and an implicit generative model v = G_w2(h), h ~ N(0, I) (Sec. 4.3). Per batch, in the order of
@@ -26,10 +26,7 @@ Adam betas (0, 0.9): lr 1e-4 for the energy, 3e-4 and L2 weight decay 1e-4 for e
 authors' ``QPdecay``), both learning rates decayed by 0.998 per epoch. Logged per batch: loss_e, loss_qp,
 e_data = mean E(v_data), e_gen = mean E(G(h)), mse (per pixel, of G(h_q) against v), kl, h_rec.
 
-The model (:class:`BiDVLModel`, tensors ``ebm.*``, ``encoder.*``, ``generator.*``) answers the verbs of
-:class:`~ebmtool.models.Model` in batch-norm eval mode: sample = G(h), h ~ N(0, I) (optionally refined by
-Langevin on -E in image space); reconstruct = G(mu(v)); anomaly score = E(v) (the paper's OOD score -E(v),
-negated so that higher = more anomalous).
+The model, :class:`~ebmtool.models.bidvl.BiDVLModel`, is in :mod:`ebmtool.models.bidvl`.
 """
 
 from __future__ import annotations
@@ -40,98 +37,13 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from ebmtool.config import Optim, StageCommon, Strict
+from ebmtool.config import Langevin, Optim, StageCommon, Strict
 from ebmtool.errors import UserError
-from ebmtool.methods import FitResult, register_method
-from ebmtool.methods.common import adam, optimizer_step, train_loop
-from ebmtool.models import Chain, Model, SampleOutput, register_model
+from ebmtool.models.bidvl import BiDVLModel
 from ebmtool.nets.image_ebm import GaussianEncoder, ImageEnergy, ImageGenerator, levels
-from ebmtool.sampling import frozen, langevin
-
-SAMPLE_CHUNK = 500  # images decoded (and refined) at a time by BiDVLModel.sample
-
-# ---------------------------------------------------------------------------------------------------------
-# the model
-# ---------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _eval_mode(module: torch.nn.Module):
-    """Batch norm from its running statistics (and no spectral-norm power iteration) for the duration."""
-    was = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was)
-
-
-@register_model("bidvl")
-class BiDVLModel(Model):
-    """Image energy E_psi(v), inference model q_w1(h|v) = N(mu, diag exp(logvar)), generator G_w2(h)."""
-
-    score_name = "E(v): BiDVL image energy, higher = more anomalous (the paper's OOD score is -E(v))"
-
-    def __init__(self, ebm: ImageEnergy, encoder: GaussianEncoder, generator: ImageGenerator, image_shape,
-                 *, refine: Chain, method: str = "bidvl"):
-        super().__init__()
-        self.ebm, self.encoder, self.generator = ebm, encoder, generator
-        self.image_shape = tuple(image_shape)
-        self.refine = refine
-        self.method = method
-
-    @property
-    def nz(self) -> int:
-        return self.generator.nz
-
-    def sample(self, n: int, *, steps=None, step_size=None, sampler=None, record_every: int = 0, **_):
-        """v = G(h), h ~ N(0, I) (the paper's samples). With ``steps`` K > 0 (``--steps``, or ``refine_steps`` at
-        fit time) the images are then moved by K Langevin steps on log pi(v) = -E(v) in image space, in the one
-        convention v <- v + s^2/2 grad(-E) + s eps (s = ``--step-size`` or ``refine_step_size``). E is spectrally
-        normalised, so its gradient is small: refinement moves images little at small s (the stages clip the
-        result to [-1, 1] when they write uint8 images)."""
-        if sampler == "sir":
-            raise UserError(f"--sampler sir: not available for a {self.method} model (it has no latent-space prior)")
-        if record_every:
-            raise UserError(f"--trajectory: not available for a {self.method} model (its samples are G(h), h ~ N(0, I))")
-        dev = next(self.parameters()).device
-        ch = self.refine.override(steps, step_size)
-        h = torch.randn(n, self.nz, device=dev)  # (n, nz)
-        with _eval_mode(self):
-            v = torch.cat([self._decode(hb, ch) for hb in h.split(SAMPLE_CHUNK)])  # (n, C, H, W)
-        return SampleOutput(v, h)
-
-    def _decode(self, h: torch.Tensor, ch: Chain) -> torch.Tensor:
-        with torch.no_grad():
-            v = self.generator(h)
-        if ch.steps > 0:
-            v, _ = langevin(lambda u: -self.ebm(u), v, ch.steps, ch.step_size, noise=ch.noise,
-                            freeze=[self.ebm], what="image-space Langevin on -E(v)")
-        return v
-
-    def reconstruct(self, x: torch.Tensor, **_) -> tuple[torch.Tensor, torch.Tensor]:
-        """G(mu(x)): decode the mean of q(h|x) (Sec. 5.2's test reconstructions)."""
-        with _eval_mode(self), torch.no_grad():
-            mu, _logvar = self.encoder(x)  # (B, nz)
-            return self.generator(mu), mu
-
-    def anomaly_score(self, x: torch.Tensor, **_) -> torch.Tensor:
-        """E_psi(x), shape (B,): low on the training distribution, so higher = more anomalous (Sec. 5.3 uses -E)."""
-        with _eval_mode(self), torch.no_grad():
-            return self.ebm(x)
-
-    def spec(self):
-        return {"type": self.type_name, "method": self.method, "image_shape": list(self.image_shape),
-                "ebm": self.ebm.spec(), "encoder": self.encoder.spec(), "generator": self.generator.spec(),
-                "refine": vars(self.refine)}
-
-    @classmethod
-    def from_spec(cls, spec):
-        return cls(ImageEnergy(**spec["ebm"]), GaussianEncoder(**spec["encoder"]), ImageGenerator(**spec["generator"]),
-                   spec["image_shape"], refine=Chain(**spec["refine"]), method=spec.get("method", "bidvl"))
-
-    def describe(self):
-        d = super().describe()
-        d.update(nz=self.nz, ndf=self.ebm.ndf, nef=self.encoder.nef, ngf=self.generator.ngf)
-        return d
+from ebmtool.registry import Flag, register_method
+from ebmtool.sampling import frozen
+from ebmtool.training import FitResult, adam, optimizer_step, train_loop
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -203,14 +115,21 @@ def model_for(cfg: BiDVLConfig, image_shape, init, init_art) -> BiDVLModel:
     g, e, q = cfg.generator, cfg.ebm, cfg.encoder
     return BiDVLModel(ImageEnergy(c, h, e.ndf, e.slope), GaussianEncoder(c, h, g.nz, q.nef, q.slope),
                       ImageGenerator(c, h, g.nz, g.ngf), image_shape,
-                      refine=Chain(cfg.refine_steps, cfg.refine_step_size), method="bidvl")
+                      refine=Langevin.stored(cfg.refine_steps, cfg.refine_step_size), method="bidvl")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------------------
 @register_method("bidvl", BiDVLConfig,
-                 "BiDVL: image-space EBM with a Gaussian encoder and a generator, bi-level doubly variational (seed 003)")
+                 "BiDVL: image-space EBM with a Gaussian encoder and a generator, bi-level doubly variational "
+                 "(Kan et al. 2022)",
+                 flags=(Flag("--basic-ratio", "basic_ratio", float, "bidvl: r' (0.05 at 32x32, 0.1 at 64x64)"),
+                        Flag("--offset/--no-offset", "offset", bool, "bidvl: offset (default) or not-offset variant")),
+                 presets={"smoke": {"ebm": {"ndf": 16}, "encoder": {"nef": 16}},
+                          "cpu": {"ebm": {"ndf": 32}, "encoder": {"nef": 32}},
+                          "paper": {"epochs": 600, "generator": {"nz": 100, "ngf": 48}, "encoder": {"nef": 48},
+                                    "ebm": {"ndf": 64}}})
 def fit(cfg: BiDVLConfig, data, init, init_art, ctx) -> FitResult:
     model = model_for(cfg, data.image_shape, init, init_art).to(ctx.device).train()
     E, Q, G = model.ebm, model.encoder, model.generator

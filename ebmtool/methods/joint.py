@@ -1,5 +1,5 @@
 """``fit-prior --method joint-mle | joint-vi``: joint latent-space EBM prior on a multi-layer generator
-(Cui, Wu, Han, CVPR 2023, seed 001).
+(Cui, Wu & Han, CVPR 2023, arXiv:2306.06323).
 
 Latents z = (z_1 bottom, ..., z_L top); the generator reads z_1. The prior (eq. 6-7) tilts a Gaussian hierarchy
 by one energy term per layer::
@@ -25,158 +25,24 @@ for the energies, 1e-4 for the generator, the conditionals (and the inference mo
 Chains run in z-space (eq. 13-14, the authors' code). A Langevin step s on a Gaussian conditional of std sigma is
 stable only while sigma > s/2; conditionals that sharpen during training (a fast ``opt_c.lr``) make chains diverge,
 and the error then names the smallest sigma and the ``conditional.floor`` that would keep s stable.
-Hierarchical sampling (Sec. 5.2): :meth:`JointPrior.resample_layers`, :func:`hierarchical_sample`.
+The prior is :class:`ebmtool.priors.JointPrior`; hierarchical sampling (Sec. 5.2) is
+:func:`ebmtool.models.latent.hierarchical_sample`.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Sequence
-
 import torch
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
-from torch import nn
 
 from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, Strict, TrainCommon
 from ebmtool.errors import DivergenceError, UserError
-from ebmtool.methods import FitResult, register_method
-from ebmtool.methods.common import adam, optimizer_step, train_loop
-from ebmtool.methods.shared import generator_for, latent_model
-from ebmtool.models import LatentModel, SampleOutput
-from ebmtool.nets.encoders import BottomUpGaussianEncoder, GaussianMLP, gaussian_log_prob
-from ebmtool.nets.mlp import EnergyMLP
-from ebmtool.priors import GaussianPrior, Prior, register_prior
-from ebmtool.sampling import langevin, sir
-
-Layers = tuple[torch.Tensor, ...]
-
-
-# ------------------------------------------------------------------------------------------------
-# the prior
-# ------------------------------------------------------------------------------------------------
-def _take(z: Layers, idx: torch.Tensor) -> Layers:
-    return tuple(t[idx] for t in z)
-
-
-def _insert(free: Sequence[torch.Tensor], k: int, fixed: torch.Tensor) -> Layers:
-    """(z_1..z_L without layer k) + z_k -> (z_1, ..., z_L)."""
-    free = list(free)
-    return tuple(free[:k] + [fixed] + free[k:])
-
-
-@register_prior("joint")
-class JointPrior(Prior):
-    """Joint EBM prior over (z_1, ..., z_L) (seed 001, eq. 6-7).
-
-    ``tilt(z) = sum_i f_i(z_i)`` (one :class:`EnergyMLP` per layer) and ``base_log_prob`` is the normalised
-    log-density of the Gaussian hierarchy, log N(z_L; 0, I) + sum_{i<L} log N(z_i; mu_i(z_{i+1}), sigma_i^2),
-    so ``log_prob`` = tilt + base is eq. 13's target up to log Z. ``base_sample`` is ancestral sampling of the
-    hierarchy, the chains' starting distribution.
-    """
-
-    def __init__(self, dims: Sequence[int], energy: dict[str, Any], energy_upper: dict[str, Any],
-                 conditional: dict[str, Any]):
-        dims = tuple(int(d) for d in dims)
-        if len(dims) < 2:
-            raise ValueError("a joint prior needs at least 2 latent layers")
-        super().__init__(dims[0])
-        self.dims = dims
-        self.arch = {"energy": dict(energy), "energy_upper": dict(energy_upper), "conditional": dict(conditional)}
-        self.energies = nn.ModuleList(EnergyMLP(d, **(energy if i == 0 else energy_upper)) for i, d in enumerate(dims))
-        # conditionals[i]: p(z_i | z_{i+1}) with 0-based i (the paper's p(z_{i+1} | z_{i+2}), layers numbered from 1)
-        self.conditionals = nn.ModuleList(GaussianMLP(dims[i + 1], dims[i], **conditional) for i in range(len(dims) - 1))
-
-    @property
-    def layers(self) -> int:
-        return len(self.dims)
-
-    # --- densities ------------------------------------------------------------------------------
-    def tilt(self, z: Layers) -> torch.Tensor:
-        """sum_i f_i(z_i), shape (B,)."""
-        return sum(f(t) for f, t in zip(self.energies, z))
-
-    def conditional_log_prob(self, z: Layers) -> torch.Tensor:
-        """sum_{i<L} log N(z_i; mu_i(z_{i+1}), sigma_i(z_{i+1})^2), shape (B,)."""
-        return sum(gaussian_log_prob(z[i], *c(z[i + 1])) for i, c in enumerate(self.conditionals))
-
-    def base_log_prob(self, z: Layers) -> torch.Tensor:
-        """log N(z_L; 0, I) + conditional_log_prob(z): the Gaussian hierarchy, normalised (eq. 2)."""
-        top = z[-1]
-        log_top = -0.5 * top.pow(2).sum(1) - 0.5 * top.shape[1] * math.log(2 * math.pi)
-        return log_top + self.conditional_log_prob(z)
-
-    # --- sampling -------------------------------------------------------------------------------
-    def base_sample(self, n: int, device: torch.device | str = "cpu", given: dict[int, torch.Tensor] | None = None) -> Layers:
-        """Ancestral sampling: z_L ~ N(0, I), then z_i ~ N(mu_i(z_{i+1}), sigma_i^2) downwards.
-        ``given`` {0-based layer: (n, d) tensor} clamps those layers (the layers below are drawn given them)."""
-        given = given or {}
-        dtype = next(self.parameters()).dtype
-        zs: list[torch.Tensor] = [None] * self.layers  # type: ignore[list-item]
-        with torch.no_grad():
-            for i in reversed(range(self.layers)):
-                if i in given:
-                    zs[i] = given[i].detach()
-                elif i == self.layers - 1:
-                    zs[i] = torch.randn(n, self.dims[i], device=device, dtype=dtype)
-                else:
-                    mu, sigma = self.conditionals[i](zs[i + 1])
-                    zs[i] = mu + sigma * torch.randn_like(mu)
-        return tuple(zs)
-
-    def sample(self, n: int, *, steps: int, step_size: float, sampler: str = "langevin", device="cpu",
-               record_every: int = 0, sir_proposals: int = 10):
-        """Langevin over all layers from the hierarchy (Prior.sample), or SIR: resample n of n * sir_proposals
-        ancestral draws with weights exp(sum_i f_i(z_i)) = p(z) / p_hierarchy(z)."""
-        if sampler != "sir":
-            return super().sample(n, steps=steps, step_size=step_size, sampler=sampler, device=device,
-                                  record_every=record_every, sir_proposals=sir_proposals)
-        props = self.base_sample(n * sir_proposals, device)
-        idx = sir(lambda i: self.tilt(_take(props, i)), torch.arange(n * sir_proposals, device=device), n)
-        return _take(props, idx), None
-
-    def resample_layers(self, z: Layers, keep: int, steps: int, step_size: float) -> Layers:
-        """Hierarchical sampling (Sec. 5.2): hold layer ``keep`` (1 = bottom, L = top) fixed and draw the other
-        layers afresh: ancestrally given z_keep below it, from the hierarchy above it, then ``steps`` Langevin
-        steps on log p(z) over the free layers only (the conditional p(z_free | z_keep) ∝ p(z))."""
-        if not 1 <= keep <= self.layers:
-            raise ValueError(f"keep must be a layer number in 1..{self.layers}")
-        k = keep - 1
-        fixed = z[k].detach()
-        z0 = self.base_sample(len(fixed), fixed.device, given={k: fixed})
-        free0 = tuple(t for i, t in enumerate(z0) if i != k)
-        free, _ = langevin(lambda f: self.log_prob(_insert(f, k, fixed)), free0, steps, step_size, freeze=[self],
-                           what=f"Langevin with layer {keep} fixed")
-        return _insert(free, k, fixed)
-
-    # --- serialisation --------------------------------------------------------------------------
-    def spec(self):
-        return {**super().spec(), "dims": list(self.dims), **self.arch}
-
-    @classmethod
-    def from_spec(cls, spec):
-        return cls(spec["dims"], spec["energy"], spec["energy_upper"], spec["conditional"])
-
-
-def hierarchical_sample(model: LatentModel, n: int, keep: int, *, group: int = 8, steps: int | None = None,
-                        step_size: float | None = None, sampler: str | None = None) -> SampleOutput:
-    """``sample --layer-resample K``: n images in groups of ``group`` consecutive samples (one grid row each);
-    a group shares one prior sample of layer K (drawn by ``sampler``, default the model's) and resamples the other
-    layers by Langevin (:meth:`JointPrior.resample_layers`). Chains use the model's sampling settings unless
-    ``steps`` / ``step_size`` are given."""
-    prior = getattr(model, "prior", None)
-    if not isinstance(prior, JointPrior):
-        raise UserError(f"--layer-resample: needs a multi-layer (joint-mle / joint-vi) model, not a {model.method} model")
-    if not 1 <= keep <= prior.layers:
-        raise UserError(f"--layer-resample {keep}: the model has {prior.layers} latent layers (1 = bottom .. {prior.layers} = top)")
-    ch = model.sampling.override(steps, step_size)
-    device = next(model.parameters()).device
-    heads, _ = prior.sample(math.ceil(n / group), steps=ch.steps, step_size=ch.step_size,
-                            sampler=sampler or model.sampler, device=device)
-    rows = _take(heads, torch.arange(n, device=device) // group)  # (n, d_i) per layer, row r = head r // group
-    z = prior.resample_layers(rows, keep, ch.steps, ch.step_size)
-    with torch.no_grad():
-        return SampleOutput(model.generator(z[0]), z)
+from ebmtool.models.latent import LatentModel, generator_for, latent_model
+from ebmtool.nets.encoders import BottomUpGaussianEncoder
+from ebmtool.priors import GaussianPrior, JointPrior
+from ebmtool.priors.joint import Layers
+from ebmtool.registry import Flag, register_method
+from ebmtool.training import FitResult, adam, optimizer_step, train_loop
 
 
 # ------------------------------------------------------------------------------------------------
@@ -315,9 +181,7 @@ def _fit(cfg: JointConfig, data, init, init_art, ctx, method: str, vi: bool) -> 
 
     def chains(x, it):
         """z- ~ prior short-run Langevin (eq. 13); z+ ~ posterior short-run Langevin (eq. 14), or q(z|x) for VI."""
-        z_neg, _ = langevin(prior.log_prob, prior.base_sample(len(x), x.device), cfg.prior.steps,
-                            cfg.prior.step_size, noise=cfg.prior.noise, freeze=[prior],
-                            what=f"prior Langevin (iteration {it + 1})")
+        z_neg, _ = prior.chain(len(x), cfg.prior, f"prior Langevin (iteration {it + 1})", device=x.device)
         if vi:
             return z_neg, *model.encoder.rsample(x)  # reparametrised z+ ~ q(z|x) and log q(z+|x), (B,)
         return z_neg, model.infer(x, what=f"posterior Langevin (iteration {it + 1})")[0], None
@@ -337,13 +201,23 @@ def _fit(cfg: JointConfig, data, init, init_art, ctx, method: str, vi: bool) -> 
     return FitResult(model, hist, meta={"latent_dims": list(prior.dims)})
 
 
+JOINT_FLAGS = (Flag("--layers", "layers", int, "joint-mle/joint-vi: latent layers"),)
+_SMALL = {"nz_top": 4, "opt_e": {"lr": 2e-4}, "energy_upper": {"hidden": 32}, "conditional": {"hidden": 32, "layers": 2}}
+
+
 @register_method("joint-mle", JointMLEConfig,
-                 "joint EBM prior on a multi-layer generator, prior and posterior Langevin over all layers (seed 001)")
+                 "joint EBM prior on a multi-layer generator, prior and posterior Langevin over all layers "
+                 "(Cui, Wu & Han 2023)", flags=JOINT_FLAGS,
+                 presets={"smoke": _SMALL, "cpu": {"nz_top": 8, "opt_e": {"lr": 2e-4}}, "paper": {"nz_top": 100}})
 def fit_mle(cfg: JointMLEConfig, data, init, init_art, ctx) -> FitResult:
     return _fit(cfg, data, init, init_art, ctx, "joint-mle", vi=False)
 
 
 @register_method("joint-vi", JointVIConfig,
-                 "joint EBM prior on a multi-layer generator with a bottom-up inference model (seed 001, Sec. 3.3)")
+                 "joint EBM prior on a multi-layer generator with a bottom-up inference model (Cui, Wu & Han 2023, "
+                 "Sec. 3.3)", flags=JOINT_FLAGS,
+                 presets={"smoke": {**_SMALL, "encoder": {"nef": 16, "hidden": 32}, "opt_q": {"lr": 1e-3}},
+                          "cpu": {"nz_top": 8, "opt_e": {"lr": 2e-4}, "encoder": {"nef": 32}, "opt_q": {"lr": 1e-3}},
+                          "paper": {"nz_top": 100}})
 def fit_vi(cfg: JointVIConfig, data, init, init_art, ctx) -> FitResult:
     return _fit(cfg, data, init, init_art, ctx, "joint-vi", vi=True)

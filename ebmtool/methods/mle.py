@@ -1,4 +1,4 @@
-"""``fit-prior --method mle``: LEBM (Pang et al. 2020, seed 002, Algorithm 1).
+"""``fit-prior --method mle``: LEBM (Pang et al. 2020, arXiv:2006.08205, Algorithm 1).
 
 Per batch: z- by prior short-run Langevin (K0 = 60, s0 = 0.4) on f(z) - ||z||^2/2; z+ by posterior short-run
 Langevin (K1 = 20, s1 = 0.1) on f(z) - ||z||^2/2 - ||x - g(z)||^2/(2 sigma^2); generator step on
@@ -12,11 +12,10 @@ from pydantic import Field
 
 from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, TrainCommon
 from ebmtool.errors import UserError
-from ebmtool.methods import FitResult, register_method
-from ebmtool.methods.common import adam, optimizer_step, train_loop
-from ebmtool.methods.shared import generator_for, latent_model
+from ebmtool.registry import register_method
+from ebmtool.training import FitResult, adam, optimizer_step, train_loop
+from ebmtool.models.latent import generator_for, latent_model
 from ebmtool.priors import EnergyTiltedPrior, GaussianPrior
-from ebmtool.sampling import langevin
 
 
 class MLEConfig(TrainCommon):
@@ -30,7 +29,8 @@ class MLEConfig(TrainCommon):
     epochs: int = Field(70, ge=1)
 
 
-@register_method("mle", MLEConfig, "LEBM: maximum likelihood with prior and posterior short-run Langevin (seed 002)")
+@register_method("mle", MLEConfig, "LEBM: maximum likelihood with prior and posterior short-run Langevin (Pang et al. 2020)",
+                 presets={"smoke": {"opt_e": {"lr": 2e-4}}, "cpu": {"opt_e": {"lr": 2e-4}}, "paper": {"epochs": 200}})
 def fit(cfg: MLEConfig, data, init, init_art, ctx) -> FitResult:
     gen = generator_for(cfg.generator, data.image_shape, init, init_art and init_art.path)
     if init is not None and isinstance(init.prior, EnergyTiltedPrior):
@@ -48,8 +48,7 @@ def fit(cfg: MLEConfig, data, init, init_art, ctx) -> FitResult:
 
     def step(idx, x, it):
         n = len(x)
-        z_neg, _ = langevin(prior.log_prob, prior.base_sample(n, x.device), cfg.prior.steps, cfg.prior.step_size,
-                            noise=cfg.prior.noise, freeze=[prior], what=f"prior Langevin (iteration {it + 1})")
+        z_neg, _ = prior.chain(n, cfg.prior, f"prior Langevin (iteration {it + 1})", device=x.device)
         z_pos, _ = model.infer(x, what=f"posterior Langevin (iteration {it + 1})")
         # generator: maximise log p(x | z+)
         loss_g = -model.log_lik(x, z_pos).mean()

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pydantic import Field
 
 from ebmtool.config import GeneratorSpec, Langevin, Optim, TrainCommon
-from ebmtool.methods import FitResult, register_method
-from ebmtool.methods.common import adam, optimizer_step, train_loop
-from ebmtool.methods.shared import generator_for, latent_model
+from ebmtool.registry import register_method
+from ebmtool.training import FitResult, adam, optimizer_step, train_loop
+from ebmtool.models.latent import generator_for, latent_model
 from ebmtool.priors import GaussianPrior
 
 

@@ -10,26 +10,11 @@ import torch
 from torch import nn
 
 from ebmtool.nets.mlp import xavier_init
+from ebmtool.registry import Registry
 
-ENCODERS: dict[str, type[nn.Module]] = {}
-
-
-def register_encoder(name: str):
-    def deco(cls):
-        if name in ENCODERS:
-            raise ValueError(f"encoder {name!r} registered twice")
-        cls.type_name = name
-        ENCODERS[name] = cls
-        return cls
-
-    return deco
-
-
-def encoder_from_spec(spec: dict[str, Any]) -> nn.Module:
-    t = spec.get("type")
-    if t not in ENCODERS:
-        raise KeyError(f"unknown encoder type {t!r}")
-    return ENCODERS[t].from_spec(spec)
+ENCODERS: Registry[type[nn.Module]] = Registry("encoder", nn.Module)
+register_encoder = ENCODERS.register
+encoder_from_spec = ENCODERS.from_spec
 
 
 # ------------------------------------------------------------------------------------------------

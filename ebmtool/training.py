@@ -1,7 +1,10 @@
-"""Shared parts of every training method: device, seeding, the epoch/batch loop, progress, divergence checks.
+"""What every training method shares: the epoch/batch loop, the one optimiser step, the training data, the run
+context and the result of a fit.
 
 A method is a config class plus a ``fit`` function that builds its modules and hands a per-batch
-``step(idx, x) -> {name: scalar tensor}`` to :func:`train_loop`; nothing else about looping is repeated.
+``step(idx, x, it) -> {name: scalar tensor}`` to :func:`train_loop`; nothing else about looping is repeated.
+Device, seed and precision come from :mod:`ebmtool.runtime`, resume from :mod:`ebmtool.checkpoint`, agreement
+across torchrun ranks from :mod:`ebmtool.distributed`.
 """
 
 from __future__ import annotations
@@ -17,53 +20,13 @@ from torch import nn
 
 from ebmtool import distributed
 from ebmtool.checkpoint import Checkpointer
-from ebmtool.precision import Precision
 from ebmtool.config import Optim
+from ebmtool.runtime import Precision
 from ebmtool.errors import DivergenceError, UserError
 
 
 class Interrupted(UserError):
     exit_code = 130
-
-
-def resolve_device(name: str) -> torch.device:
-    """--device NAME -> torch.device; one line and exit 2 when it does not exist here. Under torchrun, CUDA rank r
-    gets cuda:LOCAL_RANK."""
-    return distributed.device_for_rank(_device(name))
-
-
-def _device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name) if name != "auto" else None
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device: unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
-    if dev is not None and dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: no CUDA device is available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        return dev
-    if dev is not None and dev.type not in ("cpu", "mps"):
-        raise UserError(f"--device: unsupported device {name!r} (auto, cpu, cuda, cuda:N, mps)")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available on this machine")
-    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UserError("--device mps: no MPS device is available on this machine")
-    return torch.device(name)
-
-
-def seed_everything(seed: int, per_rank: bool = False) -> None:
-    """Seed every generator. ``per_rank``: under torchrun each rank draws differently (evaluation stages, whose
-    ranks share no parameters); training seeds equally so that the replicas start identical."""
-    if per_rank and distributed.world().parallel:
-        seed = distributed.rank_seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
 
 
 def adam(params: Iterable[nn.Parameter], o: Optim) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -89,12 +52,6 @@ def optimizer_step(opts: torch.optim.Optimizer | dict[str, torch.optim.Optimizer
             raise DivergenceError(f"gradient of {name} is non-finite (try a smaller learning rate or step size)")
     for o in named.values():
         o.step()
-
-
-def check_finite(where: str, values: dict[str, torch.Tensor], hint: str = "try a smaller Langevin step size or learning rate") -> None:
-    for name, v in values.items():
-        if not bool(torch.isfinite(v).all()):
-            raise DivergenceError(f"{where}: {name} is non-finite ({hint}); nothing was written")
 
 
 @dataclass
@@ -149,6 +106,16 @@ class History:
         return {k: v[-1] for k, v in self.epochs.items() if v}
 
 
+@dataclass
+class FitResult:
+    """What a method's ``fit`` returns: the model, its history, extra tensors (memory, per-stage losses), meta."""
+
+    model: Any  # ebmtool.models.Model
+    history: History
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
 def batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
     perm = torch.randperm(n, generator=gen)
     return [perm[i: i + batch_size] for i in range(0, n, batch_size)]
@@ -189,10 +156,7 @@ def train_loop(
         torch.manual_seed(distributed.rank_seed(ctx.seed, epoch_offset))
     # a final partial batch smaller than the world size is skipped by every rank (only under torchrun)
     per_epoch = n_batches - (1 if W.parallel and 0 < n % batch_size < W.size else 0)
-    if ck.resume is not None and first <= resume_it <= last and not getattr(ck, "_resumed", False):
-        ck.restore()
-        ck.restore_rng_and_history(history)
-        ck._resumed = True
+    if ck.resume_into(history, first, last):
         ctx.log(f"[{label}] resumed at iteration {resume_it} from {ck.resume.path}")
     show = not ctx.quiet and sys.stderr.isatty()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -1,4 +1,6 @@
-"""Numerical precision of the hot loops, chosen by the hardware.
+"""The runtime of a stage: its device, its seed and the numerical precision of its hot loops.
+
+Precision, chosen by the hardware:
 
 ``--precision fp32`` (default) is exact fp32. ``auto`` picks a reduced precision only where the device runs it
 natively: bf16 on CUDA devices that support it (else tf32 matmuls on Ampere+), bf16 on a CPU whose ISA has
@@ -14,12 +16,14 @@ quality cost of bf16 is measured, not assumed (docs/performance.md).
 from __future__ import annotations
 
 import contextlib
+import platform
 import sys
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from ebmtool import distributed
 from ebmtool.errors import UserError
 
 CHOICES = ("auto", "fp32", "bf16", "fp16", "tf32")
@@ -74,9 +78,62 @@ def resolve(name: str, device: torch.device, warn=True) -> Precision:
         return Precision("tf32", "requested")
     if name == "fp16" and not cuda:
         raise UserError("--precision fp16: fp16 autocast is only supported on CUDA here (use bf16 on a CPU)")
-    from ebmtool.distributed import world
-
-    if name == "bf16" and device.type == "cpu" and not cpu_native_bf16() and warn and world().is_main:
+    if name == "bf16" and device.type == "cpu" and not cpu_native_bf16() and warn and distributed.world().is_main:
         print("ebmtool: warning: this CPU has no native bf16 (no AMX-BF16/AVX512-BF16): bf16 is emulated and "
               "typically far slower than fp32 (see docs/performance.md); running it as asked", file=sys.stderr)
     return Precision(name, "requested")
+
+
+# ------------------------------------------------------------------------------------------------
+# device and seed
+# ------------------------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    """--device NAME -> torch.device; one line and exit 2 when it does not exist here. Under torchrun, CUDA rank r
+    gets cuda:LOCAL_RANK."""
+    return distributed.device_for_rank(_device(name))
+
+
+def _device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name) if name != "auto" else None
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device: unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
+    if dev is not None and dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA device is available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    if dev is not None and dev.type not in ("cpu", "mps"):
+        raise UserError(f"--device: unsupported device {name!r} (auto, cpu, cuda, cuda:N, mps)")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available on this machine")
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError("--device mps: no MPS device is available on this machine")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, per_rank: bool = False) -> None:
+    """Seed every generator. ``per_rank``: under torchrun each rank draws differently (evaluation stages, whose
+    ranks share no parameters); training seeds equally so that the replicas start identical."""
+    if per_rank and distributed.world().parallel:
+        seed = distributed.rank_seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one), else what ``platform`` says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

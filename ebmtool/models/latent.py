@@ -1,90 +1,27 @@
-"""Model artifacts and the verbs every evaluation stage uses, whatever method trained the model.
+"""The latent-variable model x = g(z_1) + N(0, sigma^2 I), z ~ any :class:`~ebmtool.priors.Prior`: its densities,
+posterior inference (the one Langevin sampler, or an inference network where the method trains one), the verbs,
+hierarchical sampling of multi-layer priors, and the builders the training methods share.
 
-A model answers ``sample``, ``reconstruct`` and ``anomaly_score``. :class:`LatentModel` is a generator
-x = g(z) + N(0, sigma^2 I) with any :class:`~ebmtool.priors.Prior`; its posterior is inferred by the one
-Langevin sampler (or by an inference network where the method trains one). Other model types (BiDVL)
-register themselves in :data:`MODEL_TYPES`.
-
-On disk: tensors ``generator.*``, ``prior.*``, ``encoder.*``, ... and meta ``model`` = the JSON spec that
-rebuilds the modules (the saved spec wins over any preset on load).
+On disk: tensors ``generator.*``, ``prior.*``, ``encoder.*`` and meta ``model`` = the JSON spec that rebuilds the
+modules (the saved spec wins over any preset on load).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+import math
+from typing import Optional
 
 import torch
 from torch import nn
 
-from ebmtool import artifacts
+from ebmtool.config import GeneratorSpec, Langevin
 from ebmtool.errors import UserError
-from ebmtool.nets.generators import Generator
-from ebmtool.priors import Prior, prior_from_spec
+from ebmtool.models.base import Model, SampleOutput, bottom, register_model
+from ebmtool.nets.encoders import encoder_from_spec
+from ebmtool.nets.generators import Generator, resolve_arch
+from ebmtool.priors import JointPrior, Prior, prior_from_spec
+from ebmtool.priors.joint import _take
 from ebmtool.sampling import Latent, Trajectory, langevin
-
-MODEL_TYPES: dict[str, type["Model"]] = {}
-
-
-def register_model(name: str):
-    def deco(cls):
-        if name in MODEL_TYPES:
-            raise ValueError(f"model type {name!r} registered twice")
-        cls.type_name = name
-        MODEL_TYPES[name] = cls
-        return cls
-
-    return deco
-
-
-@dataclass
-class Chain:
-    """Langevin settings used at evaluation time (the one convention, see ebmtool.sampling)."""
-
-    steps: int
-    step_size: float
-    noise: bool = True
-
-    def override(self, steps: Optional[int] = None, step_size: Optional[float] = None) -> "Chain":
-        return Chain(steps if steps is not None else self.steps,
-                     step_size if step_size is not None else self.step_size, self.noise)
-
-
-@dataclass
-class SampleOutput:
-    images: torch.Tensor  # (N, C, H, W) in [-1, 1]
-    latents: Latent | None
-    trajectory: Trajectory | None = None
-
-
-class Model(nn.Module):
-    type_name = "model"
-    image_shape: tuple[int, int, int]
-    method: str = "?"
-
-    def sample(self, n: int, **kw) -> SampleOutput:
-        raise NotImplementedError
-
-    def reconstruct(self, x: torch.Tensor, **kw) -> tuple[torch.Tensor, Latent | None]:
-        raise NotImplementedError
-
-    def anomaly_score(self, x: torch.Tensor, **kw) -> torch.Tensor:
-        raise NotImplementedError
-
-    def spec(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> "Model":
-        raise NotImplementedError
-
-    def describe(self) -> dict[str, Any]:
-        return {"type": self.type_name, "method": self.method}
-
-
-def bottom(z: Latent) -> torch.Tensor:
-    """The latent the generator reads: z itself, or z_1 of a multi-layer latent (z_1, ..., z_L)."""
-    return z[0] if isinstance(z, tuple) else z
 
 
 @register_model("latent")
@@ -92,7 +29,7 @@ class LatentModel(Model):
     """x = g(z_1) + N(0, sigma^2 I), z ~ prior. log p(x, z) = -||x - g(z)||^2 / (2 sigma^2) + log p(z)."""
 
     def __init__(self, generator: Generator, prior: Prior, sigma: float, image_shape, *,
-                 inference: Chain, sampling: Chain, sampler: str = "langevin",
+                 inference: Langevin, sampling: Langevin, sampler: str = "langevin",
                  encoder: nn.Module | None = None, method: str = "?"):
         super().__init__()
         self.generator, self.prior, self.encoder = generator, prior, encoder
@@ -110,7 +47,7 @@ class LatentModel(Model):
         return self.log_lik(x, z) + self.prior.log_prob(z)
 
     # --- posterior ----------------------------------------------------------------------------
-    def infer(self, x: torch.Tensor, chain: Chain | None = None, z0: Latent | None = None,
+    def infer(self, x: torch.Tensor, chain: Langevin | None = None, z0: Latent | None = None,
               record_every: int = 0, what: str = "posterior Langevin", refine: bool = False
               ) -> tuple[Latent, Trajectory | None]:
         """Posterior samples: short-run Langevin on log p(x, z) from p0 (or z0), or the encoder if trained;
@@ -156,54 +93,63 @@ class LatentModel(Model):
             "type": self.type_name, "method": self.method, "sigma": self.sigma, "image_shape": list(self.image_shape),
             "generator": {"arch": g.arch, "nz": g.nz, "ngf": g.ngf, "channels": g.channels, "slope": g.slope},
             "prior": self.prior.spec(),
-            "inference": vars(self.inference), "sampling": vars(self.sampling), "sampler": self.sampler,
+            "inference": self.inference.model_dump(), "sampling": self.sampling.model_dump(), "sampler": self.sampler,
             "encoder": self.encoder.spec() if self.encoder is not None else None,
         }
 
     @classmethod
     def from_spec(cls, spec):
-        from ebmtool.nets.encoders import encoder_from_spec
-
         g = Generator(**spec["generator"])
         return cls(g, prior_from_spec(spec["prior"]), spec["sigma"], spec["image_shape"],
-                   inference=Chain(**spec["inference"]), sampling=Chain(**spec["sampling"]),
+                   inference=Langevin.stored(**spec["inference"]), sampling=Langevin.stored(**spec["sampling"]),
                    sampler=spec.get("sampler", "langevin"),
                    encoder=encoder_from_spec(spec["encoder"]) if spec.get("encoder") else None,
                    method=spec.get("method", "?"))
 
-    def describe(self):
-        d = super().describe()
-        d.update(generator=self.generator.arch, nz=self.generator.nz, prior=self.prior.spec())
-        return d
 
 
 def _device_of(m: nn.Module) -> torch.device:
     return next(m.parameters()).device
 
 
+def hierarchical_sample(model: LatentModel, n: int, keep: int, *, group: int = 8, steps: int | None = None,
+                        step_size: float | None = None, sampler: str | None = None) -> SampleOutput:
+    """``sample --layer-resample K``: n images in groups of ``group`` consecutive samples (one grid row each);
+    a group shares one prior sample of layer K (drawn by ``sampler``, default the model's) and resamples the other
+    layers by Langevin (:meth:`JointPrior.resample_layers`). Chains use the model's sampling settings unless
+    ``steps`` / ``step_size`` are given."""
+    prior = getattr(model, "prior", None)
+    if not isinstance(prior, JointPrior):
+        raise UserError(f"--layer-resample: needs a multi-layer (joint-mle / joint-vi) model, not a {model.method} model")
+    if not 1 <= keep <= prior.layers:
+        raise UserError(f"--layer-resample {keep}: the model has {prior.layers} latent layers (1 = bottom .. {prior.layers} = top)")
+    ch = model.sampling.override(steps, step_size)
+    device = next(model.parameters()).device
+    heads, _ = prior.sample(math.ceil(n / group), steps=ch.steps, step_size=ch.step_size,
+                            sampler=sampler or model.sampler, device=device)
+    rows = _take(heads, torch.arange(n, device=device) // group)  # (n, d_i) per layer, row r = head r // group
+    z = prior.resample_layers(rows, keep, ch.steps, ch.step_size)
+    with torch.no_grad():
+        return SampleOutput(model.generator(z[0]), z)
+
+
+
 # ------------------------------------------------------------------------------------------------
-# artifact I/O
+# builders shared by the training methods
 # ------------------------------------------------------------------------------------------------
-def model_tensors(model: Model) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in model.state_dict().items()}
+def generator_for(spec: GeneratorSpec, image_shape, init: Optional[Model], init_path=None) -> Generator:
+    """A fresh generator for the data's image shape, or the one of ``--init`` (its saved spec wins)."""
+    if init is not None:
+        if not isinstance(init, LatentModel):
+            raise UserError(f"--init {init_path}: a {init.method} model has no latent generator to start from")
+        if tuple(init.image_shape) != tuple(image_shape):
+            raise UserError(f"--init {init_path}: model makes {tuple(init.image_shape)} images but --data holds {tuple(image_shape)}")
+        return init.generator
+    arch = resolve_arch(spec.arch, image_shape)
+    return Generator(arch, spec.nz, spec.ngf, image_shape[0], spec.slope)
 
 
-def load_model(path, what: str = "--model", device: str | torch.device = "cpu") -> tuple[Model, artifacts.Artifact]:
-    """Open a model artifact through its saved spec (which wins over presets) and validate its tensors."""
-    import ebmtool.methods  # noqa: F401  (registers every model type and prior)
-
-    art = artifacts.load(path, "model", what=what)
-    spec = art.meta.get("model")
-    if not isinstance(spec, dict) or spec.get("type") not in MODEL_TYPES:
-        raise UserError(f"{art.path}: model artifact has no valid model spec")
-    try:
-        model = MODEL_TYPES[spec["type"]].from_spec(spec)
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{art.path}: model spec is invalid ({type(e).__name__}: {e})") from None
-    sd = {k: v for k, v in art.tensors.items() if k.split(".")[0] in dict(model.named_children())}
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise UserError(f"{art.path}: tensors do not fit the model spec ({first})") from None
-    return model.to(device).eval(), art
+def latent_model(gen: Generator, prior: Prior, sigma: float, image_shape, *, posterior: Langevin,
+                 sampling: Langevin, sampler: str = "langevin", method: str, encoder=None) -> LatentModel:
+    return LatentModel(gen, prior, sigma, image_shape, inference=posterior, sampling=sampling,
+                       sampler=sampler, encoder=encoder, method=method)

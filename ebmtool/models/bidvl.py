@@ -1,0 +1,96 @@
+"""The BiDVL model (Kan et al., CVPR 2022): image energy E_psi(v), Gaussian inference model q_w1(h|v) and
+generator G_w2(h), h ~ N(0, I); tensors ``ebm.*``, ``encoder.*``, ``generator.*``.
+
+It answers the verbs of :class:`~ebmtool.models.base.Model` in batch-norm eval mode: sample = G(h), h ~ N(0, I)
+(optionally refined by Langevin on -E in image space); reconstruct = G(mu(v)); anomaly score = E(v) (the paper's
+OOD score -E(v), negated so that higher = more anomalous). Training: :mod:`ebmtool.methods.bidvl`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ebmtool.config import Langevin
+from ebmtool.errors import UserError
+from ebmtool.models.base import Model, SampleOutput, register_model
+from ebmtool.nets.image_ebm import GaussianEncoder, ImageEnergy, ImageGenerator
+from ebmtool.sampling import langevin
+
+SAMPLE_CHUNK = 500  # images decoded (and refined) at a time by BiDVLModel.sample
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module):
+    """Batch norm from its running statistics (and no spectral-norm power iteration) for the duration."""
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
+
+
+@register_model("bidvl")
+class BiDVLModel(Model):
+    """Image energy E_psi(v), inference model q_w1(h|v) = N(mu, diag exp(logvar)), generator G_w2(h)."""
+
+    score_name = "E(v): BiDVL image energy, higher = more anomalous (the paper's OOD score is -E(v))"
+
+    def __init__(self, ebm: ImageEnergy, encoder: GaussianEncoder, generator: ImageGenerator, image_shape,
+                 *, refine: Langevin, method: str = "bidvl"):
+        super().__init__()
+        self.ebm, self.encoder, self.generator = ebm, encoder, generator
+        self.image_shape = tuple(image_shape)
+        self.refine = refine
+        self.method = method
+
+    @property
+    def nz(self) -> int:
+        return self.generator.nz
+
+    def sample(self, n: int, *, steps=None, step_size=None, sampler=None, record_every: int = 0, **_):
+        """v = G(h), h ~ N(0, I) (the paper's samples). With ``steps`` K > 0 (``--steps``, or ``refine_steps`` at
+        fit time) the images are then moved by K Langevin steps on log pi(v) = -E(v) in image space, in the one
+        convention v <- v + s^2/2 grad(-E) + s eps (s = ``--step-size`` or ``refine_step_size``). E is spectrally
+        normalised, so its gradient is small: refinement moves images little at small s (the stages clip the
+        result to [-1, 1] when they write uint8 images)."""
+        if sampler == "sir":
+            raise UserError(f"--sampler sir: not available for a {self.method} model (it has no latent-space prior)")
+        if record_every:
+            raise UserError(f"--trajectory: not available for a {self.method} model (its samples are G(h), h ~ N(0, I))")
+        dev = next(self.parameters()).device
+        ch = self.refine.override(steps, step_size)
+        h = torch.randn(n, self.nz, device=dev)  # (n, nz)
+        with _eval_mode(self):
+            v = torch.cat([self._decode(hb, ch) for hb in h.split(SAMPLE_CHUNK)])  # (n, C, H, W)
+        return SampleOutput(v, h)
+
+    def _decode(self, h: torch.Tensor, ch: Langevin) -> torch.Tensor:
+        with torch.no_grad():
+            v = self.generator(h)
+        if ch.steps > 0:
+            v, _ = langevin(lambda u: -self.ebm(u), v, ch.steps, ch.step_size, noise=ch.noise,
+                            freeze=[self.ebm], what="image-space Langevin on -E(v)")
+        return v
+
+    def reconstruct(self, x: torch.Tensor, **_) -> tuple[torch.Tensor, torch.Tensor]:
+        """G(mu(x)): decode the mean of q(h|x) (Sec. 5.2's test reconstructions)."""
+        with _eval_mode(self), torch.no_grad():
+            mu, _logvar = self.encoder(x)  # (B, nz)
+            return self.generator(mu), mu
+
+    def anomaly_score(self, x: torch.Tensor, **_) -> torch.Tensor:
+        """E_psi(x), shape (B,): low on the training distribution, so higher = more anomalous (Sec. 5.3 uses -E)."""
+        with _eval_mode(self), torch.no_grad():
+            return self.ebm(x)
+
+    def spec(self):
+        return {"type": self.type_name, "method": self.method, "image_shape": list(self.image_shape),
+                "ebm": self.ebm.spec(), "encoder": self.encoder.spec(), "generator": self.generator.spec(),
+                "refine": self.refine.model_dump()}
+
+    @classmethod
+    def from_spec(cls, spec):
+        return cls(ImageEnergy(**spec["ebm"]), GaussianEncoder(**spec["encoder"]), ImageGenerator(**spec["generator"]),
+                   spec["image_shape"], refine=Langevin.stored(**spec["refine"]), method=spec.get("method", "bidvl"))

@@ -1,0 +1,32 @@
+"""Model artifacts: write a model's tensors, open one through its saved spec (which wins over presets)."""
+
+from __future__ import annotations
+
+import torch
+
+from ebmtool import artifacts
+from ebmtool.errors import UserError
+from ebmtool.models.base import MODELS, Model
+
+
+def model_tensors(model: Model) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items()}
+
+
+def load_model(path, what: str = "--model", device: str | torch.device = "cpu") -> tuple[Model, artifacts.Artifact]:
+    """Open a model artifact through its saved spec (which wins over presets) and validate its tensors."""
+    art = artifacts.load(path, "model", what=what)
+    spec = art.meta.get("model")
+    if not isinstance(spec, dict) or spec.get("type") not in MODELS:
+        raise UserError(f"{art.path}: model artifact has no valid model spec")
+    try:
+        model = MODELS[spec["type"]].from_spec(spec)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{art.path}: model spec is invalid ({type(e).__name__}: {e})") from None
+    sd = {k: v for k, v in art.tensors.items() if k.split(".")[0] in dict(model.named_children())}
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise UserError(f"{art.path}: tensors do not fit the model spec ({first})") from None
+    return model.to(device).eval(), art

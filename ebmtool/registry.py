@@ -1,0 +1,89 @@
+"""The one registry of ebmtool (fairseq style): named classes or entries of one kind, refused twice or of the
+wrong type. Priors, models and encoders register their classes here; training methods register a
+:class:`MethodSpec` (config class, fit function, presets, ``fit-prior`` flags) through :func:`register_method`.
+
+Methods are found from their folder: importing :mod:`ebmtool.methods` imports every module in it, so a new
+method is one new file (see ``docs/design.md``, "Adding a method").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Optional, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(dict, Generic[T]):
+    """{name: entry} for one kind of thing; ``register(name)`` is a class decorator that sets ``type_name``."""
+
+    def __init__(self, kind: str, base: Optional[type] = None):
+        super().__init__()
+        self.kind, self.base = kind, base
+
+    def add(self, name: str, entry: T) -> T:
+        if name in self:
+            raise ValueError(f"{self.kind} {name!r} registered twice")
+        if self.base is not None and isinstance(entry, type) and not issubclass(entry, self.base):
+            raise TypeError(f"{self.kind} {name!r}: {entry.__name__} is not a {self.base.__name__}")
+        self[name] = entry
+        return entry
+
+    def register(self, name: str) -> Callable[[type], type]:
+        def deco(cls: type) -> type:
+            self.add(name, cls)
+            cls.type_name = name
+            return cls
+
+        return deco
+
+    def from_spec(self, spec: dict[str, Any]) -> Any:
+        """Rebuild an object from its saved JSON spec (``type`` names the registered class)."""
+        t = spec.get("type")
+        if t not in self:
+            raise KeyError(f"unknown {self.kind} type {t!r}")
+        return self[t].from_spec(spec)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A ``fit-prior`` option that sets one config field of the methods that declare it, e.g.
+    ``Flag("--stages", "stages", int, "adaptive-nce: stages to add")``; a bool flag is ``"--offset/--no-offset"``."""
+
+    option: str
+    field: str
+    type: type
+    help: str
+
+    @property
+    def param(self) -> str:
+        return self.option.split("/")[0].lstrip("-").replace("-", "_")
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    config: type
+    fit: Callable[..., Any]
+    description: str
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # {preset: overrides of this method}
+    flags: tuple[Flag, ...] = ()
+    fit_prior: bool = True  # listed under fit-prior --method
+
+
+METHODS: Registry[MethodSpec] = Registry("method")
+
+
+def register_method(name: str, config: type, description: str, *, presets: Optional[dict[str, dict]] = None,
+                    flags: tuple[Flag, ...] = (), fit_prior: bool = True):
+    """Decorator for a method's fit function: ``fit(cfg, data, init, init_art, ctx) -> FitResult``."""
+    from pydantic import BaseModel
+
+    if not (isinstance(config, type) and issubclass(config, BaseModel)):
+        raise TypeError(f"method {name!r}: config must be a pydantic model class")
+
+    def deco(fn):
+        METHODS.add(name, MethodSpec(name, config, fn, description, dict(presets or {}), tuple(flags), fit_prior))
+        return fn
+
+    return deco

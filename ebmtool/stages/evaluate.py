@@ -1,0 +1,181 @@
+"""The evaluation stages: ``sample``, ``reconstruct`` and ``anomaly``. Each opens its inputs through one helper,
+runs the model's verb in batches (sharded across torchrun ranks) and writes one artifact."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from ebmtool import artifacts, distributed
+from ebmtool.data import load_images
+from ebmtool.errors import UserError
+from ebmtool.eval.anomaly import binary_labels, metrics
+from ebmtool.eval.plots import pr_curve_png
+from ebmtool.images import save_grid, to_uint8
+from ebmtool.models import LatentModel, Model, bottom, hierarchical_sample, load_model
+from ebmtool.runtime import resolve as resolve_precision
+from ebmtool.runtime import resolve_device, seed_everything
+
+
+def _precision(name: str, device: torch.device):
+    return resolve_precision(name, device).context(device)
+
+
+def batched(fn, x: torch.Tensor, batch_size: int, device: torch.device):
+    """Apply fn to batches of x on the device; concatenate (tensors or tuples of tensors) on the CPU.
+    Under torchrun each rank takes a contiguous shard of x and the results are gathered in order."""
+    shard = distributed.world().parallel and len(x) >= distributed.world().size
+    xs = distributed.take(x) if shard else x
+    outs = [fn(xs[i: i + batch_size].to(device)) for i in range(0, len(xs), batch_size)]
+    first = outs[0]
+    if isinstance(first, tuple):
+        res = tuple(_cat([o[j] for o in outs]) for j in range(len(first)))
+    else:
+        res = _cat(outs)
+    return distributed.gather_nested(res) if shard else res
+
+
+def _cat(parts):
+    if parts[0] is None:
+        return None
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat([p[j].cpu() for p in parts]) for j in range(len(parts[0])))
+    return torch.cat([p.cpu() for p in parts])
+
+
+def _latent_tensors(z, prefix: str = "latents") -> dict[str, torch.Tensor]:
+    if z is None:
+        return {}
+    if isinstance(z, tuple):
+        return {f"{prefix}.{i + 1}": t for i, t in enumerate(z)}
+    return {prefix: z}
+
+
+def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional[str] = None,
+           steps: Optional[int] = None, step_size: Optional[float] = None, sampler: Optional[str] = None,
+           trajectory_every: int = 0, trajectory_png: Optional[str] = None, seed: int = 0, device: str = "auto",
+           force: bool = False, layer_resample: Optional[int] = None, precision: str = "fp32") -> dict[str, Any]:
+    if out is None and grid is None:
+        raise UserError("sample: give -o FILE.safetensors and/or --grid FILE.png")
+    if n < 1:
+        raise UserError("-n: the number of samples must be at least 1")
+    for p in (out, grid, trajectory_png):
+        if p is not None:
+            artifacts.check_output(p, force)
+    if trajectory_png is not None and trajectory_every < 1:
+        raise UserError("--trajectory-png needs --trajectory K (record every K-th step)")
+    dev = resolve_device(device)
+    seed_everything(seed, per_rank=True)
+    model, art = load_model(model_path, device=dev)
+    if sampler == "sir" and not getattr(getattr(model, "prior", None), "supports_sir", False):
+        raise UserError(f"--sampler sir: not available for a {model.method} model")
+    if layer_resample is not None:
+        if trajectory_every:
+            raise UserError("--layer-resample cannot be combined with --trajectory")
+        with _precision(precision, dev):
+            res = hierarchical_sample(model, n, layer_resample, group=8, steps=steps, step_size=step_size, sampler=sampler)
+    else:
+        W = distributed.world()
+        shard = W.parallel and n >= W.size  # each rank draws its share; images and latents are gathered
+        a, b = distributed.bounds(n) if shard else (0, n)
+        with _precision(precision, dev):
+            res = model.sample(b - a, steps=steps, step_size=step_size, sampler=sampler, record_every=trajectory_every)
+        if shard:
+            res.images = distributed.gather(res.images.contiguous())
+            res.latents = distributed.gather_nested(res.latents)
+    if trajectory_every and res.trajectory is None:
+        raise UserError("--trajectory: this model's prior is sampled exactly or by SIR; there is no Langevin chain to record")
+    images = to_uint8(res.images.float().cpu())
+    tensors = {"images": images, **_latent_tensors(res.latents if not isinstance(res.latents, torch.Tensor) else res.latents.cpu())}
+    meta: dict[str, Any] = {"n": n, "image_shape": list(images.shape[1:]), "model_method": model.method,
+                            "steps": steps, "step_size": step_size, "sampler": sampler, "layer_resample": layer_resample}
+    if res.trajectory is not None:
+        tr = res.trajectory
+        tensors["trajectory.steps"] = torch.tensor(tr.steps)
+        tensors["trajectory.log_prob"] = tr.stacked_log_probs().cpu()
+        with torch.no_grad():
+            tensors["trajectory.images"] = torch.stack(
+                [to_uint8(model.generator(bottom(s if len(s) > 1 else s[0]))[:8].cpu()) for s in tr.states])
+    if out is not None:
+        artifacts.save(out, "samples", tensors, meta=meta, parents=[art], force=True)
+    if grid is not None:
+        save_grid(images, grid, nrow=8 if layer_resample else None)
+    if trajectory_png is not None:
+        t = tensors["trajectory.images"]  # (T, 8, C, H, W): rows = chains, columns = time
+        save_grid(t.transpose(0, 1).reshape(-1, *t.shape[2:]), trajectory_png, nrow=t.shape[0])
+    return {"output": out, "grid": grid, "n": n, "image_shape": list(images.shape[1:])}
+
+
+def _check_fits(model: Model, x: torch.Tensor, data_path: str) -> None:
+    if tuple(x.shape[1:]) != tuple(model.image_shape):
+        raise UserError(f"{data_path}: images are {tuple(x.shape[1:])} but the model makes {tuple(model.image_shape)}")
+
+
+def _open(model_path: str, data_path: str, outputs, seed: int, device: str, force: bool,
+          limit: Optional[int] = None):
+    """The opening of every stage that runs a model on a dataset: refuse existing outputs, pick the device,
+    seed each rank, open the model and the images (first ``limit``), check that they fit."""
+    for p in outputs:
+        if p is not None:
+            artifacts.check_output(p, force)
+    dev = resolve_device(device)
+    seed_everything(seed, per_rank=True)
+    model, art = load_model(model_path, device=dev)
+    x, labels, data_art = load_images(data_path)
+    if limit is not None:
+        x, labels = x[:limit], labels[:limit]
+    _check_fits(model, x, data_path)
+    return dev, model, art, x, labels, data_art
+
+
+def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, grid: Optional[str] = None,
+                steps: Optional[int] = None, step_size: Optional[float] = None, batch_size: int = 500,
+                limit: Optional[int] = None, seed: int = 0, device: str = "auto", force: bool = False,
+                precision: str = "fp32") -> dict[str, Any]:
+    dev, model, art, x, labels, data_art = _open(model_path, data_path, (out, grid), seed, device, force, limit)
+    with _precision(precision, dev):
+        xhat, z = batched(lambda b: model.reconstruct(b, steps=steps, step_size=step_size), x, batch_size, dev)
+    xhat = xhat.float()
+    per = (xhat - x).pow(2).flatten(1).mean(1)
+    res = {"mse": float(per.mean()), "rmse": float(per.mean().sqrt()), "n": len(x),
+           "pixel_range": "[-1, 1]", "model_method": model.method}
+    if out is not None:
+        artifacts.save(out, "reconstructions", {"images": to_uint8(xhat), "mse": per, "labels": labels,
+                                                **_latent_tensors(z)},
+                       meta=res, parents=[art, data_art], force=True)
+    if grid is not None:
+        k = min(32, len(x))
+        pairs = torch.stack([to_uint8(x[:k]), to_uint8(xhat[:k])], 1).reshape(-1, *x.shape[1:])
+        save_grid(pairs, grid, nrow=16)
+    return {**res, "output": out, "grid": grid}
+
+
+def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = None, ood_path: Optional[str] = None,
+            out: Optional[str] = None, steps: Optional[int] = None, step_size: Optional[float] = None,
+            batch_size: int = 500, seed: int = 0, device: str = "auto", force: bool = False,
+            pr_png: Optional[str] = None, precision: str = "fp32") -> dict[str, Any]:
+    if (positive is None) == (ood_path is None):
+        raise UserError("anomaly: give exactly one of --anomaly-class/--labels-positive or --ood-data")
+    dev, model, art, x, labels, data_art = _open(model_path, data_path, (out, pr_png), seed, device, force)
+    parents = [art, data_art]
+    if ood_path is not None:
+        xo, _, ood_art = load_images(ood_path, what="--ood-data")
+        _check_fits(model, xo, ood_path)
+        x = torch.cat([x, xo])
+        y = torch.cat([torch.zeros(len(x) - len(xo), dtype=torch.long), torch.ones(len(xo), dtype=torch.long)])
+        parents.append(ood_art)
+    else:
+        y = binary_labels(labels, positive)
+    with _precision(precision, dev):
+        scores = batched(lambda b: model.anomaly_score(b, steps=steps, step_size=step_size), x, batch_size, dev)
+    scores = scores.float()
+    m = metrics(y, scores)
+    res = {**m.as_dict(), "model_method": model.method, "score": "-log p(x, z) at posterior samples"
+           if isinstance(model, LatentModel) else getattr(model, "score_name", "anomaly score"),
+           "anomaly_classes": positive, "ood_data": ood_path}
+    if out is not None:
+        artifacts.save(out, "scores", {"scores": scores.double(), "labels": y}, meta=res, parents=parents, force=True)
+    if pr_png is not None:
+        pr_curve_png(y.numpy(), scores.numpy(), pr_png)
+    return {**res, "output": out}

@@ -1,0 +1,51 @@
+"""The reporting stages: ``inspect``, ``plot``, ``fid`` and ``train-features``."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ebmtool import artifacts
+from ebmtool.errors import UserError
+from ebmtool.runtime import resolve_device
+
+
+def inspect(path: str) -> dict[str, Any]:
+    art = artifacts.load(path)
+    return {
+        "path": str(art.path), "kind": art.kind, "version": art.version, "format": artifacts.FORMAT,
+        "sha256": art.sha256, "parents": art.parents, "meta": art.meta, "config": art.config,
+        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in art.tensors.items()},
+    }
+
+
+def plot(path: str, out: str, force: bool = False) -> dict[str, Any]:
+    """One PNG of what an artifact holds (see :func:`ebmtool.eval.plots.plot_artifact`)."""
+    from ebmtool.eval.plots import plot_artifact
+
+    artifacts.check_output(out, force)
+    return {"output": str(out), "drew": plot_artifact(artifacts.load(path), str(out))}
+
+
+def fid(samples: str, ref: str, *, inception_weights: Optional[str] = None, features: Optional[str] = None,
+        batch_size: int = 50, cache_dir: Optional[str] = None, device: str = "auto", progress: bool = False):
+    """Frechet distance between samples and a reference, in pytorch-fid's InceptionV3 pool3 features or in the
+    features of a classifier from :func:`train_features`; returns :class:`ebmtool.eval.fid.FIDResult`."""
+    from ebmtool.eval import fid as F
+
+    if features is not None and inception_weights is not None:
+        raise UserError("give --features or --inception-weights, not both")
+    dev = str(resolve_device(device))
+    ex = F.ClassifierExtractor(features, device=dev) if features is not None else \
+        F.InceptionExtractor(weights_path=inception_weights, device=dev)
+    return F.fid(samples, ref, ex, batch_size=batch_size, cache_dir=cache_dir or F.default_cache_dir(),
+                 progress=progress)
+
+
+def train_features(data: str, out: str, *, epochs: int = 5, seed: int = 0, device: str = "auto",
+                   force: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Train the small classifier whose penultimate layer is a dataset-specific FID feature space."""
+    from ebmtool.eval import fid as F
+
+    res = F.train_features(data, out, epochs, seed, device=str(resolve_device(device)), force=force,
+                           progress=progress)
+    return {k: (str(v) if hasattr(v, "__fspath__") else v) for k, v in vars(res).items()}
