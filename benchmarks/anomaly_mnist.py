@@ -1,4 +1,4 @@
-"""CPU anomaly benchmark: the hold-one-digit protocol (DESIGN §5) on the real MNIST test set.
+"""CPU anomaly benchmark: the hold-one-digit protocol (docs/design.md §5) on the real MNIST test set.
 
 For each held-out digit K and seed: prepare the protocol split once (cached), pretrain one generator
 (the 0-stage model, shared by every method so they are compared on the same generator), fit each method
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ebmtool import stages  # noqa: E402
+from ebmtool import runtime, stages  # noqa: E402
 from ebmtool.config import resolve  # noqa: E402
 from ebmtool.data import DataConfig, load_images  # noqa: E402
 from ebmtool.eval.anomaly import binary_labels, metrics, pca_scores  # noqa: E402
@@ -37,7 +37,7 @@ from ebmtool.methods import METHODS  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "anomaly_mnist.csv"
 WORK = ROOT / "runs" / "anomaly_mnist"
-MNIST = ROOT.parent / "shared" / "data" / "mnist"
+MNIST = Path(os.environ.get("MNIST_ROOT") or ROOT.parent / "shared" / "data" / "mnist")  # $MNIST_ROOT overrides
 # The training budget of every row (the cpu preset plus these flags); recorded in each row.
 BUDGET = {
     "pretrain": {"epochs": 10, "generator": {"ngf": 16}},
@@ -53,13 +53,7 @@ FIELDS = ["method", "digit", "seed", "budget", "auprc", "average_precision", "au
 
 
 def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return runtime.cpu_name() + f" ({torch.get_num_threads()} threads)"
 
 
 def read_rows() -> list[dict]:

@@ -23,19 +23,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ebmtool import runtime  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "ddp_scaling.json"
 WORK = ROOT / "runs" / "ddp_scaling"
-MNIST = ROOT.parent / "shared" / "data" / "mnist"
+MNIST = Path(os.environ.get("MNIST_ROOT") or ROOT.parent / "shared" / "data" / "mnist")  # $MNIST_ROOT overrides
 
 
 def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+    return runtime.cpu_name()
 
 
 def run(cmd: list[str]) -> float:

@@ -12,7 +12,7 @@ What it measures, at two sizes (``mnist32``: nz 16, ngf 32, 1 channel = ebmtool'
 * ``mle bf16``, ``adaptive-nce bf16``: the same training steps under bf16 autocast (what ``--precision bf16``
                     does), against the fp32 reference; only on devices with native bf16 (``--precision auto``'s rule).
 
-Each against a *reference* that follows the PyTorch listing printed in the LEBM paper (seed 002, appendix
+Each against a *reference* that follows the PyTorch listing printed in the LEBM paper (Pang et al. 2020, appendix
 D) literally: latents (n, nz, 1, 1), two ``autograd.grad`` calls per posterior step (generator term,
 energy term), ``z.data = ...`` updates, parameters left requiring grad, the listing's losses
 (``MSELoss(reduction='sum')``). The reference runs on deep copies of the same networks (same initial
@@ -223,7 +223,7 @@ def capture_step(module, cfg, data, init, init_art, ctx) -> tuple[Callable, dict
 
 
 # ------------------------------------------------------------------------------------------------
-# the reference: the LEBM paper's listing (seed 002, appendix D), literally
+# the reference: the LEBM paper's listing (Pang et al. 2020, appendix D), literally
 # ------------------------------------------------------------------------------------------------
 class Reference:
     """The listing's sample_langevin_prior / sample_langevin_posterior and training iteration on copies of
@@ -741,7 +741,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "notes": {
                   "speedup": "median over adjacent A/B pairs of t_reference / t_ebmtool (> 1: ebmtool faster); "
                              "speedup_cpu_time: the same with process CPU time",
-                  "reference": "LEBM paper listing (seed 002, appendix D): two autograd.grad per posterior step, "
+                  "reference": "LEBM paper listing (Pang et al. 2020, appendix D): two autograd.grad per posterior step, "
                                ".data updates, parameters requiring grad; decode under no_grad",
                   "flops": "FlopCounterMode (matmul/conv only); a Langevin step = forward + backward to z, params frozen",
                   "pct_of_peak": "achieved GFLOP/s / best fp32 2048x2048 matmul GFLOP/s measured in this run "

@@ -8,6 +8,7 @@ The resolved config is written into every artifact (``ebmtool.config``).
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Literal, Optional, TypeVar
 
@@ -199,3 +200,38 @@ def resolve(
         {k: v for k, v in flags.items() if v is not None},
         where=f"{method} config" if toml is None else f"{method} config ({toml})",
     )
+
+
+def parse_sets(items: Optional[list[str]]) -> dict[str, Any]:
+    """--set a.b=value -> {"a": {"b": value}}; values parsed as JSON where possible (numbers, true/false)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE")
+        key, raw = item.split("=", 1)
+        try:
+            val = json.loads(raw)
+        except json.JSONDecodeError:
+            val = raw
+        d = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise UserError(f"--set {item!r}: {p!r} was already set to a value, not a group of fields")
+        d[parts[-1]] = val
+    return out
+
+
+def nested(flags: dict[str, Any]) -> dict[str, Any]:
+    """{"posterior.steps": 30, "epochs": None} -> {"posterior": {"steps": 30}} (None = not given)."""
+    out: dict[str, Any] = {}
+    for key, v in flags.items():
+        if v is None:
+            continue
+        d = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        d[parts[-1]] = v
+    return out

@@ -255,3 +255,18 @@ def rank_seed(seed: int, salt: int = 0) -> Optional[int]:
     if not w.parallel:
         return None
     return (seed * 1_000_003 + salt * 7919 + w.rank * 104_729 + 1) % (2**63)
+
+
+def lost_peer(e: BaseException) -> str | None:
+    """The one line for an error that means another torchrun rank is gone (a torch.distributed error, or the
+    transport's own words for a closed connection or a timeout); None when it is not that, or not under torchrun."""
+    if not world().parallel:
+        return None
+    import torch.distributed as dist
+
+    text = str(e)
+    transport = ("Connection closed", "Connection reset", "gloo", "Gloo", "NCCL", "Broken pipe", "imed out")
+    if not (isinstance(e, getattr(dist, "DistError", ())) or any(k in text for k in transport)):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return f"lost contact with another torchrun rank, which probably failed (see its message): {first}"

@@ -1,5 +1,5 @@
 # recipes/adaptive-nce.mk — adaptive multi-stage density ratio estimation, Xiao & Han,
-# ../shared/seeds/000_39ab9f8c222307d2.txt
+# arXiv:2209.08739
 #   make ance-table1 SCALE=...   Table 1: test MSE and sample FID on SVHN, CelebA-64, CIFAR-10 (with LEBM beside it)
 #   make ance-table2 SCALE=...   Table 2: MNIST hold-one-digit anomaly detection (AUPRC)
 #   make ance-table3 SCALE=...   Table 3: ablation on CelebA, 0/1/2/4/8 stages, adaptive vs non-adaptive (FID)

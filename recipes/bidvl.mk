@@ -1,5 +1,5 @@
 # recipes/bidvl.mk — Bi-level doubly variational learning, Kan et al. (CVPR 2022),
-# ../shared/seeds/003_91c9a54458cf034b.txt
+# arXiv:2203.14702
 #   make bidvl-table1 SCALE=...   Table 1: sample FID on CIFAR-10 and CelebA-64
 #   make bidvl-table3 SCALE=...   Table 3: test reconstruction RMSE on CIFAR-10 and CelebA-64
 #   make bidvl-table4 SCALE=...   Table 4: OOD detection AUROC, CIFAR-10 vs uniform noise, SVHN, CelebA

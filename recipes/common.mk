@@ -1,4 +1,4 @@
-# recipes/common.mk — settings and file rules shared by the table recipes (DESIGN §6).
+# recipes/common.mk — settings and file rules shared by the table recipes (docs/design.md §6).
 #
 #   make lebm-table1 [SCALE=smoke|cpu|paper] [RUNS=runs] [RESULTS=results] [DATA_ROOT=data] [DEVICE=auto]
 #   make -j2 tables SCALE=smoke       every table of the seeds;   make cpu-anomaly   the MNIST anomaly benchmark
@@ -28,7 +28,11 @@ RUNS         ?= runs
 RESULTS      ?= results
 DATA_ROOT    ?= data
 DEVICE       ?= auto
-SHARED_MNIST ?= ../shared/data/mnist
+# MNIST's IDX files: MNIST_ROOT=DIR overrides this default (fill DIR with `ebmtool data prepare --dataset mnist
+# --root DIR --download -o /tmp/m.safetensors` on a machine with internet)
+ifeq ($(origin MNIST_TEST_ROOT),undefined)
+MNIST_TEST_ROOT := $(or $(MNIST_ROOT),../shared/data/mnist)
+endif
 INCEPTION    ?=
 
 ifeq ($(filter $(SCALE),smoke cpu paper),)
@@ -94,7 +98,7 @@ lim = $(if $(1),--limit $(1))
 
 # ---------------------------------------------------------------------------------------- datasets
 # logical dataset (a column of a paper's table) -> data id (a folder under $(R) and data/<id>-*.safetensors)
-HAVE_shared_mnist := $(wildcard $(SHARED_MNIST)/t10k-images-idx3-ubyte*)
+HAVE_shared_mnist := $(wildcard $(MNIST_TEST_ROOT)/t10k-images-idx3-ubyte*)
 DID_svhn_smoke       := digits32
 DID_cifar10_smoke    := digits32
 DID_celeba_smoke     := digits64
@@ -112,7 +116,7 @@ TESTOF_digits64 := digits64-train
 # `ebmtool data prepare` flags per data file stem
 PREP_digits32-train        := --dataset digits --size 32 $(call lim,$(LIMIT))
 PREP_digits64-train        := --dataset digits --size 64 $(call lim,$(LIMIT64))
-PREP_ood-mnist32-test      := --dataset mnist --root $(SHARED_MNIST) --split test --size 32 $(call lim,$(TEST_LIMIT))
+PREP_ood-mnist32-test      := --dataset mnist --root $(MNIST_TEST_ROOT) --split test --size 32 $(call lim,$(TEST_LIMIT))
 PREP_ood-synthtrain32-test := --dataset synthetic --split train --size 32 $(call lim,$(TEST_LIMIT))
 PREP_ood-synth32-test      := --dataset synthetic --split test --size 32 $(call lim,$(TEST_LIMIT))
 PREP_svhn-train            := --dataset svhn --root $(DATA_ROOT)/svhn --split train $(call lim,$(LIMIT))
@@ -130,9 +134,10 @@ PREP_ood-celeba-test       := --dataset celeba --root $(DATA_ROOT)/celeba --spli
 PREP_cifar10-64-train      := --dataset cifar10 --root $(DATA_ROOT)/cifar10 --split train --size 64 $(call lim,$(or $(LIMIT),10000))
 FEATOF_celeba              := cifar10-64-train
 
-# MNIST hold-one-digit protocol. smoke/cpu: the shared 10,000-image MNIST test set (DESIGN §5); smoke falls back
+# MNIST hold-one-digit protocol. smoke/cpu: the 10,000-image MNIST test set under MNIST_TEST_ROOT (set MNIST_ROOT=DIR, a
+# folder that `ebmtool data prepare --dataset mnist --root DIR --download` filled; docs/design.md §5); smoke falls back
 # to scikit-learn's digits when it is absent. paper: the 60,000-image training split from $(DATA_ROOT)/mnist.
-MNIST_ROOT  ?= $(if $(filter paper,$(SCALE)),$(DATA_ROOT)/mnist,$(SHARED_MNIST))
+MNIST_ROOT  ?= $(if $(filter paper,$(SCALE)),$(DATA_ROOT)/mnist,$(MNIST_TEST_ROOT))
 MNIST_SPLIT ?= $(if $(filter paper,$(SCALE)),train,test)
 MNIST_FILE_train := train-images-idx3-ubyte
 MNIST_FILE_test  := t10k-images-idx3-ubyte
@@ -201,7 +206,7 @@ $(R)/data/%.safetensors: | $(EBM)
 	$(RUN) $@.json -- $(EBM) data prepare $(call prep_of,$*) -o $@ --json --force
 
 # ---------------------------------------------------------------------------------------- training rules
-# Paper-scale settings the presets leave to the dataset (LEBM Table 5-6, adaptive-NCE Sec. A, DESIGN §3-4):
+# Paper-scale settings the presets leave to the dataset (LEBM Table 5-6, adaptive-NCE Sec. A, docs/design.md §3-4):
 # the CIFAR-10 generator (nz 128, ngf 128, 8x8 first layer), 40 posterior steps and 200/50 epochs per stage on it.
 ifeq ($(SCALE),paper)
 GENFLAGS_cifar10 := --arch cifar32 --nz 128 --set generator.ngf=128 --set posterior.steps=40

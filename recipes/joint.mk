@@ -1,5 +1,5 @@
 # recipes/joint.mk — joint latent-space EBM prior for a multi-layer generator, Cui, Wu, Han (CVPR 2023),
-# ../shared/seeds/001_b47f2cc3683602aa.txt
+# arXiv:2306.06323
 #   make joint-table1 SCALE=...   Table 1: sample FID on SVHN, CelebA-64, CIFAR-10 (with LEBM beside it)
 #   make joint-table4 SCALE=...   Table 4: MNIST hold-one-digit anomaly detection (AUPRC)
 include $(dir $(lastword $(MAKEFILE_LIST)))common.mk

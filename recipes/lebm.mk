@@ -1,4 +1,4 @@
-# recipes/lebm.mk — LEBM, Pang et al. (NeurIPS 2020), ../shared/seeds/002_0814c8c9c974453c.txt
+# recipes/lebm.mk — LEBM, Pang et al. (NeurIPS 2020), arXiv:2006.08205
 #   make lebm-table1 SCALE=smoke|cpu|paper   Table 1: test MSE and sample FID on SVHN, CIFAR-10, CelebA-64
 #   make lebm-table4 SCALE=smoke|cpu|paper   Table 4: MNIST hold-one-digit anomaly detection (AUPRC)
 include $(dir $(lastword $(MAKEFILE_LIST)))common.mk

@@ -1,4 +1,4 @@
-"""The seeds' published numbers, copied as printed from the plain-text papers in ../shared/seeds/.
+"""The four papers' published numbers, copied as printed (each cited by title and arXiv id below).
 
 Each table: ``cols`` names the cells (logical dataset, metric), ``rows`` maps a row label to its cells as the
 paper prints them ("-" where the paper has none; "mean±std" for anomaly cells). Nothing here is computed:
@@ -7,10 +7,12 @@ recipes/table.py puts ebmtool's measured numbers beside these strings.
 
 from __future__ import annotations
 
-LEBM = "002_0814c8c9c974453c.txt"
-ANCE = "000_39ab9f8c222307d2.txt"
-JOINT = "001_b47f2cc3683602aa.txt"
-BIDVL = "003_91c9a54458cf034b.txt"
+LEBM = "Pang et al., Learning Latent Space Energy-Based Prior Model (NeurIPS 2020, arXiv:2006.08205)"
+ANCE = "Xiao & Han, Adaptive Multi-stage Density Ratio Estimation for Learning Latent Space EBM (arXiv:2209.08739)"
+JOINT = ("Cui, Wu & Han, Learning Joint Latent Space EBM Prior Model for Multi-layer Generator "
+         "(CVPR 2023, arXiv:2306.06323)")
+BIDVL = ("Kan et al., Bi-level Doubly Variational Learning for Energy-based Latent Variable Models "
+         "(CVPR 2022, arXiv:2203.14702)")
 
 DIGITS = [1, 4, 5, 7, 9]  # the held-out digits every MNIST anomaly table reports
 
@@ -160,7 +162,7 @@ JOINT_T4 = {
 
 # The paper row each ebmtool method reproduces (for the combined cpu-anomaly table).
 ANOMALY_PAPER_ROW = {
-    "mle": ("LEBM (seed 002, Table 4)", LEBM_T4["rows"]["LEBM (Ours)"]),
-    "adaptive-nce": ("Adaptive CE (seed 000, Table 2)", ANCE_T2["rows"]["Adaptive CE (ours)"]),
-    "joint-mle": ("Joint EBM prior (seed 001, Table 4)", JOINT_T4["rows"]["Ours (joint EBM prior)"]),
+    "mle": ("LEBM (Pang et al. 2020, Table 4)", LEBM_T4["rows"]["LEBM (Ours)"]),
+    "adaptive-nce": ("Adaptive CE (Xiao & Han 2022, Table 2)", ANCE_T2["rows"]["Adaptive CE (ours)"]),
+    "joint-mle": ("Joint EBM prior (Cui, Wu & Han 2023, Table 4)", JOINT_T4["rows"]["Ours (joint EBM prior)"]),
 }

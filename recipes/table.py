@@ -353,8 +353,8 @@ def t_lebm1(ctx: Ctx) -> str:
     spec = papers.LEBM_T1
     lines, fids = render_generation(ctx, spec, [("mle (LEBM)", "mle"), ("pretrain-generator (SRI, N(0, I) prior)", "pretrain")],
                                     {"mse": 4, "fid": 2})
-    head = [f"# LEBM (seed 002) Table 1 — test MSE and sample FID", "",
-            f"Paper numbers: `../shared/seeds/{spec['source']}`. ebmtool rows: `fit-prior --method mle` and its "
+    head = [f"# LEBM (Pang et al. 2020) Table 1 — test MSE and sample FID", "",
+            f"Paper numbers: {spec['source']}. ebmtool rows: `fit-prior --method mle` and its "
             "warm start, measured here.", ""]
     return "\n".join(head + lines + notes(ctx, [MSE_NOTE, WARM_NOTE], fids, ["svhn", "cifar10", "celeba"])) + "\n"
 
@@ -363,8 +363,8 @@ def t_ance1(ctx: Ctx) -> str:
     spec = papers.ANCE_T1
     lines, fids = render_generation(ctx, spec, [("adaptive-nce (4 stages)", "ance4"), ("mle (LEBM)", "mle")],
                                     {"mse": 4, "fid": 2})
-    head = ["# Adaptive multi-stage NCE (seed 000) Table 1 — test MSE and sample FID", "",
-            f"Paper numbers: `../shared/seeds/{spec['source']}`. ebmtool rows: `fit-prior --method adaptive-nce` "
+    head = ["# Adaptive multi-stage NCE (Xiao & Han 2022) Table 1 — test MSE and sample FID", "",
+            f"Paper numbers: {spec['source']}. ebmtool rows: `fit-prior --method adaptive-nce` "
             "(4 stages, added stage by stage through files: 1 → 2 → 4) and `--method mle` on the same generator.", ""]
     return "\n".join(head + lines + notes(ctx, [MSE_NOTE, WARM_NOTE], fids, ["svhn", "celeba", "cifar10"])) + "\n"
 
@@ -372,8 +372,8 @@ def t_ance1(ctx: Ctx) -> str:
 def t_joint1(ctx: Ctx) -> str:
     spec = papers.JOINT_T1
     lines, fids = render_generation(ctx, spec, [("joint-mle (L=2)", "joint-mle"), ("mle (LEBM)", "mle")], {"fid": 2})
-    head = ["# Joint latent-space EBM prior (seed 001) Table 1 — sample FID", "",
-            f"Paper numbers: `../shared/seeds/{spec['source']}`. ebmtool rows: `fit-prior --method joint-mle` "
+    head = ["# Joint latent-space EBM prior (Cui, Wu & Han 2023) Table 1 — sample FID", "",
+            f"Paper numbers: {spec['source']}. ebmtool rows: `fit-prior --method joint-mle` "
             "(two latent layers, posterior Langevin over both) and `--method mle` on the same generator.", ""]
     return "\n".join(head + lines + notes(ctx, [WARM_NOTE], fids, ["svhn", "celeba", "cifar10"])) + "\n"
 
@@ -390,8 +390,8 @@ def t_ance3(ctx: Ctx) -> str:
             v = metric_of(rec, "fid")
             star = "*" if v is not None and "classifier" in str(rec.get("extractor")) else ""
             lines.append(f"| {kind.capitalize() if k == 0 else ''} | {k} | {spec[kind][k]} | {fmt(v, 2)}{star} |")
-    head = ["# Adaptive multi-stage NCE (seed 000) Table 3 — ablation on CelebA (FID)", "",
-            f"Paper numbers: `../shared/seeds/{spec['source']}`. 0 stages = the pretrained generator under N(0, I) "
+    head = ["# Adaptive multi-stage NCE (Xiao & Han 2022) Table 3 — ablation on CelebA (FID)", "",
+            f"Paper numbers: {spec['source']}. 0 stages = the pretrained generator under N(0, I) "
             "(`pretrain-generator`), shared by both halves. Adaptive: `fit-prior --method adaptive-nce`, stages added "
             "through files (1, then +1 → 2, +2 → 4, +4 → 8; the generator keeps learning under the current prior). "
             "Non-adaptive: `--non-adaptive --stages m` (the TRE-style ablation: generator and posterior fixed at the "
@@ -402,8 +402,8 @@ def t_ance3(ctx: Ctx) -> str:
 def t_bidvl1(ctx: Ctx) -> str:
     spec = papers.BIDVL_T1
     lines, fids = _bidvl_gen(ctx, spec, "fid", 2)
-    head = ["# BiDVL (seed 003) Table 1 — sample FID", "",
-            f"Paper numbers: `../shared/seeds/{spec['source']}`. ebmtool row: `fit-prior --method bidvl` "
+    head = ["# BiDVL (Kan et al. 2022) Table 1 — sample FID", "",
+            f"Paper numbers: {spec['source']}. ebmtool row: `fit-prior --method bidvl` "
             "(r′ = 0.05 at 32×32, 0.1 at 64×64; samples v = G(h), h ~ N(0, I)).", ""]
     return "\n".join(head + lines + notes(ctx, [], fids, ["cifar10", "celeba"])) + "\n"
 
@@ -411,8 +411,8 @@ def t_bidvl1(ctx: Ctx) -> str:
 def t_bidvl3(ctx: Ctx) -> str:
     spec = papers.BIDVL_T3
     lines, _ = _bidvl_gen(ctx, spec, "rmse", 4)
-    head = ["# BiDVL (seed 003) Table 3 — test reconstruction RMSE", "",
-            f"Paper numbers: `../shared/seeds/{spec['source']}`. ebmtool row: `fit-prior --method bidvl`, "
+    head = ["# BiDVL (Kan et al. 2022) Table 3 — test reconstruction RMSE", "",
+            f"Paper numbers: {spec['source']}. ebmtool row: `fit-prior --method bidvl`, "
             "reconstruction G(μ(v)) through the inference model.", ""]
     note = ("RMSE: square root of the mean per-pixel squared error over the test images, pixels in [-1, 1] "
             "(on [0, 1] pixels it is half this value; the paper does not state its range)")
@@ -453,8 +453,8 @@ def t_bidvl4(ctx: Ctx) -> str:
     lines.append(f"| **ebmtool bidvl** ({ctx.args.scale}) | " + " | ".join(cells) + " |")
     oods = {"random": "uniform noise shaped like the in-distribution test set (`table.py noise`)",
             "svhn": f"`{ctx.d('ood-svhn')}`", "celeba": f"`{ctx.d('ood-celeba')}` (resized to the model's 32×32)"}
-    head_txt = ["# BiDVL (seed 003) Table 4 — OOD detection AUROC (CIFAR-10 in-distribution)", "",
-                f"Paper numbers: `../shared/seeds/{spec['source']}`. ebmtool row: the r′ = 0.05 model of Table 1, "
+    head_txt = ["# BiDVL (Kan et al. 2022) Table 4 — OOD detection AUROC (CIFAR-10 in-distribution)", "",
+                f"Paper numbers: {spec['source']}. ebmtool row: the r′ = 0.05 model of Table 1, "
                 "score −E(v) (`ebmtool anomaly --ood-data`, OOD = label 1), AUROC.", ""]
     notes_extra = ["In-distribution: the test images of the CIFAR-10 column's data (" + f"`{d}`" + "). OOD sets: "
                    + "; ".join(f"{NICE[k]} = {v}" for k, v in oods.items()) + "."] + extra
@@ -473,8 +473,8 @@ def t_bidvl5(ctx: Ctx) -> str:
         v = metric_of(rec, "fid")
         cells.append(fmt(v, 2) + ("*" if v is not None and "classifier" in str(rec.get("extractor")) else ""))
     lines.append(f"| **FID (ebmtool, {ctx.args.scale})** | " + " | ".join(cells) + " |")
-    head = ["# BiDVL (seed 003) Table 5 — basic ratio r′ vs FID on CIFAR-10", "",
-            f"Paper numbers: `../shared/seeds/{spec['source']}`. ebmtool: `fit-prior --method bidvl --basic-ratio r′`, "
+    head = ["# BiDVL (Kan et al. 2022) Table 5 — basic ratio r′ vs FID on CIFAR-10", "",
+            f"Paper numbers: {spec['source']}. ebmtool: `fit-prior --method bidvl --basic-ratio r′`, "
             "one model per r′.", ""]
     return "\n".join(head + lines + notes(ctx, [], recs, ["cifar10"])) + "\n"
 
@@ -539,7 +539,7 @@ def anomaly_notes(ctx: Ctx) -> list[str]:
         if r:
             n.append(f"digit {k}: {r['n']} test images, {r['n_anomalous']} anomalous")
     return [
-        f"Protocol (DESIGN §5): digit K is the anomaly class; the other nine digits are split once 80/20 with a fixed "
+        f"Protocol (docs/design.md §5): digit K is the anomaly class; the other nine digits are split once 80/20 with a fixed "
         f"seed; models train on the 80% and are scored on the other 20% plus every image of K (no training image in "
         f"the test part, unlike the original code's leaky second permutation). Run here for digits {digits}, seeds {seeds}"
         + (f" ({'; '.join(n)})" if n else "") + "; cells say `not run` for the digits this scale skips.",
@@ -553,23 +553,23 @@ def anomaly_notes(ctx: Ctx) -> list[str]:
 
 
 def _anomaly_table(ctx: Ctx, title: str, spec: dict, methods: list[str]) -> str:
-    head = [f"# {title}", "", f"Paper numbers: `../shared/seeds/{spec['source']}`.", ""]
+    head = [f"# {title}", "", f"Paper numbers: {spec['source']}.", ""]
     body = anomaly_body(ctx, spec["rows"], methods)
     return "\n".join(head + body + notes(ctx, anomaly_notes(ctx), [], [])) + "\n"
 
 
 def t_lebm4(ctx):
-    return _anomaly_table(ctx, "LEBM (seed 002) Table 4 — MNIST anomaly detection (AUPRC)", papers.LEBM_T4,
+    return _anomaly_table(ctx, "LEBM (Pang et al. 2020) Table 4 — MNIST anomaly detection (AUPRC)", papers.LEBM_T4,
                           ["mle", "pretrain", "pca"])
 
 
 def t_ance2(ctx):
-    return _anomaly_table(ctx, "Adaptive multi-stage NCE (seed 000) Table 2 — MNIST anomaly detection (AUPRC)",
+    return _anomaly_table(ctx, "Adaptive multi-stage NCE (Xiao & Han 2022) Table 2 — MNIST anomaly detection (AUPRC)",
                           papers.ANCE_T2, ["adaptive-nce", "mle", "pretrain", "pca"])
 
 
 def t_joint4(ctx):
-    return _anomaly_table(ctx, "Joint latent-space EBM prior (seed 001) Table 4 — MNIST anomaly detection (AUPRC)",
+    return _anomaly_table(ctx, "Joint latent-space EBM prior (Cui, Wu & Han 2023) Table 4 — MNIST anomaly detection (AUPRC)",
                           papers.JOINT_T4, ["joint-mle", "mle", "pretrain", "pca"])
 
 

@@ -43,7 +43,7 @@ class DataConfig(Strict):
 
 
 def protocol_split(labels: torch.Tensor, anomaly_class: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The hold-one-class protocol (DESIGN §5), computed once with a fixed seed.
+    """The hold-one-class protocol (docs/design.md §5), computed once with a fixed seed.
 
     Normals (label != K) are permuted with a fixed generator and split 80/20. Returns the indices of the
     training part (80% of normals) and of the test part (the other 20% of normals + every image of class K).

@@ -6,10 +6,10 @@ dataset, :func:`ebmtool.data.sources.ring_log_density`), so that what a fitted p
 with what it should estimate:
 
 * :func:`fit_ratio_prior` — the latent-only analogue of ``fit-prior --method adaptive-nce``: stage k fits
-  log r_k by NCE (:func:`ebmtool.methods.adaptive_nce.nce_loss`, eq. 4 of seed 000) with positives from the
+  log r_k by NCE (:func:`ebmtool.methods.adaptive_nce.nce_loss`, eq. 4 of Xiao & Han 2022) with positives from the
   target and negatives from the current prior p_k = p0 prod_{i<k} r_i, then freezes r_k into the
   :class:`~ebmtool.priors.RatioProductPrior`. Its NCE optimum is r_k = target / p_k, so p_{k+1} = target.
-* :func:`fit_energy_prior` — LEBM's prior update alone (``mle``, seed 002): positives from the target,
+* :func:`fit_energy_prior` — LEBM's prior update alone (``mle``, Pang et al. 2020): positives from the target,
   negatives by prior short-run Langevin from N(0, I), loss f(z-).mean() - f(z+).mean().
 * :func:`kl_on_grid` — KL(target || q) in 2-D by midpoint quadrature, q normalised on the grid.
 * :func:`log_ratio_error` — RMSE between a learned and a true log-ratio at given points.

@@ -14,7 +14,7 @@ the authors' code (Algorithm 1 lists the N = 1 lower-level step first; either wa
                                                                   h_q = mu + exp(logvar / 2) eps)
 
    with the importance ratio r(v) of eq. (15) replaced by its basic term r' (``basic_ratio``; 0.05 at 32x32,
-   0.1 at 64x64, Sec. 5.4 / Table 5; the released code never uses the bias term, DESIGN §9). Squared errors are
+   0.1 at 64x64, Sec. 5.4 / Table 5; the released code never uses the bias term, docs/design.md §9). Squared errors are
    summed over pixels / latent dimensions and averaged over the batch, as in the authors' code.
 
 ``--no-offset`` keeps the opposite w1 terms of eqs. (11)-(12) with the Sec. 4.4 replacement, as in the authors'

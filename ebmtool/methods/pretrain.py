@@ -6,7 +6,6 @@ Per batch: z+ ~ short-run Langevin on log N(z; 0, I) + log p(x|z) from p0; one A
 
 from __future__ import annotations
 
-from pydantic import Field
 
 from ebmtool.config import GeneratorSpec, Langevin, Optim, TrainCommon
 from ebmtool.registry import register_method

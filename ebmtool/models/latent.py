@@ -80,7 +80,7 @@ class LatentModel(Model):
             return self.generator(bottom(z)), z
 
     def anomaly_score(self, x, *, steps=None, step_size=None, **_):
-        """-log p(x, z) at a posterior sample z (DESIGN §5): higher = more anomalous."""
+        """-log p(x, z) at a posterior sample z (docs/design.md §5): higher = more anomalous."""
         refine = steps is not None or step_size is not None
         z, _t = self.infer(x, self.inference.override(steps, step_size), refine=refine)
         with torch.no_grad():

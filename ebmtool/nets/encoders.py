@@ -18,7 +18,7 @@ encoder_from_spec = ENCODERS.from_spec
 
 
 # ------------------------------------------------------------------------------------------------
-# Gaussian heads and the bottom-up inference model of multi-layer latents (seed 001, eq. 4)
+# Gaussian heads and the bottom-up inference model of multi-layer latents (Cui, Wu & Han 2023, eq. 4)
 # ------------------------------------------------------------------------------------------------
 SIGMA_FLOOR = 0.01  # sigma = exp(log sigma) + floor; 0.01 in the joint-EBM authors' code
 
@@ -73,7 +73,7 @@ def conv_trunk(channels: int, size: int, nef: int, slope: float) -> tuple[nn.Seq
 
 @register_encoder("bottom_up_gaussian")
 class BottomUpGaussianEncoder(nn.Module):
-    """Bottom-up inference model q(z|x) = q(z_1|x) prod_{i<L} q(z_{i+1}|z_i) (seed 001, eq. 4), all Gaussian.
+    """Bottom-up inference model q(z|x) = q(z_1|x) prod_{i<L} q(z_{i+1}|z_i) (Cui, Wu & Han 2023, eq. 4), all Gaussian.
 
     q(z_1|x): conv trunk + linear head giving mu and log sigma; q(z_{i+1}|z_i): :class:`GaussianMLP`.
     Latents are the tuple (z_1 bottom, ..., z_L top), as the joint prior's.

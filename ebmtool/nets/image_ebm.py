@@ -1,4 +1,4 @@
-"""BiDVL's three networks (seed 003, Sec. 4.3 and 5; layer lists of the authors' ``ConvE`` and ``VAE``).
+"""BiDVL's three networks (Kan et al. 2022, Sec. 4.3 and 5; layer lists of the authors' ``ConvE`` and ``VAE``).
 
 * :class:`ImageEnergy` E_psi(v): (B, C, S, S) -> (B,), an *energy* (low on data), softplus output so E >= 0;
   every conv is spectrally normalised (``torch.nn.utils.parametrizations.spectral_norm``), LeakyReLU 0.1.

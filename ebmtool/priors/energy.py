@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from ebmtool.nets.mlp import EnergyMLP
 from ebmtool.priors.base import Prior, register_prior
 

@@ -32,7 +32,7 @@ def _insert(free: Sequence[torch.Tensor], k: int, fixed: torch.Tensor) -> Layers
 
 @register_prior("joint")
 class JointPrior(Prior):
-    """Joint EBM prior over (z_1, ..., z_L) (seed 001, eq. 6-7).
+    """Joint EBM prior over (z_1, ..., z_L) (Cui, Wu & Han 2023, eq. 6-7).
 
     ``tilt(z) = sum_i f_i(z_i)`` (one :class:`EnergyMLP` per layer) and ``base_log_prob`` is the normalised
     log-density of the Gaussian hierarchy, log N(z_L; 0, I) + sum_{i<L} log N(z_i; mu_i(z_{i+1}), sigma_i^2),

@@ -1,0 +1,98 @@
+"""ebmtool's command line: a thin Typer app. Each command parses its options, calls one function of
+:mod:`ebmtool.stages` and prints the result (a rich table, or one JSON object with --json).
+
+Every user mistake is one line on stderr and exit status 2 (divergence: 3). Langevin convention everywhere:
+z <- z + (s^2/2) grad log pi(z) + s * eps (s = --step-size).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import ClickException as _ClickException
+    from typer._click.exceptions import UsageError as _UsageError
+    from typer.exceptions import Abort as _Abort
+except ImportError:  # older typer depends on click
+    from click.exceptions import Abort as _Abort
+    from click.exceptions import ClickException as _ClickException
+    from click.exceptions import UsageError as _UsageError
+
+from ebmtool.cli import train  # noqa: F401, I001  (registers pretrain-generator and fit-prior first)
+from ebmtool.cli import commands  # noqa: F401  (registers the other commands)
+from ebmtool.cli.app import app
+from ebmtool.errors import UserError
+
+# ------------------------------------------------------------------------------------------------
+# commands that share their work across torchrun ranks; any other command runs on rank 0 alone
+PARALLEL_COMMANDS = {"pretrain-generator", "fit-prior", "sample", "reconstruct", "anomaly", "fid"}
+
+
+def _say(msg: str, code: int) -> None:
+    """One line on stderr. Under torchrun rank 0 speaks for all (every rank ran the same checks on the same
+    inputs, and training agrees on divergence and interruption across ranks); other ranks speak only when they
+    lost contact with a peer, prefixed with their rank."""
+    from ebmtool.distributed import world
+
+    w = world()
+    if w.is_main:
+        print(f"ebmtool: {msg}", file=sys.stderr)
+    elif code == 1:  # a lost peer: each rank says what it saw
+        print(f"ebmtool[rank {w.rank}]: {msg}", file=sys.stderr)
+
+
+def _command_name(args: list[str]) -> Optional[str]:
+    """The subcommand in argv (skipping the global --threads N)."""
+    it = iter(args)
+    for a in it:
+        if a == "--threads":
+            next(it, None)
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    from ebmtool import distributed
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    ok = False
+    try:
+        if distributed.launched_by_torchrun():
+            command = _command_name(args)
+            if command in PARALLEL_COMMANDS:
+                distributed.init_from_env()
+            elif os.environ.get("RANK", "0") != "0":
+                return  # nothing to share: rank 0 runs it alone
+        rv = app(args=args, prog_name="ebmtool", standalone_mode=False)
+        ok = True
+    except UserError as e:
+        _say(f"error: {e}", e.exit_code)
+        if e.exit_code == 2:
+            distributed.fail_together()
+        sys.exit(e.exit_code)
+    except _ClickException as e:
+        msg = " ".join(e.format_message().split())
+        code = 2 if isinstance(e, _UsageError) else getattr(e, "exit_code", 1)
+        _say(f"error: {msg}", code)
+        distributed.fail_together()
+        sys.exit(code)
+    except (_Abort, KeyboardInterrupt):
+        _say("interrupted", 130)
+        sys.exit(130)
+    except RuntimeError as e:
+        lost = distributed.lost_peer(e)
+        if lost is None:
+            raise
+        _say(f"error: {lost}", 1)
+        sys.exit(1)
+    finally:
+        try:
+            distributed.finish(ok)
+        except UserError as e:  # a peer died after this rank's work was done
+            _say(f"error: {e}", 1)
+            sys.exit(1)
+    if isinstance(rv, int) and rv != 0:
+        sys.exit(rv)

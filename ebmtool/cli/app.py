@@ -1,0 +1,75 @@
+"""The Typer app, the options several commands share, and how results are printed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="ebmtool: energy-based priors in the latent space of generator models. "
+                       "Stages chain through safetensors artifacts. Langevin convention: "
+                       "z <- z + (s^2/2) grad log pi(z) + s*eps.")
+
+
+@app.callback()
+def _common(threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, envvar="EBMTOOL_THREADS",
+        help="CPU threads for torch's intra-op pool (default: torch's choice; on a busy shared machine 1 can be "
+             "several times faster than 2)")) -> None:
+    """Options for every command: ebmtool [--threads N] COMMAND ..."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Dataset artifacts.")
+app.add_typer(data_app, name="data")
+
+out_console = Console()
+
+# ------------------------------------------------------------------------------------------------
+# common options
+# ------------------------------------------------------------------------------------------------
+OutOpt = typer.Option(..., "-o", "--output", help="output artifact (.safetensors)")
+ForceOpt = typer.Option(False, "--force", help="overwrite an existing output")
+JsonOpt = typer.Option(False, "--json", help="print one JSON object on stdout")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress or log lines on stderr")
+SeedOpt = typer.Option(None, "--seed", help="random seed")
+DeviceOpt = typer.Option(None, "--device", help="auto|cpu|cuda|mps")
+PrecisionOpt = typer.Option(None, "--precision", help="fp32 (default, exact) | auto (reduced only where native) | bf16 | fp16 | tf32")
+EvalPrecisionOpt = typer.Option("fp32", "--precision", help="fp32 (default) | auto | bf16 | fp16 | tf32")
+PresetOpt = typer.Option(None, "--preset", help="smoke | cpu | paper (see `ebmtool presets`)")
+ConfigOpt = typer.Option(None, "--config", help="TOML file with config values (flags override it)")
+SetOpt = typer.Option(None, "--set", help="any config field, e.g. --set posterior.steps=30 (repeatable)")
+CkEveryOpt = typer.Option(0, "--checkpoint-every", help="write a resumable checkpoint every N iterations (0: only on Ctrl-C/SIGTERM)")
+CkOpt = typer.Option(None, "--checkpoint", help="checkpoint file (default: OUTPUT with .ckpt.safetensors)")
+ResumeOpt = typer.Option(None, "--resume", help="continue from a checkpoint written by the same command")
+
+
+def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
+    from ebmtool.distributed import world
+
+    if not world().is_main:  # under torchrun rank 0 reports for all
+        return
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    t = Table(title=title, show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    for k, v in result.items():
+        if v is None:
+            continue
+        t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    out_console.print(t)
+
+
+def _s(p: Optional[Path]) -> Optional[str]:
+    return None if p is None else str(p)

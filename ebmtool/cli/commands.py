@@ -1,0 +1,257 @@
+"""The commands that open artifacts and evaluate, report or list: each parses, calls one stage function, prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ebmtool.cli.app import (EvalPrecisionOpt, ForceOpt, JsonOpt, OutOpt, QuietOpt, _s, app, data_app, emit,
+                                 out_console)
+from ebmtool.errors import UserError
+from ebmtool.methods import METHODS
+
+
+# ------------------------------------------------------------------------------------------------
+@data_app.command("prepare")
+def data_prepare(
+    dataset: str = typer.Option(..., "--dataset", help="digits | mnist | svhn | cifar10 | celeba | synthetic"),
+    output: Path = OutOpt,
+    root: Optional[str] = typer.Option(None, "--root", help="folder with the dataset's standard files"),
+    split: str = typer.Option("train", "--split", help="train | test"),
+    download: bool = typer.Option(False, "--download", help="let torchvision download into --root (needs internet)"),
+    exclude_class: Optional[int] = typer.Option(None, "--exclude-class"),
+    only_class: Optional[int] = typer.Option(None, "--only-class"),
+    anomaly_protocol: Optional[int] = typer.Option(None, "--anomaly-protocol", help="held-out class K: the anomaly protocol's split (docs/design.md)"),
+    part: Optional[str] = typer.Option(None, "--part", help="train | test part of the anomaly protocol"),
+    size: Optional[int] = typer.Option(None, "--size", help="resize to SIZE x SIZE"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="keep the first N images"),
+    force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Write a dataset artifact (uint8 images N x C x H x W, labels)."""
+    from ebmtool import stages
+    from ebmtool.config import build, nested
+    from ebmtool.data import DataConfig
+
+    cfg = build(DataConfig, nested(dict(dataset=dataset, root=root, split=split, download=download,
+                                        exclude_class=exclude_class, only_class=only_class,
+                                        anomaly_protocol=anomaly_protocol, part=part, size=size, limit=limit)),
+                where="data prepare")
+    emit(stages.data_prepare(cfg, str(output), force), as_json, "dataset")
+
+
+
+@app.command("sample")
+def sample(
+    model: Path = typer.Option(..., "--model", help="model artifact"),
+    n: int = typer.Option(64, "-n", help="number of samples"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="samples artifact"),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="PNG grid of the samples"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="prior Langevin steps (default: the model's)"),
+    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help="Langevin step size s"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="langevin | sir (multi-stage priors)"),
+    trajectory: int = typer.Option(0, "--trajectory", min=0, help="record every K-th Langevin state"),
+    trajectory_png: Optional[Path] = typer.Option(None, "--trajectory-png", help="PNG: 8 chains over time"),
+    layer_resample: Optional[int] = typer.Option(None, "--layer-resample", min=1, help="joint models: each grid row shares one sample of layer K (1 = bottom); the other layers are resampled"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = EvalPrecisionOpt,
+    force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Draw samples from a model's prior and decode them."""
+    from ebmtool import stages
+
+    if sampler is not None and sampler not in ("langevin", "sir"):
+        raise UserError(f"--sampler: unknown sampler {sampler!r} (langevin | sir)")
+    res = stages.sample(str(model), n, out=_s(output), grid=_s(grid), steps=steps, step_size=step_size,
+                        sampler=sampler, trajectory_every=trajectory, trajectory_png=_s(trajectory_png), seed=seed,
+                        device=device, force=force, layer_resample=layer_resample, precision=precision)
+    emit(res, as_json, "samples")
+
+
+@app.command("reconstruct")
+def reconstruct(
+    model: Path = typer.Option(..., "--model", help="model artifact"),
+    data: Path = typer.Option(..., "--data", help="dataset artifact"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="reconstructions artifact"),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="PNG of (real | reconstructed) pairs"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="posterior Langevin steps"),
+    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12),
+    batch_size: int = typer.Option(500, "--batch-size", min=1),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="first N images only"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = EvalPrecisionOpt,
+    force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Infer posterior latents of images and decode them; per-image and mean MSE."""
+    from ebmtool import stages
+
+    res = stages.reconstruct(str(model), str(data), out=_s(output), grid=_s(grid), steps=steps, step_size=step_size,
+                             batch_size=batch_size, limit=limit, seed=seed, device=device, force=force,
+                             precision=precision)
+    emit(res, as_json, "reconstruction")
+
+
+@app.command("anomaly")
+def anomaly(
+    model: Path = typer.Option(..., "--model", help="model artifact"),
+    data: Path = typer.Option(..., "--data", help="test dataset artifact"),
+    anomaly_class: Optional[int] = typer.Option(None, "--anomaly-class", help="the anomalous class K (label 1)"),
+    labels_positive: Optional[str] = typer.Option(None, "--labels-positive", help="comma list of anomalous classes"),
+    ood_data: Optional[Path] = typer.Option(None, "--ood-data", help="OOD dataset artifact (label 1)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="scores artifact"),
+    pr_curve: Optional[Path] = typer.Option(None, "--pr-curve", help="PNG of the precision-recall curve"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1),
+    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12),
+    batch_size: int = typer.Option(500, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = EvalPrecisionOpt,
+    force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Anomaly / OOD scores and AUPRC (the papers' auc(recall, precision)), average precision, AUROC."""
+    from ebmtool import stages
+
+    positive = None
+    if anomaly_class is not None and labels_positive is not None:
+        raise UserError("give --anomaly-class or --labels-positive, not both")
+    if anomaly_class is not None:
+        positive = [anomaly_class]
+    elif labels_positive is not None:
+        try:
+            positive = [int(v) for v in labels_positive.split(",") if v.strip()]
+        except ValueError:
+            raise UserError(f"--labels-positive {labels_positive!r}: expected a comma list of integers") from None
+        if not positive:
+            raise UserError("--labels-positive: empty list")
+    res = stages.anomaly(str(model), str(data), positive=positive, ood_path=_s(ood_data), out=_s(output),
+                         steps=steps, step_size=step_size, batch_size=batch_size, seed=seed, device=device,
+                         force=force, pr_png=_s(pr_curve), precision=precision)
+    emit(res, as_json, "anomaly")
+
+
+@app.command("fid")
+def fid(
+    samples: Path = typer.Option(..., "--samples", help="samples (or dataset) artifact"),
+    ref: Path = typer.Option(..., "--ref", help="reference dataset/samples artifact, or a statistics .npz"),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (else the torch hub cache)"),
+    features: Optional[Path] = typer.Option(None, "--features", help="features artifact from `ebmtool train-features` (dataset-specific FID)"),
+    batch_size: int = typer.Option(50, "--batch-size", min=1),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="where reference statistics are cached"),
+    device: str = typer.Option("auto", "--device"),
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Fréchet distance between samples and a reference (pytorch-fid InceptionV3 pool3, or --features)."""
+    from ebmtool import stages
+    from ebmtool.distributed import world
+
+    res = stages.fid(str(samples), str(ref), inception_weights=_s(inception_weights), features=_s(features),
+                     batch_size=batch_size, cache_dir=_s(cache_dir), device=device,
+                     progress=not quiet and sys.stderr.isatty())
+    if not world().is_main:  # under torchrun rank 0 reports for all
+        return
+    for w in res.warnings:
+        print(f"ebmtool: warning: {w}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(res.to_dict(), default=str))
+    else:
+        out_console.print(f"FID {res.value:.4f}")
+        out_console.print(res.protocol_line())
+
+
+@app.command("train-features")
+def train_features(
+    data: Path = typer.Option(..., "--data", help="labelled dataset artifact"),
+    output: Path = OutOpt,
+    epochs: int = typer.Option(5, "--epochs", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Train a small classifier whose penultimate layer is a dataset-specific FID feature space."""
+    from ebmtool import stages
+
+    res = stages.train_features(str(data), str(output), epochs=epochs, seed=seed, device=device, force=force,
+                                progress=not quiet and sys.stderr.isatty())
+    emit(res, as_json, "features")
+
+
+@app.command("inspect")
+def inspect(path: Path = typer.Argument(..., help="any ebmtool artifact"), as_json: bool = JsonOpt):
+    """Kind, config, lineage and tensor shapes of an artifact."""
+    from ebmtool import stages
+
+    info = stages.inspect(str(path))
+    if as_json:
+        print(json.dumps(info, default=str))
+        return
+    t = Table(title=f"{info['path']} ({info['kind']})", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value", overflow="fold")
+    t.add_row("kind", info["kind"])
+    t.add_row("version / format", f"{info['version']} / {info['format']}")
+    t.add_row("sha256", info["sha256"])
+    for p in info["parents"]:
+        t.add_row("parent", f"{p.get('kind')} {p.get('path')} ({str(p.get('sha256'))[:12]})")
+    for k, v in info["meta"].items():
+        t.add_row(f"meta.{k}", json.dumps(v, default=str)[:300])
+    t.add_row("config", json.dumps(info["config"])[:600])
+    out_console.print(t)
+    tt = Table(title="tensors")
+    for c in ("name", "shape", "dtype"):
+        tt.add_column(c)
+    for k, v in info["tensors"].items():
+        tt.add_row(k, "x".join(map(str, v["shape"])) or "scalar", v["dtype"])
+    out_console.print(tt)
+
+
+@app.command("plot")
+def plot(
+    path: Path = typer.Argument(..., help="model, samples (with --trajectory), scores or dataset artifact"),
+    output: Path = typer.Option(..., "-o", "--output", help="PNG file"),
+    force: bool = ForceOpt,
+):
+    """PNG of what an artifact holds: per-stage NCE losses, loss curves, Langevin energy profile, PR curve, grid."""
+    from ebmtool import stages
+
+    res = stages.plot(str(path), str(output), force)
+    out_console.print(f"{res['output']}: {res['drew']}")
+
+
+@app.command("methods")
+def methods():
+    """List the prior-fitting methods."""
+    t = Table(title="fit-prior --method")
+    t.add_column("method", style="bold")
+    t.add_column("description")
+    for k, m in METHODS.items():
+        if m.fit_prior:
+            t.add_row(k, m.description)
+    out_console.print(t)
+
+
+@app.command("presets")
+def presets():
+    """List the presets (smoke / cpu / paper) and what they set, for every method and per method."""
+    from ebmtool.config import PRESETS
+
+    t = Table(title="--preset")
+    t.add_column("preset", style="bold")
+    t.add_column("description")
+    t.add_column("settings", overflow="fold")
+    for k, p in PRESETS.items():
+        own = {m: spec.presets[k] for m, spec in METHODS.items() if k in spec.presets}
+        t.add_row(k, p["description"], json.dumps({"common": p.get("common", {}), **own}))
+    out_console.print(t)
