@@ -136,7 +136,7 @@ def data_prepare(
     exclude_class: Optional[int] = typer.Option(None, "--exclude-class"),
     only_class: Optional[int] = typer.Option(None, "--only-class"),
     anomaly_protocol: Optional[int] = typer.Option(None, "--anomaly-protocol", help="held-out class K (DESIGN §5 split)"),
-    part: Optional[str] = typer.Option(None, "--part", help="train | test part of the anomaly protocol"),
+    part: Optional[str] = typer.Option(None, "--part", help="train | test part of the anomaly protocol; fit | calibration split train 90/10 (calibration: held-out normals for anomaly --calibrate)"),
     size: Optional[int] = typer.Option(None, "--size", help="resize to SIZE x SIZE"),
     limit: Optional[int] = typer.Option(None, "--limit", help="keep the first N images"),
     force: bool = ForceOpt,
@@ -311,6 +311,10 @@ def anomaly(
     ood_data: Optional[Path] = typer.Option(None, "--ood-data", help="OOD dataset artifact (label 1)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="scores artifact"),
     pr_curve: Optional[Path] = typer.Option(None, "--pr-curve", help="PNG of the precision-recall curve"),
+    score: str = typer.Option("joint", "--score", help="joint (the papers' -log p(x, z)) | recon | prior | "
+                              "typicality (needs --calibrate) | complexity (joint in bits - PNG bits); see README"),
+    calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="held-out normal images (dataset artifact, "
+                                             "e.g. data prepare --part calibration) for --score typicality"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1),
     step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12),
     batch_size: int = typer.Option(500, "--batch-size", min=1),
@@ -337,7 +341,8 @@ def anomaly(
             raise UserError("--labels-positive: empty list")
     res = stages.anomaly(str(model), str(data), positive=positive, ood_path=_s(ood_data), out=_s(output),
                          steps=steps, step_size=step_size, batch_size=batch_size, seed=seed, device=device,
-                         force=force, pr_png=_s(pr_curve), precision=precision)
+                         force=force, pr_png=_s(pr_curve), precision=precision, score=score,
+                         calibrate=_s(calibrate))
     emit(res, as_json, "anomaly")
 
 

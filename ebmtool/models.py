@@ -71,6 +71,10 @@ class Model(nn.Module):
     def anomaly_score(self, x: torch.Tensor, **kw) -> torch.Tensor:
         raise NotImplementedError
 
+    def score_terms(self, x: torch.Tensor, **kw) -> dict[str, torch.Tensor]:
+        """The anomaly score split into its terms, each (B,), summing to ``anomaly_score`` (one term here)."""
+        return {"score": self.anomaly_score(x, **kw)}
+
     def spec(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -144,10 +148,16 @@ class LatentModel(Model):
 
     def anomaly_score(self, x, *, steps=None, step_size=None, **_):
         """-log p(x, z) at a posterior sample z (DESIGN §5): higher = more anomalous."""
+        return sum(self.score_terms(x, steps=steps, step_size=step_size).values())
+
+    def score_terms(self, x, *, steps=None, step_size=None):
+        """-log p(x, z) at one posterior sample z, up to constants, as three (B,) terms that sum to it:
+        ``recon`` = ||x - g(z)||^2 / (2 sigma^2) (= -log p(x|z)), ``tilt`` = -f(z) (or -sum_k log r_k(z)),
+        ``base`` = -log p0(z) (||z||^2/2 under N(0, I))."""
         refine = steps is not None or step_size is not None
         z, _t = self.infer(x, self.inference.override(steps, step_size), refine=refine)
         with torch.no_grad():
-            return -self.log_joint(x, z)
+            return {"recon": -self.log_lik(x, z), "tilt": -self.prior.tilt(z), "base": -self.prior.base_log_prob(z)}
 
     # --- serialisation ------------------------------------------------------------------------
     def spec(self):

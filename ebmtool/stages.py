@@ -103,7 +103,9 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
         raise UserError(f"--checkpoint {ck_path}: must differ from the output file")
     config_json = cfg.model_dump(mode="json")
     resume_art = None
-    if resume_art is None and ck_path.exists() and not force:
+    # an existing checkpoint is only overwritten when it is the one being resumed (or with --force)
+    resuming_it = resume is not None and Path(resume).resolve() == ck_path.resolve()
+    if ck_path.exists() and not resuming_it and not force:
         raise UserError(f"{ck_path}: a checkpoint of an earlier run exists (continue it with --resume {ck_path}, or pass --force)")
     artifacts.check_output(ck_path, True)
     device = resolve_device(cfg.device)
@@ -194,7 +196,7 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
                             "steps": steps, "step_size": step_size, "sampler": sampler, "layer_resample": layer_resample}
     if res.trajectory is not None:
         tr = res.trajectory
-        tensors["trajectory.steps"] = torch.tensor(tr.steps)
+        tensors["trajectory.steps"] = torch.tensor(tr.steps, device="cpu")
         tensors["trajectory.log_prob"] = tr.stacked_log_probs().cpu()
         with torch.no_grad():
             from ebmtool.models import bottom
@@ -259,14 +261,38 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
     return {**res, "output": out, "grid": grid}
 
 
+def score_terms(model: Model, x: torch.Tensor, *, steps: Optional[int] = None, step_size: Optional[float] = None,
+                batch_size: int = 500, device: torch.device) -> dict[str, torch.Tensor]:
+    """The terms of the model's anomaly score for every image (see :mod:`ebmtool.eval.scores`), each (N,) float64."""
+    names: list[str] = []
+
+    def fn(b):
+        t = model.score_terms(b, steps=steps, step_size=step_size)
+        names[:] = list(t)
+        return tuple(t.values())
+
+    vals = batched(fn, x, batch_size, device)
+    return {k: v.double() for k, v in zip(names, vals)}
+
+
 def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = None, ood_path: Optional[str] = None,
             out: Optional[str] = None, steps: Optional[int] = None, step_size: Optional[float] = None,
             batch_size: int = 500, seed: int = 0, device: str = "auto", force: bool = False,
-            pr_png: Optional[str] = None, precision: str = "fp32") -> dict[str, Any]:
+            pr_png: Optional[str] = None, precision: str = "fp32", score: str = "joint",
+            calibrate: Optional[str] = None) -> dict[str, Any]:
+    """Anomaly / OOD evaluation with the label-free score ``score`` (:data:`ebmtool.eval.scores.SCORES`).
+    ``calibrate``: a dataset of held-out normals whose mean joint score anchors ``typicality``."""
     from ebmtool.eval.anomaly import binary_labels, metrics
+    from ebmtool.eval import scores as S
 
     if (positive is None) == (ood_path is None):
         raise UserError("anomaly: give exactly one of --anomaly-class/--labels-positive or --ood-data")
+    if score not in S.SCORES:
+        raise UserError(f"--score: unknown score {score!r} (choose from {', '.join(S.SCORES)})")
+    if calibrate is not None and score != "typicality":
+        raise UserError(f"--calibrate: only the typicality score uses it (got --score {score})")
+    if score == "typicality" and calibrate is None:
+        S.score("typicality", {}, calibration=None)  # raises the one-line error
     for p in (out, pr_png):
         if p is not None:
             artifacts.check_output(p, force)
@@ -280,19 +306,31 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
         xo, _, ood_art = load_images(ood_path, what="--ood-data")
         _check_fits(model, xo, ood_path)
         x = torch.cat([x, xo])
-        y = torch.cat([torch.zeros(len(x) - len(xo), dtype=torch.long), torch.ones(len(xo), dtype=torch.long)])
+        y = torch.cat([torch.zeros(len(x) - len(xo), dtype=torch.long, device=x.device), torch.ones(len(xo), dtype=torch.long, device=x.device)])
         parents.append(ood_art)
     else:
         y = binary_labels(labels, positive)
+    cal_mean = None
+    if calibrate is not None:
+        xc, _, cal_art = load_images(calibrate, what="--calibrate")
+        _check_fits(model, xc, calibrate)
+        parents.append(cal_art)
+    kw = dict(steps=steps, step_size=step_size, batch_size=batch_size, device=dev)
     with _precision(precision, dev):
-        scores = batched(lambda b: model.anomaly_score(b, steps=steps, step_size=step_size), x, batch_size, dev)
-    scores = scores.float()
+        terms = score_terms(model, x, **kw)
+        if calibrate is not None:
+            cal_mean = float(S.joint(score_terms(model, xc, **kw)).mean())
+    what = f"{model.method} model" if isinstance(model, LatentModel) else f"a {model.method} model"
+    scores = torch.from_numpy(S.score(score, terms, images=_to_uint8(x), calibration=cal_mean, model=what))
     m = metrics(y, scores)
-    res = {**m.as_dict(), "model_method": model.method, "score": "-log p(x, z) at posterior samples"
-           if isinstance(model, LatentModel) else getattr(model, "score_name", "anomaly score"),
+    base = ("-log p(x, z) at posterior samples" if isinstance(model, LatentModel)
+            else getattr(model, "score_name", "anomaly score"))
+    res = {**m.as_dict(), "model_method": model.method, "score": score, "score_description": base if score == "joint"
+           else f"{score} (from {base})", "calibration_mean_joint": cal_mean,
            "anomaly_classes": positive, "ood_data": ood_path}
     if out is not None:
-        artifacts.save(out, "scores", {"scores": scores.double(), "labels": y}, meta=res, parents=parents, force=True)
+        tensors = {"scores": scores.double(), "labels": y, **{f"terms.{k}": v for k, v in terms.items()}}
+        artifacts.save(out, "scores", tensors, meta=res, parents=parents, force=True)
     if pr_png is not None:
         from ebmtool.eval.plots import pr_curve_png
 
