@@ -531,7 +531,7 @@ def compute_statistics(
 
     # under torchrun each rank extracts the features of its contiguous shard; all are gathered in order
     lo, hi = distributed.bounds(n) if distributed.world().parallel else (0, n)
-    local = torch.empty((hi - lo, d), dtype=torch.float64)
+    local = torch.empty((hi - lo, d), dtype=torch.float64, device="cpu")  # features gather on the host
     starts = range(lo, hi, int(batch_size))
     for i in _progress(starts, len(starts), f"features ({what})", progress and distributed.world().is_main):
         f = extractor(images_to_float(x[i : min(i + batch_size, hi)]))
@@ -840,8 +840,8 @@ def train_features(
 
     t0 = time.perf_counter()
     torch.manual_seed(int(seed))
-    g = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(n, generator=g)
+    g = torch.Generator(device="cpu").manual_seed(int(seed))
+    perm = torch.randperm(n, generator=g, device="cpu")
     test_idx, train_idx = perm[:n_test], perm[n_test:]
     dev = torch.device(device)
     net = FeatureClassifier(int(classes.numel()), widths).to(dev)
@@ -849,7 +849,7 @@ def train_features(
     bs = int(batch_size)
     for epoch in _progress(range(int(epochs)), int(epochs), "train-features", progress):
         net.train()
-        order = train_idx[torch.randperm(train_idx.numel(), generator=g)]
+        order = train_idx[torch.randperm(train_idx.numel(), generator=g, device="cpu")]
         for step, i in enumerate(range(0, order.numel(), bs)):
             idx = order[i : i + bs]
             if idx.numel() < 2 and order.numel() > 1:

@@ -143,14 +143,14 @@ class History:
         return means
 
     def tensors(self, prefix: str = "history") -> dict[str, torch.Tensor]:
-        return {f"{prefix}.{k}": torch.tensor(v, dtype=torch.float32) for k, v in self.epochs.items()}
+        return {f"{prefix}.{k}": torch.tensor(v, dtype=torch.float32, device="cpu") for k, v in self.epochs.items()}
 
     def summary(self) -> dict[str, float]:
         return {k: v[-1] for k, v in self.epochs.items() if v}
 
 
 def batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    perm = torch.randperm(n, generator=gen)
+    perm = torch.randperm(n, generator=gen, device=gen.device)
     return [perm[i: i + batch_size] for i in range(0, n, batch_size)]
 
 
@@ -204,7 +204,7 @@ def train_loop(
             if (epoch + 1) * n_batches < resume_it:  # finished (with its epoch-end actions) before the checkpoint
                 progress.update(task, advance=n_batches)
                 continue
-            gen = torch.Generator().manual_seed(ctx.seed * 100003 + epoch)
+            gen = torch.Generator(device="cpu").manual_seed(ctx.seed * 100003 + epoch)
             t0 = time.perf_counter()
             for b, idx in enumerate(batches(n, batch_size, gen)):
                 it = epoch * n_batches + b
