@@ -62,18 +62,24 @@ class Model(nn.Module):
     image_shape: tuple[int, int, int]
     method: str = "?"
 
-    def sample(self, n: int, **kw) -> SampleOutput:
+    # The verbs take exactly the options the stages pass; a model honours each one or refuses it with a UserError
+    # (never a **kwargs that swallows it).
+    def sample(self, n: int, *, steps: Optional[int] = None, step_size: Optional[float] = None,
+               sampler: Optional[str] = None, record_every: int = 0) -> SampleOutput:
         raise NotImplementedError
 
-    def reconstruct(self, x: torch.Tensor, **kw) -> tuple[torch.Tensor, Latent | None]:
+    def reconstruct(self, x: torch.Tensor, *, steps: Optional[int] = None, step_size: Optional[float] = None
+                    ) -> tuple[torch.Tensor, Latent | None]:
         raise NotImplementedError
 
-    def anomaly_score(self, x: torch.Tensor, **kw) -> torch.Tensor:
+    def anomaly_score(self, x: torch.Tensor, *, steps: Optional[int] = None, step_size: Optional[float] = None
+                      ) -> torch.Tensor:
         raise NotImplementedError
 
-    def score_terms(self, x: torch.Tensor, **kw) -> dict[str, torch.Tensor]:
+    def score_terms(self, x: torch.Tensor, *, steps: Optional[int] = None, step_size: Optional[float] = None
+                    ) -> dict[str, torch.Tensor]:
         """The anomaly score split into its terms, each (B,), summing to ``anomaly_score`` (one term here)."""
-        return {"score": self.anomaly_score(x, **kw)}
+        return {"score": self.anomaly_score(x, steps=steps, step_size=step_size)}
 
     def spec(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -131,7 +137,11 @@ class LatentModel(Model):
                         freeze=[self], record_every=record_every, what=what)
 
     # --- the verbs ----------------------------------------------------------------------------
-    def sample(self, n: int, *, steps=None, step_size=None, sampler=None, record_every: int = 0, **_):
+    def sample(self, n: int, *, steps=None, step_size=None, sampler=None, record_every: int = 0):
+        if self.prior.is_base and (steps is not None or step_size is not None or sampler is not None):
+            given = "/".join(o for o, v in (("--steps", steps), ("--step-size", step_size), ("--sampler", sampler))
+                             if v is not None)
+            raise UserError(f"{given}: a {self.method} model's prior is N(0, I), drawn exactly (there is no prior chain)")
         ch = self.sampling.override(steps, step_size)
         z, traj = self.prior.sample(n, steps=ch.steps, step_size=ch.step_size, sampler=sampler or self.sampler,
                                     device=_device_of(self), record_every=record_every)
@@ -139,14 +149,14 @@ class LatentModel(Model):
             x = self.generator(bottom(z))
         return SampleOutput(x, z, traj)
 
-    def reconstruct(self, x, *, steps=None, step_size=None, **_):
+    def reconstruct(self, x, *, steps=None, step_size=None):
         # an explicit chain (--steps/--step-size) refines an encoder's z instead of being ignored
         refine = steps is not None or step_size is not None
         z, _t = self.infer(x, self.inference.override(steps, step_size), refine=refine)
         with torch.no_grad():
             return self.generator(bottom(z)), z
 
-    def anomaly_score(self, x, *, steps=None, step_size=None, **_):
+    def anomaly_score(self, x, *, steps=None, step_size=None):
         """-log p(x, z) at a posterior sample z (DESIGN §5): higher = more anomalous."""
         return sum(self.score_terms(x, steps=steps, step_size=step_size).values())
 
