@@ -213,16 +213,36 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     return {"output": out, "grid": grid, "n": n, "image_shape": list(images.shape[1:])}
 
 
-def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None) -> None:
-    """PNG grid through torchvision's save_image (written atomically)."""
+MIN_GRID_PX = 256  # short side of a saved grid when --scale is not given
+
+
+def grid_scale(short_side: int, scale: Optional[int] = None) -> int:
+    """Integer nearest-neighbour factor: ``scale`` if given (>= 1), else the least one that makes the short side
+    at least MIN_GRID_PX."""
+    if scale is not None:
+        if scale < 1:
+            raise UserError(f"--scale {scale}: must be a whole number >= 1")
+        return int(scale)
+    return max(1, -(-MIN_GRID_PX // max(1, short_side)))
+
+
+def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None, scale: Optional[int] = None) -> None:
+    """PNG grid (written atomically), ``nrow`` images per row (default: a square grid, ceil(sqrt(n))), upscaled by
+    nearest neighbour by ``scale`` (default: enough for MIN_GRID_PX on the short side) so one can judge it by eye."""
     import math
 
-    from torchvision.utils import save_image
+    from PIL import Image
+    from torchvision.utils import make_grid
 
     images_u8 = images_u8[:256]
-    nrow = nrow or max(1, int(math.sqrt(len(images_u8))))
+    nrow = nrow or max(1, math.ceil(math.sqrt(len(images_u8))))
+    g = make_grid(images_u8, nrow=nrow, padding=1, pad_value=128)  # uint8 (C, H, W); C is 3 for grey input
+    k = grid_scale(min(g.shape[1], g.shape[2]), scale)
+    img = Image.fromarray(g.permute(1, 2, 0).contiguous().numpy())
+    if k > 1:
+        img = img.resize((img.width * k, img.height * k), Image.NEAREST)
     with artifacts.atomic_write(path) as tmp:
-        save_image(images_u8.float() / 255.0, tmp, nrow=nrow, padding=1, format="png")
+        img.save(tmp, format="PNG")
 
 
 def _check_fits(model: Model, x: torch.Tensor, data_path: str) -> None:
