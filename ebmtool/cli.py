@@ -70,6 +70,10 @@ SetOpt = typer.Option(None, "--set", help="any config field, e.g. --set posterio
 CkEveryOpt = typer.Option(0, "--checkpoint-every", help="write a resumable checkpoint every N iterations (0: only on Ctrl-C/SIGTERM)")
 CkOpt = typer.Option(None, "--checkpoint", help="checkpoint file (default: OUTPUT with .ckpt.safetensors)")
 ResumeOpt = typer.Option(None, "--resume", help="continue from a checkpoint written by the same command")
+TensorBoardOpt = typer.Option(None, "--tensorboard", help="DIR: TensorBoard scalars and a sample grid per epoch "
+                              "(needs pip install -e '.[tensorboard]')")
+ScaleOpt = typer.Option(None, "--scale", min=1, help="upscale the PNG grid by this whole factor, nearest neighbour "
+                        "(default: the least giving >= 256 px on the short side)")
 
 
 def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
@@ -155,7 +159,8 @@ def data_prepare(
 
 
 def _train(method: str, flags: dict[str, Any], sets, preset, config, data, init, output, force, quiet, as_json,
-           *, fit_prior: bool = True, ck_every: int = 0, ck: Optional[Path] = None, resume: Optional[Path] = None):
+           *, fit_prior: bool = True, ck_every: int = 0, ck: Optional[Path] = None, resume: Optional[Path] = None,
+           tensorboard: Optional[Path] = None):
     from ebmtool import stages
     from ebmtool.config import deep_merge, resolve
     from ebmtool.methods import METHODS
@@ -166,7 +171,8 @@ def _train(method: str, flags: dict[str, Any], sets, preset, config, data, init,
     cfg = resolve(METHODS[method].config, method=method, preset=preset, toml=config,
                   flags=deep_merge(nested(flags), parse_sets(sets)))
     res = stages.train(method, cfg, str(data), str(output), init_path=str(init) if init else None, force=force,
-                       quiet=quiet, checkpoint_every=ck_every, checkpoint=_s(ck), resume=_s(resume))
+                       quiet=quiet, checkpoint_every=ck_every, checkpoint=_s(ck), resume=_s(resume),
+                       tensorboard=_s(tensorboard))
     emit(res, as_json, f"{method}")
 
 
@@ -188,6 +194,7 @@ def pretrain_generator(
     checkpoint_every: int = CkEveryOpt,
     checkpoint: Optional[Path] = CkOpt,
     resume: Optional[Path] = ResumeOpt,
+    tensorboard: Optional[Path] = TensorBoardOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -196,7 +203,7 @@ def pretrain_generator(
     flags = {"epochs": epochs, "batch_size": batch_size, "generator.arch": arch, "generator.nz": nz, "seed": seed,
              "device": device, "precision": precision}
     _train("pretrain", flags, sets, preset, config, data, init, output, force, quiet, as_json, fit_prior=False,
-           ck_every=checkpoint_every, ck=checkpoint, resume=resume)
+           ck_every=checkpoint_every, ck=checkpoint, resume=resume, tensorboard=tensorboard)
 
 
 def _method_help() -> str:
@@ -231,6 +238,7 @@ def fit_prior(
     checkpoint_every: int = CkEveryOpt,
     checkpoint: Optional[Path] = CkOpt,
     resume: Optional[Path] = ResumeOpt,
+    tensorboard: Optional[Path] = TensorBoardOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -241,7 +249,7 @@ def fit_prior(
              "basic_ratio": basic_ratio, "offset": offset, "generator.arch": arch, "generator.nz": nz,
              "seed": seed, "device": device, "precision": precision}
     _train(method, flags, sets, preset, config, data, init, output, force, quiet, as_json,
-           ck_every=checkpoint_every, ck=checkpoint, resume=resume)
+           ck_every=checkpoint_every, ck=checkpoint, resume=resume, tensorboard=tensorboard)
 
 
 @app.command("sample")
@@ -254,7 +262,8 @@ def sample(
     step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help="Langevin step size s"),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="langevin | sir (multi-stage priors)"),
     trajectory: int = typer.Option(0, "--trajectory", min=0, help="record every K-th Langevin state"),
-    trajectory_png: Optional[Path] = typer.Option(None, "--trajectory-png", help="PNG: 8 chains over time"),
+    trajectory_png: Optional[Path] = typer.Option(None, "--trajectory-png", help="PNG: one row per chain (8), time left to right"),
+    scale: Optional[int] = ScaleOpt,
     layer_resample: Optional[int] = typer.Option(None, "--layer-resample", min=1, help="joint models: each grid row shares one sample of layer K (1 = bottom); the other layers are resampled"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
@@ -269,7 +278,7 @@ def sample(
         raise UserError(f"--sampler: unknown sampler {sampler!r} (langevin | sir)")
     res = stages.sample(str(model), n, out=_s(output), grid=_s(grid), steps=steps, step_size=step_size,
                         sampler=sampler, trajectory_every=trajectory, trajectory_png=_s(trajectory_png), seed=seed,
-                        device=device, force=force, layer_resample=layer_resample, precision=precision)
+                        device=device, force=force, layer_resample=layer_resample, precision=precision, scale=scale)
     emit(res, as_json, "samples")
 
 
@@ -287,6 +296,7 @@ def reconstruct(
     step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12),
     batch_size: int = typer.Option(500, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="first N images only"),
+    scale: Optional[int] = ScaleOpt,
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
     precision: str = EvalPrecisionOpt,
@@ -298,7 +308,7 @@ def reconstruct(
 
     res = stages.reconstruct(str(model), str(data), out=_s(output), grid=_s(grid), steps=steps, step_size=step_size,
                              batch_size=batch_size, limit=limit, seed=seed, device=device, force=force,
-                             precision=precision)
+                             precision=precision, scale=scale)
     emit(res, as_json, "reconstruction")
 
 
@@ -434,15 +444,17 @@ def inspect(path: Path = typer.Argument(..., help="any ebmtool artifact"), as_js
 @app.command("plot")
 def plot(
     path: Path = typer.Argument(..., help="model, samples (with --trajectory), scores or dataset artifact"),
-    output: Path = typer.Option(..., "-o", "--output", help="PNG file"),
+    output: Path = typer.Option(..., "-o", "--output", help="figure file: .png, .pdf or .svg (image grids: .png)"),
+    scale: Optional[int] = ScaleOpt,
     force: bool = ForceOpt,
 ):
-    """PNG of what an artifact holds: per-stage NCE losses, loss curves, Langevin energy profile, PR curve, grid."""
+    """Figure of what an artifact holds (matplotlib): NCE loss per stage, loss curves, Langevin energy profile,
+    PR and ROC curves; datasets and samples: an image grid."""
     from ebmtool import artifacts
     from ebmtool.eval.plots import plot_artifact
 
     artifacts.check_output(output, force)
-    what = plot_artifact(artifacts.load(path), str(output))
+    what = plot_artifact(artifacts.load(path), str(output), scale=scale)
     out_console.print(f"{output}: {what}")
 
 

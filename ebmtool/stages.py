@@ -84,12 +84,13 @@ def checkpoint_path(out: str) -> Path:
 
 def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str] = None, force: bool = False,
           quiet: bool = False, checkpoint_every: int = 0, checkpoint: Optional[str] = None,
-          resume: Optional[str] = None) -> dict[str, Any]:
+          resume: Optional[str] = None, tensorboard: Optional[str] = None) -> dict[str, Any]:
     """Fit ``method`` with the resolved ``cfg`` on ``data_path``; write a model artifact to ``out``.
 
     With ``checkpoint_every`` > 0 (or on SIGINT/SIGTERM) a resumable checkpoint is written to ``checkpoint``
     (default: OUT with suffix .ckpt.safetensors); ``resume`` continues from one. The checkpoint is removed
-    once the model artifact is written."""
+    once the model artifact is written. ``tensorboard``: a directory for TensorBoard scalars and sample grids
+    per epoch (:mod:`ebmtool.tensorboard`)."""
     from ebmtool.checkpoint import Checkpointer, open_resume
 
     spec = METHODS[method]
@@ -108,6 +109,10 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
     if ck_path.exists() and not resuming_it and not force:
         raise UserError(f"{ck_path}: a checkpoint of an earlier run exists (continue it with --resume {ck_path}, or pass --force)")
     artifacts.check_output(ck_path, True)
+    if tensorboard is not None:
+        from ebmtool.tensorboard import require
+
+        require()  # one line before any work when the package is missing
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     data = open_training_data(data_path, device)
@@ -129,12 +134,20 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
                         "(fp16 is available for sample/reconstruct/anomaly)")
     ctx = RunContext(device=device, quiet=quiet or not distributed.world().is_main, seed=cfg.seed, ckpt=ck,
                      precision=prec)
+    tb = None
+    if tensorboard is not None:
+        from ebmtool.tensorboard import TensorBoardLogger
+
+        tb = TensorBoardLogger(tensorboard)
+        ctx.on_epoch = lambda label, epoch, means: tb.log_epoch(label, epoch, means, ck.objects.get("model"))
     t0 = time.perf_counter()
     handlers = ck.install_signal_handlers()  # Ctrl-C / SIGTERM: checkpoint at the next iteration boundary
     try:
         res: FitResult = spec.fit(cfg, data, init, init_art, ctx)
     finally:
         ck.restore_signal_handlers(handlers)
+        if tb is not None:
+            tb.close()
     wall = time.perf_counter() - t0
     model = res.model
     tensors = {**model_tensors(model), **res.history.tensors(), **res.tensors}
@@ -157,7 +170,8 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
 def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional[str] = None,
            steps: Optional[int] = None, step_size: Optional[float] = None, sampler: Optional[str] = None,
            trajectory_every: int = 0, trajectory_png: Optional[str] = None, seed: int = 0, device: str = "auto",
-           force: bool = False, layer_resample: Optional[int] = None, precision: str = "fp32") -> dict[str, Any]:
+           force: bool = False, layer_resample: Optional[int] = None, precision: str = "fp32",
+           scale: Optional[int] = None) -> dict[str, Any]:
     if out is None and grid is None:
         raise UserError("sample: give -o FILE.safetensors and/or --grid FILE.png")
     if n < 1:
@@ -206,10 +220,10 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     if out is not None:
         artifacts.save(out, "samples", tensors, meta=meta, parents=[art], force=True)
     if grid is not None:
-        save_grid(images, grid, nrow=8 if layer_resample else None)
+        save_grid(images, grid, nrow=8 if layer_resample else None, scale=scale)
     if trajectory_png is not None:
         t = tensors["trajectory.images"]  # (T, 8, C, H, W): rows = chains, columns = time
-        save_grid(t.transpose(0, 1).reshape(-1, *t.shape[2:]), trajectory_png, nrow=t.shape[0])
+        save_grid(t.transpose(0, 1).reshape(-1, *t.shape[2:]), trajectory_png, nrow=t.shape[0], scale=scale)
     return {"output": out, "grid": grid, "n": n, "image_shape": list(images.shape[1:])}
 
 
@@ -253,7 +267,7 @@ def _check_fits(model: Model, x: torch.Tensor, data_path: str) -> None:
 def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, grid: Optional[str] = None,
                 steps: Optional[int] = None, step_size: Optional[float] = None, batch_size: int = 500,
                 limit: Optional[int] = None, seed: int = 0, device: str = "auto", force: bool = False,
-                precision: str = "fp32") -> dict[str, Any]:
+                precision: str = "fp32", scale: Optional[int] = None) -> dict[str, Any]:
     for p in (out, grid):
         if p is not None:
             artifacts.check_output(p, force)
@@ -277,7 +291,7 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
     if grid is not None:
         k = min(32, len(x))
         pairs = torch.stack([_to_uint8(x[:k]), _to_uint8(xhat[:k])], 1).reshape(-1, *x.shape[1:])
-        save_grid(pairs, grid, nrow=16)
+        save_grid(pairs, grid, nrow=16, scale=scale)
     return {**res, "output": out, "grid": grid}
 
 

@@ -127,3 +127,38 @@ def test_grid_8x8_at_least_256px_and_square(tmp_path):
         assert im.size == ((4 * 9 + 1) * 2, (3 * 9 + 1) * 2)
     with pytest.raises(UserError, match="--scale"):
         save_grid(imgs, str(tmp_path / "z.png"), scale=0)
+
+
+def test_trajectory_png_one_row_per_chain(tmp_path, mle_model):
+    from ebmtool import artifacts, stages
+
+    stages.sample(str(mle_model), 8, out=str(tmp_path / "t.safetensors"), steps=6, trajectory_every=2,
+                  trajectory_png=str(tmp_path / "t.png"), device="cpu")
+    t = artifacts.load(tmp_path / "t.safetensors").tensors["trajectory.images"]  # (T, chains, C, H, W)
+    T, chains, _, h, w = t.shape
+    assert (T, chains) == (4, 8)
+    with Image.open(tmp_path / "t.png") as im:
+        a = np.asarray(im.convert("L"))
+    k = a.shape[0] // (chains * (h + 1) + 1)
+    assert k >= 2 and a.shape == (k * (chains * (h + 1) + 1), k * (T * (w + 1) + 1))  # >= 256 px tall
+    a = a[::k, ::k]
+    for c in (0, 5):  # row c is chain c, time runs left to right
+        row = [a[1 + c * (h + 1):][:h, 1 + j * (w + 1):][:, :w] for j in range(T)]
+        assert all(np.array_equal(row[j], t[j, c, 0].numpy()) for j in range(T))
+
+
+def test_plot_command_figures(tmp_path, nce_model, mle_model, digits_ds):
+    from conftest import run_cli
+
+    r = run_cli(["plot", str(nce_model), "-o", str(tmp_path / "nce.svg")]).ok()
+    svg = (tmp_path / "nce.svg").read_text()
+    assert "NCE loss (nats)" in svg and "chance 2 ln 2" in svg, r.out
+    run_cli(["plot", str(mle_model), "-o", str(tmp_path / "mle.png")]).ok()
+    assert "matplotlib" in _software(tmp_path / "mle.png").lower()
+    run_cli(["plot", str(digits_ds), "-o", str(tmp_path / "d.png"), "--scale", "3"]).ok()
+    with Image.open(tmp_path / "d.png") as im:
+        assert im.size == (3 * (10 * 9 + 1), 3 * (10 * 9 + 1))  # 100 digits, 10 per row
+    bad = run_cli(["plot", str(mle_model), "-o", str(tmp_path / "x.gif")])
+    assert bad.code == 2 and len(bad.err_lines) == 1 and ".png, .pdf or .svg" in bad.err
+    bad = run_cli(["plot", str(digits_ds), "-o", str(tmp_path / "d.svg")])
+    assert bad.code == 2 and len(bad.err_lines) == 1 and ".png" in bad.err

@@ -116,6 +116,8 @@ class RunContext:
     seed: int = 0
     ckpt: Checkpointer = field(default_factory=Checkpointer)
     precision: Precision = field(default_factory=lambda: Precision("fp32", "default"))
+    # called as on_epoch(label, epoch, per-epoch means) at each epoch end (e.g. TensorBoard, ebmtool.tensorboard)
+    on_epoch: Optional[Callable[[str, int, dict[str, float]], None]] = None
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -252,6 +254,8 @@ def train_loop(
             means = history.close_epoch(epoch * per_epoch)
             ctx.log(f"[{label}] epoch {epoch + 1} ({time.perf_counter() - t0:.1f}s) "
                     + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+            if ctx.on_epoch is not None:
+                ctx.on_epoch(label, epoch, means)
     if W.parallel:  # modules a method creates after this loop (the next adaptive-NCE stage) start equal
         torch.manual_seed(ctx.seed * 1_000_003 + epoch_offset + epochs)
     return history
