@@ -1,18 +1,35 @@
-"""CPU anomaly benchmark: the hold-one-digit protocol (docs/design.md §5) on the real MNIST test set.
+"""MNIST hold-one-digit anomaly benchmark, protocol v2 (docs/design.md, "Evaluation protocols").
 
-For each held-out digit K and seed: prepare the protocol split once (cached), pretrain one generator
-(the 0-stage model, shared by every method so they are compared on the same generator), fit each method
-with --init that generator, score the test part. Baselines on the very same split: PCA reconstruction
-error and the 0-stage model. One CSV row per (method, digit, seed) is appended to
-benchmarks/results/anomaly_mnist.csv as soon as it is measured; rows already there are skipped, so a later
-session resumes where this one stopped.
+The split: the real 10,000-image MNIST test set (the only MNIST on this project's machines; ``MNIST_ROOT``
+overrides where it is read), for held-out digit K: 20% of the normals + every K for testing, the other
+80% of normals for training, of which 10% are held out from fitting as *calibration* normals (used only by
+the label-free ``typicality`` score). Every row of a (digit, seed) is fitted on the same ``fit`` part and
+scored on the same ``test`` part.
 
-    .venv/bin/python benchmarks/anomaly_mnist.py [--digits 1 4 5 7 9] [--seeds 0 1 2] [--methods mle adaptive-nce]
-                                                 [--precision fp32|bf16]
+Rows, each the way its paper trains it:
 
---precision runs the whole pipeline (pretraining, fitting, scoring) at that precision, so that rows of the same
-digit and seed measure the quality cost of reduced precision (issue 9). Each row also records the test-set
-reconstruction MSE of the model (pixels in [-1, 1]).
+- ``pca``: PCA (32 components) reconstruction error; ``random``: the prevalence (AUPRC of a random score).
+- ``pretrain``: the 0-stage generator, z ~ N(0, I), trained with posterior Langevin.
+- ``mle``: LEBM from scratch (Pang et al. 2020, Algorithm 1: prior and generator from initialisation).
+- ``adaptive-nce``: 4 NCE stages from the 0-stage generator (Xiao & Han), added one stage at a time.
+- ablations (published digits): ``mle-warm`` (LEBM from the 0-stage generator), ``nce`` (1 stage),
+  ``adaptive-nce-tre`` (``--non-adaptive``), ``joint-mle`` (Cui et al. 2023, from scratch).
+
+Scoring, equal for every latent model: posterior short-run Langevin, ``SCORE_CHAIN`` steps and step size,
+from N(0, I); ``CHAINS`` independent chains per image at the final checkpoint, AUPRC per chain, reported as
+the mean and std over chains. Every label-free score of ``ebmtool.eval.scores`` is a column, from the
+same chains. The reconstruction MSE at the posterior sample is kept separately for normals and anomalies.
+
+Learning curves: mle is trained in chunks of ``CHUNK`` epochs (each chunk continues the previous model
+with ``--init``: Adam's moments restart, the weights do not), adaptive NCE stage by stage; after each
+chunk / stage one chain scores the test part and a row goes to ``anomaly_mnist_curve.csv``.
+
+One CSV row per (method, digit, seed, precision) is appended as soon as it is measured; rows already in
+the file are skipped, so the table fills in over several sessions.
+
+    .venv/bin/python benchmarks/anomaly_mnist.py [--digits 1 4 5 7 9] [--seeds 0 1 2]
+        [--methods pretrain mle adaptive-nce] [--precision bf16] [--threads 1]
+    .venv/bin/python benchmarks/anomaly_mnist.py --report      # markdown tables from the CSV
 """
 
 from __future__ import annotations
@@ -24,228 +41,236 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ebmtool import runtime, stages  # noqa: E402
+from ebmtool import stages  # noqa: E402
 from ebmtool.config import resolve  # noqa: E402
 from ebmtool.data import DataConfig, load_images  # noqa: E402
+from ebmtool.eval import scores as S  # noqa: E402
 from ebmtool.eval.anomaly import binary_labels, metrics, pca_scores  # noqa: E402
 from ebmtool.methods import METHODS  # noqa: E402
+from ebmtool import runtime  # noqa: E402
+from ebmtool.models import load_model  # noqa: E402
+from ebmtool.runtime import resolve as resolve_precision  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "anomaly_mnist.csv"
-WORK = ROOT / "runs" / "anomaly_mnist"
-MNIST = Path(os.environ.get("MNIST_ROOT") or ROOT.parent / "shared" / "data" / "mnist")  # $MNIST_ROOT overrides
-# The training budget of every row (the cpu preset plus these flags); recorded in each row.
+RESULTS = ROOT / "benchmarks" / "results" / "anomaly_mnist_v2.csv"
+CURVE = ROOT / "benchmarks" / "results" / "anomaly_mnist_curve.csv"
+WORK = ROOT / "runs" / "anomaly_mnist_v2"
+MNIST = Path(os.environ.get("MNIST_ROOT", ROOT.parent / "shared" / "data" / "mnist"))
+PROTOCOL = "v2"
+CHAINS = 2
+SCORE_CHAIN = {"steps": 30, "step_size": 0.1}
+CHUNK = 4  # mle epochs per curve point
+# The budget of every row: the cpu preset plus these flags (one generator size shared by all rows).
+NET = {"generator": {"nz": 16, "ngf": 16}}
 BUDGET = {
-    "pretrain": {"epochs": 10, "generator": {"ngf": 16}},
-    "mle": {"epochs": 5},
-    "adaptive-nce": {"stages": 4, "epochs_per_stage": 2},
+    "pretrain": {"epochs": 10, **NET},
+    "mle": {"epochs": 16, **NET},
+    "mle-warm": {"epochs": 8, **NET},
+    "joint-mle": {"epochs": 16, **NET},
+    "adaptive-nce": {"stages": 4, "epochs_per_stage": 2, **NET},
+    "nce": {"stages": 1, "epochs_per_stage": 8, **NET},
+    "adaptive-nce-tre": {"stages": 4, "epochs_per_stage": 2, "non_adaptive": True, **NET},
 }
-PAPER_AUPRC = {  # seeds' Table (MNIST, AUPRC, leaky split in the original code)
+METHOD_OF = {"mle-warm": "mle", "adaptive-nce-tre": "adaptive-nce"}
+FROM_GEN = {"mle-warm", "adaptive-nce", "nce", "adaptive-nce-tre"}  # --init the 0-stage generator
+CORE = ["pca", "random", "pretrain", "mle", "adaptive-nce"]
+ABLATIONS = ["mle-warm", "nce", "adaptive-nce-tre", "joint-mle"]
+PAPER_AUPRC = {  # LEBM Table 4 and adaptive NCE Table 2 (MNIST, AUPRC; the original code's split leaks)
     "mle": {1: 0.336, 4: 0.630, 5: 0.619, 7: 0.463, 9: 0.413},
     "adaptive-nce": {1: 0.531, 4: 0.729, 5: 0.742, 7: 0.620, 9: 0.499},
 }
-FIELDS = ["method", "digit", "seed", "budget", "auprc", "average_precision", "auroc", "n_test", "n_anomalous",
-          "wall_time_s", "cpu", "torch", "threads", "precision", "recon_mse"]
+SCORE_COLS = [f"auprc_{s}" for s in S.SCORES]
+FIELDS = (["protocol", "method", "digit", "seed", "precision", "budget", "updates", "chains", "n_test",
+           "n_anomalous", "random_auprc"] + SCORE_COLS + ["auprc_joint_chain_std", "auroc_joint",
+           "mse_normal", "mse_anomalous", "train_wall_s", "score_wall_s", "cpu", "torch", "threads"])
+CURVE_FIELDS = ["protocol", "method", "digit", "seed", "precision", "updates", "epochs"] + SCORE_COLS + [
+    "mse_normal", "mse_anomalous", "train_wall_s", "cpu"]
 
 
 def cpu_name() -> str:
-    return runtime.cpu_name() + f" ({torch.get_num_threads()} threads)"
+    return f"{runtime.cpu_name()} ({torch.get_num_threads()} threads)"
 
 
-def read_rows() -> list[dict]:
-    """Rows measured so far; rows written before the precision column existed were fp32."""
-    if not RESULTS.exists():
+def read(path: Path) -> list[dict]:
+    if not path.exists():
         return []
-    with open(RESULTS) as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r["precision"] = r.get("precision") or "fp32"
-    return rows
+    with open(path) as f:
+        return list(csv.DictReader(f))
 
 
-def done_rows() -> set[tuple[str, int, int, str]]:
-    return {(r["method"], int(r["digit"]), int(r["seed"]), r["precision"]) for r in read_rows()}
-
-
-def append(row: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    if RESULTS.exists():
-        with open(RESULTS) as f:
-            header = f.readline().strip().split(",")
-        if header != FIELDS:  # an older file: rewrite it once with the new columns
-            rows = read_rows()
-            with open(RESULTS, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=FIELDS, restval="")
-                w.writeheader()
-                w.writerows(rows)
-    new = not RESULTS.exists()
-    with open(RESULTS, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+def append(path: Path, fields: list[str], row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         if new:
             w.writeheader()
         w.writerow(row)
-        f.flush()
 
 
-def split(digit: int) -> tuple[str, str]:
+def parts(digit: int) -> dict[str, str]:
     WORK.mkdir(parents=True, exist_ok=True)
-    out = []
-    for part in ("train", "test"):
+    out = {}
+    for part in ("fit", "calibration", "test"):
         p = WORK / f"mnist-no{digit}-{part}.safetensors"
         if not p.exists():
+            tmp = p.with_suffix(f".{os.getpid()}.tmp.safetensors")
             stages.data_prepare(DataConfig(dataset="mnist", root=str(MNIST), split="test", size=32,
-                                           anomaly_protocol=digit, part=part), str(p))
-        out.append(str(p))
-    return out[0], out[1]
+                                           anomaly_protocol=digit, part=part), str(tmp))
+            os.replace(tmp, p)
+        out[part] = str(p)
+    return out
 
 
-def train(method: str, data: str, out: Path, seed: int, init: str | None, precision: str = "fp32") -> float:
+def fit(method: str, data: str, out: Path, seed: int, prec: str, init: str | None, **over) -> float:
+    """Train one model with the row's budget (``over`` replaces budget keys); returns wall seconds."""
     if out.exists():
         return 0.0
-    cfg = resolve(METHODS[method].config, method=method, preset="cpu", toml=None,
-                  flags={**BUDGET[method], "seed": seed, "precision": precision})
+    m = METHOD_OF.get(method, method)
+    flags = {**BUDGET[method], **over, "seed": seed, "precision": prec}
+    cfg = resolve(METHODS[m].config, method=m, preset="cpu", toml=None, flags=flags)
     t0 = time.perf_counter()
-    stages.train(method, cfg, data, str(out), init_path=init, quiet=True)
+    stages.train(m, cfg, data, str(out), init_path=init, quiet=True)
     return time.perf_counter() - t0
 
 
-def report() -> str:
-    """Markdown: AUPRC mean ± std over the seeds measured, per method and held-out digit, beside the papers'."""
-    import statistics
-
-    if not RESULTS.exists():
-        return "(no rows measured yet)"
-    rows = [r for r in read_rows() if r["precision"] == "fp32"]
-    digits = sorted({int(r["digit"]) for r in rows})
-    methods = [m for m in ["pca", "pretrain", "mle", "adaptive-nce"] if any(r["method"] == m for r in rows)]
-    names = {"pca": "PCA (32 comp.)", "pretrain": "0-stage generator", "mle": "LEBM (mle)", "adaptive-nce": "adaptive-nce, 4 stages"}
-    head = "| method | " + " | ".join(f"digit {d}" for d in digits) + " | seeds |"
-    lines = [head, "|" + " --- |" * (len(digits) + 2)]
-    for m in methods:
-        cells, seeds = [], set()
-        for d in digits:
-            v = [float(r["auprc"]) for r in rows if r["method"] == m and int(r["digit"]) == d]
-            seeds |= {r["seed"] for r in rows if r["method"] == m and int(r["digit"]) == d}
-            paper = PAPER_AUPRC.get(m, {}).get(d)
-            cell = "–" if not v else (f"{v[0]:.3f}" if len(v) == 1 else f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}")
-            cells.append(cell + (f" (paper {paper:.3f})" if paper is not None else ""))
-        lines.append(f"| {names[m]} | " + " | ".join(cells) + f" | {len(seeds)} |")
-    cpus = sorted({r["cpu"] for r in rows})
-    lines.append("")
-    lines.append(f"AUPRC = auc(recall, precision). Machine: {'; '.join(cpus)}. Papers' numbers: their Table (leaky split, "
-                 "full MNIST train set); ours: the 10,000-image test set split 80/20 once.")
-    return "\n".join(lines)
-
-
-def precision_report() -> str:
-    """Markdown: the quality cost of bf16 — AUPRC and test reconstruction MSE, fp32 vs bf16, for every
-    (method, digit) measured at both precisions with the same seeds, beside the seed-to-seed spread of fp32."""
-    import statistics
-
-    rows = read_rows()
-    key = lambda r: (r["method"], int(r["digit"]))  # noqa: E731
-    cells = sorted({key(r) for r in rows if r["precision"] == "bf16"}, key=lambda k: (k[1], k[0]))
-    lines = ["| method | digit | seeds | AUPRC fp32 | AUPRC bf16 | Δ AUPRC (bf16 − fp32) | fp32 seed std | "
-             "MSE fp32 | MSE bf16 | Δ MSE | fp32 seed std | wall bf16 / fp32 |", "|" + " --- |" * 12]
-    for m, d in cells:
-        by = {p: {int(r["seed"]): r for r in rows if key(r) == (m, d) and r["precision"] == p} for p in ("fp32", "bf16")}
-        seeds = sorted(set(by["fp32"]) & set(by["bf16"]))
-        if not seeds:
-            continue
-
-        def col(p, f):
-            return [float(by[p][s][f]) for s in seeds if by[p][s].get(f)]
-
-        def fmt(v):
-            return f"{statistics.mean(v):.4f}" if v else "–"
-
-        def std(f):
-            v = [float(r[f]) for r in by["fp32"].values() if r.get(f)]
-            return f"{statistics.stdev(v):.4f}" if len(v) > 1 else "–"
-
-        a32, a16, e32, e16 = col("fp32", "auprc"), col("bf16", "auprc"), col("fp32", "recon_mse"), col("bf16", "recon_mse")
-        da = statistics.mean(b - a for a, b in zip(a32, a16))
-        de = f"{statistics.mean(b - a for a, b in zip(e32, e16)):+.4f}" if len(e32) == len(e16) == len(seeds) else "–"
-        w = statistics.mean(float(by["bf16"][s]["wall_time_s"]) / float(by["fp32"][s]["wall_time_s"]) for s in seeds)
-        lines.append(f"| {m} | {d} | {','.join(map(str, seeds))} | {fmt(a32)} | {fmt(a16)} | {da:+.4f} | {std('auprc')} | "
-                     f"{fmt(e32)} | {fmt(e16)} | {de} | {std('recon_mse')} | {w:.2f} |")
-    return "\n".join(lines)
+def evaluate(model_path: str, p: dict[str, str], digit: int, seed: int, prec: str, chains: int) -> dict:
+    """Every score's AUPRC (mean over ``chains`` posterior chains), its chain std for joint, MSE by class."""
+    dev = torch.device("cpu")
+    model, _ = load_model(model_path, device=dev)
+    x, lab, _ = load_images(p["test"])
+    xc, _, _ = load_images(p["calibration"])
+    y = binary_labels(lab, [digit]).numpy()
+    u8 = ((x + 1) * 127.5).round().to(torch.uint8)
+    per: dict[str, list[float]] = {c: [] for c in SCORE_COLS}
+    auroc, mse_n, mse_a = [], [], []
+    t0 = time.perf_counter()
+    for c in range(chains):
+        torch.manual_seed(10_000 * seed + c)
+        with resolve_precision(prec, dev).context(dev):
+            terms = {k: v.numpy() for k, v in stages.score_terms(model, x, device=dev, **SCORE_CHAIN).items()}
+            cal = float(S.joint({k: v.numpy() for k, v in
+                                 stages.score_terms(model, xc, device=dev, **SCORE_CHAIN).items()}).mean())
+        for s in S.SCORES:
+            sc = S.score(s, terms, images=u8, calibration=cal)
+            per[f"auprc_{s}"].append(metrics(y, sc).auprc)
+        auroc.append(metrics(y, S.joint(terms)).auroc)
+        mse = terms["recon"] * 2 * model.sigma ** 2 / x[0].numel()
+        mse_n.append(float(mse[y == 0].mean()))
+        mse_a.append(float(mse[y == 1].mean()))
+    m = metrics(y, S.joint(terms))
+    return {**{k: f"{np.mean(v):.4f}" for k, v in per.items()},
+            "auprc_joint_chain_std": f"{np.std(per['auprc_joint'], ddof=1):.4f}" if chains > 1 else "",
+            "auroc_joint": f"{np.mean(auroc):.4f}", "mse_normal": f"{np.mean(mse_n):.5f}",
+            "mse_anomalous": f"{np.mean(mse_a):.5f}", "n_test": m.n, "n_anomalous": m.n_anomalous,
+            "random_auprc": f"{m.n_anomalous / m.n:.4f}", "chains": chains,
+            "score_wall_s": f"{time.perf_counter() - t0:.1f}"}
 
 
-def fill_mse() -> None:
-    """Add the reconstruction MSE to rows measured before that column existed (models still under runs/)."""
-    rows = read_rows()
-    for r in rows:
-        if r.get("recon_mse") or r["method"] == "pca":
-            continue
-        d, s, tag = int(r["digit"]), int(r["seed"]), "" if r["precision"] == "fp32" else "-" + r["precision"]
-        name = "gen" if r["method"] == "pretrain" else r["method"]
-        model = WORK / f"{name}-d{d}-s{s}{tag}.safetensors"
-        if model.exists():
-            r["recon_mse"] = f"{stages.reconstruct(str(model), split(d)[1], seed=s, precision=r['precision'])['mse']:.5f}"
-            print(r["method"], d, s, r["recon_mse"], flush=True)
-    with open(RESULTS, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, restval="")
-        w.writeheader()
-        w.writerows(rows)
+def updates(n_fit: int, epochs: int) -> int:
+    return epochs * (n_fit // 100)
+
+
+def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict | None:
+    p = parts(digit)
+    tag = f"d{digit}-s{seed}-{prec}"
+    n_fit = len(load_images(p["fit"])[0])
+    common = {"protocol": PROTOCOL, "method": method, "digit": digit, "seed": seed, "precision": prec,
+              "cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if method in ("pca", "random"):
+        x, _, _ = load_images(p["fit"])
+        xt, lt, _ = load_images(p["test"])
+        y = binary_labels(lt, [digit]).numpy()
+        if method == "pca":
+            t0 = time.perf_counter()
+            m = metrics(y, pca_scores(x, xt, seed=seed))
+            return {**common, "budget": "PCA 32 components", "auprc_joint": f"{m.auprc:.4f}", "auroc_joint": f"{m.auroc:.4f}",
+                    "n_test": m.n, "n_anomalous": m.n_anomalous, "random_auprc": f"{m.n_anomalous / m.n:.4f}",
+                    "train_wall_s": f"{time.perf_counter() - t0:.1f}"}
+        return {**common, "budget": "none", "auprc_joint": f"{y.mean():.4f}", "auroc_joint": "0.5000",
+                "n_test": len(y), "n_anomalous": int(y.sum()), "random_auprc": f"{y.mean():.4f}"}
+    gen = WORK / f"gen-{tag}.safetensors"
+    wall = fit("pretrain", p["fit"], gen, seed, prec, None)
+    if method == "pretrain":
+        model, ups = gen, updates(n_fit, BUDGET["pretrain"]["epochs"])
+    elif method == "mle":  # from scratch, in chunks: one curve point per chunk
+        total, done, prev = BUDGET[method]["epochs"], 0, None
+        wall = 0.0
+        while done < total:
+            e = min(CHUNK, total - done)
+            out = WORK / f"{method}-{tag}-e{done + e}.safetensors"
+            w = fit(method, p["fit"], out, seed + 1000 * done, prec, prev, epochs=e)
+            wall += w
+            done += e
+            prev = str(out)
+            curve_point(method, digit, seed, prec, out, p, updates(n_fit, done), done, wall, cpu)
+        model, ups = Path(prev), updates(n_fit, total)
+    elif method == "adaptive-nce":
+        prev, k = str(gen), BUDGET[method]["stages"]
+        ep = BUDGET[method]["epochs_per_stage"]
+        wall = 0.0
+        for s in range(1, k + 1):  # stage by stage, as the paper adds them
+            out = WORK / f"{method}-{tag}-k{s}.safetensors"
+            wall += fit(method, p["fit"], out, seed + 1000 * s, prec, prev, stages=1)
+            prev = str(out)
+            curve_point(method, digit, seed, prec, out, p, updates(n_fit, ep * s), ep * s, wall, cpu)
+        model, ups = Path(prev), updates(n_fit, k * ep)
+    else:
+        model = WORK / f"{method}-{tag}.safetensors"
+        wall = fit(method, p["fit"], model, seed, prec, str(gen) if method in FROM_GEN else None)
+        b = BUDGET[method]
+        ups = updates(n_fit, b.get("epochs") or b["stages"] * b["epochs_per_stage"])
+    r = evaluate(str(model), p, digit, seed, prec, CHAINS)
+    budget = f"cpu preset + {BUDGET[method]}" + (" after the 0-stage generator" if method in FROM_GEN else "")
+    return {**common, **r, "budget": budget, "updates": ups, "train_wall_s": f"{wall:.1f}"}
+
+
+def curve_point(method, digit, seed, prec, model, p, ups, epochs, wall, cpu) -> None:
+    key = (method, str(digit), str(seed), prec, str(ups))
+    if any((r["method"], r["digit"], r["seed"], r["precision"], r["updates"]) == key for r in read(CURVE)):
+        return
+    r = evaluate(str(model), p, digit, seed, prec, 1)
+    append(CURVE, CURVE_FIELDS, {"protocol": PROTOCOL, "method": method, "digit": digit, "seed": seed,
+                                 "precision": prec, "updates": ups, "epochs": epochs, "train_wall_s": f"{wall:.1f}",
+                                 "cpu": cpu, **{k: r[k] for k in SCORE_COLS + ["mse_normal", "mse_anomalous"]}})
 
 
 def main() -> None:
-    if "--report" in sys.argv:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--digits", type=int, nargs="+", default=[1, 4, 5, 7, 9, 0, 2, 3, 6, 8])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=CORE, choices=CORE + ABLATIONS)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report", action="store_true", help="print the markdown tables and exit")
+    args = ap.parse_args()
+    if args.report:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from anomaly_report import report
+
         print(report())
         return
-    if "--precision-report" in sys.argv:
-        print(precision_report())
-        return
-    if "--fill-mse" in sys.argv:
-        fill_mse()
-        return
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--digits", type=int, nargs="+", default=[1, 4, 5, 7, 9])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", default=["mle", "adaptive-nce"])
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    args = ap.parse_args()
-    prec = args.precision
-    tag = "" if prec == "fp32" else f"-{prec}"
-    if not MNIST.exists():
-        sys.exit(f"anomaly_mnist: {MNIST} not found (the shared MNIST test set)")
+    if not (MNIST / "t10k-images-idx3-ubyte.gz").exists():
+        sys.exit(f"anomaly_mnist: no MNIST test set under {MNIST} (set MNIST_ROOT, or run "
+                 "`ebmtool data prepare --dataset mnist --download --root DIR`)")
+    torch.set_num_threads(args.threads)
     cpu = cpu_name()
     for seed in args.seeds:
         for digit in args.digits:
-            todo = [m for m in ["pca", "pretrain", *args.methods] if (m, digit, seed, prec) not in done_rows()
-                    and not (m == "pca" and prec != "fp32")]
-            if not todo:
-                continue
-            tr, te = split(digit)
-            gen = WORK / f"gen-d{digit}-s{seed}{tag}.safetensors"
-            t_gen = train("pretrain", tr, gen, seed, None, prec) if any(m != "pca" for m in todo) else 0.0
-            for m in todo:
-                t0 = time.perf_counter()
-                if m == "pca":
-                    xtr, _, _ = load_images(tr)
-                    xte, lte, _ = load_images(te)
-                    met = metrics(binary_labels(lte, [digit]), pca_scores(xtr, xte, seed=seed))
-                    wall, budget = time.perf_counter() - t0, "PCA 32 components"
-                    mse = ""
-                else:
-                    model = str(gen) if m == "pretrain" else str(WORK / f"{m}-d{digit}-s{seed}{tag}.safetensors")
-                    wall = t_gen if m == "pretrain" else train(m, tr, Path(model), seed, str(gen), prec)
-                    r = stages.anomaly(model, te, positive=[digit], seed=seed, precision=prec)
-                    mse = f"{stages.reconstruct(model, te, seed=seed, precision=prec)['mse']:.5f}"
-                    met = type("M", (), r)
-                    budget = f"cpu preset + {BUDGET['pretrain']}" + ("" if m == "pretrain" else f" then {BUDGET[m]}")
-                row = {"method": m, "digit": digit, "seed": seed, "budget": budget, "auprc": f"{met.auprc:.4f}",
-                       "average_precision": f"{met.average_precision:.4f}", "auroc": f"{met.auroc:.4f}",
-                       "n_test": met.n, "n_anomalous": met.n_anomalous, "wall_time_s": f"{wall:.1f}", "cpu": cpu,
-                       "torch": torch.__version__, "threads": torch.get_num_threads(),
-                       "precision": prec, "recon_mse": mse}
-                append(row)
-                print(row, flush=True)
+            for m in args.methods:
+                done = {(r["method"], r["digit"], r["seed"], r["precision"]) for r in read(RESULTS)}
+                prec = "fp32" if m in ("pca", "random") else args.precision
+                if (m, str(digit), str(seed), prec) in done:
+                    continue
+                row = run_cell(m, digit, seed, prec, cpu)
+                append(RESULTS, FIELDS, row)
+                print({k: row.get(k) for k in ("method", "digit", "seed", "auprc_joint", "auprc_typicality",
+                                              "auprc_complexity", "train_wall_s")}, flush=True)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,29 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+def cuda_rng_tensors(cuda=None) -> dict[str, torch.Tensor]:
+    """The CUDA RNG state of every visible device as checkpoint entries ``rng.cuda<i>`` (CPU byte tensors);
+    none where CUDA is absent. ``cuda``: the ``torch.cuda`` module (a test passes a fake one)."""
+    cuda = torch.cuda if cuda is None else cuda
+    if not cuda.is_available():
+        return {}
+    return {f"rng.cuda{i}": s.detach().to("cpu").clone() for i, s in enumerate(cuda.get_rng_state_all())}
+
+
+def restore_cuda_rng(tensors: dict[str, torch.Tensor], cuda=None) -> list[int]:
+    """Set each device's CUDA RNG state from the ``rng.cuda<i>`` entries of a checkpoint; returns the devices set.
+    Entries of devices this machine lacks are skipped (a run resumed on fewer GPUs); nothing happens without CUDA."""
+    cuda = torch.cuda if cuda is None else cuda
+    if not cuda.is_available():
+        return []
+    saved = {int(k[len("rng.cuda"):]): v for k, v in tensors.items()
+             if k.startswith("rng.cuda") and k[len("rng.cuda"):].isdigit()}
+    done = [i for i in sorted(saved) if i < cuda.device_count()]
+    for i in done:
+        cuda.set_rng_state(saved[i].clone(), i)
+    return done
+
+
 @dataclass
 class Checkpointer:
     """Tracks training state; ``path`` None disables saving (resume may still be given)."""
@@ -108,9 +131,7 @@ class Checkpointer:
                 tensors["rng.cuda.ranks"] = distributed.gather(torch.cuda.get_rng_state().unsqueeze(0))
         else:
             tensors["rng.torch"] = torch.get_rng_state()
-            if torch.cuda.is_available():
-                for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                    tensors[f"rng.cuda{i}"] = s
+            tensors.update(cuda_rng_tensors())
         meta = {"iteration": iteration, "structure": structure, "state": state or {}, "inputs": self.inputs,
                 "history": {"steps": history.steps, "epochs": history.epochs}}
         artifacts.save(self.path, "checkpoint", tensors, config=self.config, meta=meta, force=True)
@@ -149,11 +170,8 @@ class Checkpointer:
                 torch.cuda.set_rng_state(art.tensors["rng.cuda.ranks"][w.rank].clone())
         else:
             torch.set_rng_state(art.tensors["rng.torch"])
-        if torch.cuda.is_available() and "rng.torch.ranks" not in art.tensors:
-            keys = sorted((k for k in art.tensors if k.startswith("rng.cuda")), key=lambda k: int(k[len("rng.cuda"):]))
-            states = [art.tensors[k] for k in keys]
-            if states:
-                torch.cuda.set_rng_state_all(states)
+        if "rng.torch.ranks" not in art.tensors:
+            restore_cuda_rng(art.tensors)
         history.steps = {k: list(v) for k, v in art.meta["history"]["steps"].items()}
         history.epochs = {k: list(v) for k, v in art.meta["history"]["epochs"].items()}
 

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar
+from typing import Annotated, Any, Literal, Optional, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from ebmtool.errors import UserError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli is the same parser (a dependency there)
+    import tomli as tomllib
 
 
 class Strict(BaseModel):
@@ -63,9 +70,19 @@ class Optim(Strict):
     weight_decay: float = Field(0.0, ge=0, description="Adam L2 weight decay")
 
 
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N, mps"
+
+
+def _device_name(v: str) -> str:
+    """Every device form torch takes here (whether the device exists is checked when a stage runs)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", v):
+        raise PydanticCustomError("device", "unknown device '{v}' ({forms})", {"v": v, "forms": DEVICE_FORMS})
+    return v
+
+
 class StageCommon(Strict):
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: Annotated[str, AfterValidator(_device_name)] = Field("auto", description=DEVICE_FORMS)
     precision: Literal["auto", "fp32", "bf16", "fp16", "tf32"] = Field(
         "fp32", description="fp32 (exact, default) | auto (reduced only where native) | bf16 | fp16 | tf32")
 
@@ -152,8 +169,6 @@ def preset_overrides(preset: str | None, method: str, cls: type[BaseModel]) -> d
 def read_toml(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    import tomllib
-
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: config file not found")

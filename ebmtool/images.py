@@ -1,4 +1,4 @@
-"""Image helpers every stage shares: [-1, 1] floats to uint8, and PNG grids (torchvision's save_image)."""
+"""Image helpers every stage shares: [-1, 1] floats to uint8, and PNG grids upscaled to be judged by eye."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from ebmtool import artifacts
+from ebmtool.errors import UserError
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -15,11 +16,31 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None) -> None:
-    """PNG grid of up to 256 uint8 images (N, C, H, W) through torchvision's save_image, written atomically."""
-    from torchvision.utils import save_image
+MIN_GRID_PX = 256  # short side of a saved grid when --scale is not given
+
+
+def grid_scale(short_side: int, scale: Optional[int] = None) -> int:
+    """Integer nearest-neighbour factor: ``scale`` if given (>= 1), else the least one that makes the short side
+    at least MIN_GRID_PX."""
+    if scale is not None:
+        if scale < 1:
+            raise UserError(f"--scale {scale}: must be a whole number >= 1")
+        return int(scale)
+    return max(1, -(-MIN_GRID_PX // max(1, short_side)))
+
+
+def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None, scale: Optional[int] = None) -> None:
+    """PNG grid (written atomically), ``nrow`` images per row (default: a square grid, ceil(sqrt(n))), upscaled by
+    nearest neighbour by ``scale`` (default: enough for MIN_GRID_PX on the short side) so one can judge it by eye."""
+    from PIL import Image
+    from torchvision.utils import make_grid
 
     images_u8 = images_u8[:256]
-    nrow = nrow or max(1, int(math.sqrt(len(images_u8))))
+    nrow = nrow or max(1, math.ceil(math.sqrt(len(images_u8))))
+    g = make_grid(images_u8, nrow=nrow, padding=1, pad_value=128)  # uint8 (C, H, W); C is 3 for grey input
+    k = grid_scale(min(g.shape[1], g.shape[2]), scale)
+    img = Image.fromarray(g.permute(1, 2, 0).contiguous().numpy())
+    if k > 1:
+        img = img.resize((img.width * k, img.height * k), Image.NEAREST)
     with artifacts.atomic_write(path) as tmp:
-        save_image(images_u8.float() / 255.0, tmp, nrow=nrow, padding=1, format="png")
+        img.save(tmp, format="PNG")

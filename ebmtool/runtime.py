@@ -69,7 +69,9 @@ def resolve(name: str, device: torch.device, warn=True) -> Precision:
             return Precision("bf16", "auto: CUDA device with native bf16")
         if device.type == "cpu" and cpu_native_bf16():
             return Precision("bf16", "auto: CPU with AMX-BF16/AVX512-BF16")
-        return Precision("fp32", "auto: no native reduced precision on this device")
+        return _exact_fp32(device, Precision("fp32", "auto: no native reduced precision on this device"))
+    if name == "fp32":
+        return _exact_fp32(device, Precision("fp32", "requested"))
     if name == "tf32":
         if not cuda:
             raise UserError("--precision tf32: TF32 exists on CUDA devices only (use fp32 or bf16 on a CPU)")
@@ -82,6 +84,15 @@ def resolve(name: str, device: torch.device, warn=True) -> Precision:
         print("ebmtool: warning: this CPU has no native bf16 (no AMX-BF16/AVX512-BF16): bf16 is emulated and "
               "typically far slower than fp32 (see docs/performance.md); running it as asked", file=sys.stderr)
     return Precision(name, "requested")
+
+
+def _exact_fp32(device: torch.device, p: Precision) -> Precision:
+    """fp32 on CUDA means fp32: torch lets cuDNN convolutions use TF32 by default (``cudnn.allow_tf32``), which
+    would make ``--precision fp32`` silently TF32 for the generators' transposed convolutions."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return p
 
 
 # ------------------------------------------------------------------------------------------------

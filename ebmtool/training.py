@@ -73,6 +73,8 @@ class RunContext:
     seed: int = 0
     ckpt: Checkpointer = field(default_factory=Checkpointer)
     precision: Precision = field(default_factory=lambda: Precision("fp32", "default"))
+    # called as on_epoch(label, epoch, per-epoch means) at each epoch end (e.g. TensorBoard, ebmtool.tensorboard)
+    on_epoch: Optional[Callable[[str, int, dict[str, float]], None]] = None
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -100,7 +102,7 @@ class History:
         return means
 
     def tensors(self, prefix: str = "history") -> dict[str, torch.Tensor]:
-        return {f"{prefix}.{k}": torch.tensor(v, dtype=torch.float32) for k, v in self.epochs.items()}
+        return {f"{prefix}.{k}": torch.tensor(v, dtype=torch.float32, device="cpu") for k, v in self.epochs.items()}
 
     def summary(self) -> dict[str, float]:
         return {k: v[-1] for k, v in self.epochs.items() if v}
@@ -117,7 +119,7 @@ class FitResult:
 
 
 def batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    perm = torch.randperm(n, generator=gen)
+    perm = torch.randperm(n, generator=gen, device=gen.device)
     return [perm[i: i + batch_size] for i in range(0, n, batch_size)]
 
 
@@ -168,7 +170,7 @@ def train_loop(
             if (epoch + 1) * n_batches < resume_it:  # finished (with its epoch-end actions) before the checkpoint
                 progress.update(task, advance=n_batches)
                 continue
-            gen = torch.Generator().manual_seed(ctx.seed * 100003 + epoch)
+            gen = torch.Generator(device="cpu").manual_seed(ctx.seed * 100003 + epoch)
             t0 = time.perf_counter()
             for b, idx in enumerate(batches(n, batch_size, gen)):
                 it = epoch * n_batches + b
@@ -216,6 +218,8 @@ def train_loop(
             means = history.close_epoch(epoch * per_epoch)
             ctx.log(f"[{label}] epoch {epoch + 1} ({time.perf_counter() - t0:.1f}s) "
                     + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+            if ctx.on_epoch is not None:
+                ctx.on_epoch(label, epoch, means)
     if W.parallel:  # modules a method creates after this loop (the next adaptive-NCE stage) start equal
         torch.manual_seed(ctx.seed * 1_000_003 + epoch_offset + epochs)
     return history

@@ -167,7 +167,27 @@ MISSING_cifar10   = CIFAR-10 is missing: $(DATA_ROOT)/cifar10 needs cifar-10-bat
 MISSING_celeba    = CelebA is missing: $(DATA_ROOT)/celeba needs celeba/img_align_celeba and its list files; $(call GET,celeba, --split train, or fetch img_align_celeba.zip and the list_*.txt files by hand)
 MISSING_mnist     = MNIST ($(MNIST_SPLIT) split) is missing under $(MNIST_ROOT): on a machine with internet run `$(EBM) data prepare --dataset mnist --root DIR --split $(MNIST_SPLIT) --download -o /tmp/mnist.safetensors`, then pass MNIST_ROOT=DIR
 MISSING_inception = FID Inception weights are missing: put pt_inception-2015-12-05-6726825d.pth (https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth) at $(INCEPTION_FILE) or pass INCEPTION=PATH (or FID=features)
-need = $(if $(filter smoke,$(SCALE)),,$(foreach d,$(1),$(if $(HAVE_$(d)),,$(error $(MISSING_$(d))))))
+need = $(if $(filter smoke,$(SCALE)),,$(foreach d,$(1),$(if $(HAVE_$(d)),,$(if $(DOWNLOAD),$(call fetch,$(d)),$(error $(MISSING_$(d)))))))
+# DOWNLOAD=1: fetch what is missing first (`data prepare --download` into $(DATA_ROOT)/<dataset>, pytorch-fid's
+# Inception weights into the torch hub cache), once per make; a failed fetch (no network) stops with one line.
+# FETCH / FETCH_INCEPTION are the downloaders (a test replaces them with fakes).
+DOWNLOAD        ?=
+FETCH           ?= $(PY) -m ebmtool data prepare
+FETCH_INCEPTION ?= $(PY) -c 'from pytorch_fid.inception import fid_inception_v3; fid_inception_v3()'
+FETCH_OUT       := $(or $(TMPDIR),/tmp)/ebmtool-fetch-$(shell echo $$PPID)
+FETCHARGS_svhn      = --dataset svhn --root $(DATA_ROOT)/svhn --split train;--dataset svhn --root $(DATA_ROOT)/svhn --split test
+FETCHARGS_cifar10   = --dataset cifar10 --root $(DATA_ROOT)/cifar10 --split train
+FETCHARGS_celeba    = --dataset celeba --root $(DATA_ROOT)/celeba --split train --size 64
+FETCHARGS_mnist     = --dataset mnist --root $(MNIST_ROOT) --split $(MNIST_SPLIT)
+FETCHCMD_inception  = $(FETCH_INCEPTION) $(INCEPTION_FILE)
+FETCHCMD_dataset    = mkdir -p $(FETCH_OUT) && $(foreach a,$(subst ;, ,$(subst $(space),+,$(FETCHARGS_$(1)))),$(FETCH) $(subst +, ,$(a)) --download --limit 1 -o $(FETCH_OUT)/$(1).safetensors --force >/dev/null &&) rm -rf $(FETCH_OUT)
+fetch_cmd = $(or $(FETCHCMD_$(1)),$(call FETCHCMD_dataset,$(1)))
+FETCHED :=
+fetch = $(if $(filter $(1),$(FETCHED)),,$(eval FETCHED += $(1))$(info fetching $(1) (DOWNLOAD=1): $(call fetch_cmd,$(1)))$(if \
+	$(filter ok,$(shell ( $(call fetch_cmd,$(1)) ) </dev/null >/dev/null 2>&1 && echo ok)),,$(error $(1): DOWNLOAD=1 could not fetch it \
+	(no network?); `$(call fetch_cmd,$(1))` failed: run it to see why, or get it by hand: $(MISSING_$(1)))))
+empty :=
+space := $(empty) $(empty)
 # datasets a data file stem needs
 NEEDDS_svhn := svhn
 NEEDDS_ood-svhn := svhn

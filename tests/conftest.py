@@ -33,6 +33,16 @@ def have_shared_mnist() -> bool:
 need_shared_mnist = pytest.mark.skipif(not have_shared_mnist(), reason=f"shared MNIST test set absent ({SHARED_MNIST})")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip where there is no CUDA device (``pytest -m cuda`` selects only them)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @dataclass
 class Run:
     code: int

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from ebmtool import artifacts
+from ebmtool.config import tomllib
 
 from conftest import _prepare, run_cli, run_sub
 

@@ -36,12 +36,16 @@ def png_std(path: Path) -> float:
 
 
 def grid_tiles(path: Path, n: int, h: int, w: int) -> torch.Tensor:
-    """The n tiles of a torchvision save_image grid (nrow = int(sqrt(n)), padding 1), grey: (n, h, w) uint8."""
+    """The n tiles of a save_grid PNG (nrow = ceil(sqrt(n)), padding 1, upscaled by an integer factor by nearest
+    neighbour), grey: (n, h, w) uint8."""
     from PIL import Image
 
     a = np.asarray(Image.open(path))
     a = a[..., 0] if a.ndim == 3 else a
-    nrow = max(1, int(np.sqrt(n)))
+    nrow = max(1, int(np.ceil(np.sqrt(n))))
+    k = a.shape[1] // (nrow * (w + 1) + 1)
+    assert a.shape[1] == k * (nrow * (w + 1) + 1), "grid width is not a whole multiple of the 1x grid"
+    a = a[::k, ::k]
     tiles = [a[1 + (i // nrow) * (h + 1):][:h, 1 + (i % nrow) * (w + 1):][:, :w] for i in range(n)]
     return torch.from_numpy(np.stack(tiles).copy())
 

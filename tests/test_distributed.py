@@ -85,7 +85,7 @@ def test_gradient_average_and_gather_are_exact(tmp_path):
 def _fit(d, out, *extra, ranks=2, wait=True):
     cmd = (TORCHRUN + ["-m", "ebmtool"] if ranks == 2 else EBM) + [
         "fit-prior", "--method", "adaptive-nce", "--stages", "2", "--epochs-per-stage", "3", "--data", "d.safetensors",
-        "--init", "g.safetensors", "--preset", "smoke", "--batch-size", "32", "-o", out, "--quiet", "--force", *extra]
+        "--init", "g.safetensors", "--preset", "smoke", "--batch-size", "32", "-o", out, "--quiet", *extra]
     if not wait:
         return subprocess.Popen(cmd, cwd=d, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)

@@ -21,7 +21,7 @@ LAYERS = [
     ["ebmtool.models"],
     ["ebmtool.checkpoint", "ebmtool.training"],
     ["ebmtool.methods"],
-    ["ebmtool.eval"],
+    ["ebmtool.eval", "ebmtool.tensorboard"],
     ["ebmtool.stages"],
     ["ebmtool.cli", "ebmtool.demo", "ebmtool.__main__"],
 ]

@@ -35,7 +35,7 @@ def small(tmp_path_factory):
 
 def _cmd(method_args, d, out):
     return EBM + ["fit-prior", *method_args, "--data", str(d / "d.safetensors"), "--init", str(d / "g.safetensors"),
-                  "--preset", "smoke", "--batch-size", "32", "-o", str(out), "--quiet", "--force", "--checkpoint-every", "2"]
+                  "--preset", "smoke", "--batch-size", "32", "-o", str(out), "--quiet", "--checkpoint-every", "2"]
 
 
 def _same(a: Path, b: Path) -> None:
@@ -87,10 +87,10 @@ def test_resume_refuses_a_different_config(small):
     ck = d / "c.ckpt.safetensors"
     t0 = time.time()
     while not ck.exists() and time.time() - t0 < 120:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    p.send_signal(signal.SIGKILL)
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)  # checkpoints are written atomically: one that exists is whole
     p.wait()
+    assert p.returncode == -signal.SIGKILL and not (d / "c.safetensors").exists(), "killed before it finished"
     r = subprocess.run(_cmd(["--method", "mle", "--epochs", "4"], d, d / "c.safetensors") + ["--resume", str(ck)],
                        env=ENV, capture_output=True, text=True)
     assert r.returncode == 2

@@ -42,7 +42,7 @@ ForceOpt = typer.Option(False, "--force", help="overwrite an existing output")
 JsonOpt = typer.Option(False, "--json", help="print one JSON object on stdout")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress or log lines on stderr")
 SeedOpt = typer.Option(None, "--seed", help="random seed")
-DeviceOpt = typer.Option(None, "--device", help="auto|cpu|cuda|mps")
+DeviceOpt = typer.Option(None, "--device", help="auto|cpu|cuda|cuda:N|mps")
 PrecisionOpt = typer.Option(None, "--precision", help="fp32 (default, exact) | auto (reduced only where native) | bf16 | fp16 | tf32")
 EvalPrecisionOpt = typer.Option("fp32", "--precision", help="fp32 (default) | auto | bf16 | fp16 | tf32")
 PresetOpt = typer.Option(None, "--preset", help="smoke | cpu | paper (see `ebmtool presets`)")
@@ -51,6 +51,10 @@ SetOpt = typer.Option(None, "--set", help="any config field, e.g. --set posterio
 CkEveryOpt = typer.Option(0, "--checkpoint-every", help="write a resumable checkpoint every N iterations (0: only on Ctrl-C/SIGTERM)")
 CkOpt = typer.Option(None, "--checkpoint", help="checkpoint file (default: OUTPUT with .ckpt.safetensors)")
 ResumeOpt = typer.Option(None, "--resume", help="continue from a checkpoint written by the same command")
+TensorBoardOpt = typer.Option(None, "--tensorboard", help="DIR: TensorBoard scalars and a sample grid per epoch "
+                              "(needs pip install -e '.[tensorboard]')")
+ScaleOpt = typer.Option(None, "--scale", min=1, help="upscale the PNG grid by this whole factor, nearest neighbour "
+                        "(default: the least giving >= 256 px on the short side)")
 
 
 def emit(result: dict[str, Any], as_json: bool, title: str) -> None:

@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ebmtool.cli.app import (EvalPrecisionOpt, ForceOpt, JsonOpt, OutOpt, QuietOpt, _s, app, data_app, emit,
-                                 out_console)
+from ebmtool.cli.app import (EvalPrecisionOpt, ForceOpt, JsonOpt, OutOpt, QuietOpt, ScaleOpt, _s, app, data_app,
+                                 emit, out_console)
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
 
@@ -27,7 +27,7 @@ def data_prepare(
     exclude_class: Optional[int] = typer.Option(None, "--exclude-class"),
     only_class: Optional[int] = typer.Option(None, "--only-class"),
     anomaly_protocol: Optional[int] = typer.Option(None, "--anomaly-protocol", help="held-out class K: the anomaly protocol's split (docs/design.md)"),
-    part: Optional[str] = typer.Option(None, "--part", help="train | test part of the anomaly protocol"),
+    part: Optional[str] = typer.Option(None, "--part", help="train | test part of the anomaly protocol; fit | calibration split train 90/10 (calibration: held-out normals for anomaly --calibrate)"),
     size: Optional[int] = typer.Option(None, "--size", help="resize to SIZE x SIZE"),
     limit: Optional[int] = typer.Option(None, "--limit", help="keep the first N images"),
     force: bool = ForceOpt,
@@ -56,7 +56,8 @@ def sample(
     step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help="Langevin step size s"),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="langevin | sir (multi-stage priors)"),
     trajectory: int = typer.Option(0, "--trajectory", min=0, help="record every K-th Langevin state"),
-    trajectory_png: Optional[Path] = typer.Option(None, "--trajectory-png", help="PNG: 8 chains over time"),
+    trajectory_png: Optional[Path] = typer.Option(None, "--trajectory-png", help="PNG: one row per chain (8), time left to right"),
+    scale: Optional[int] = ScaleOpt,
     layer_resample: Optional[int] = typer.Option(None, "--layer-resample", min=1, help="joint models: each grid row shares one sample of layer K (1 = bottom); the other layers are resampled"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
@@ -71,7 +72,7 @@ def sample(
         raise UserError(f"--sampler: unknown sampler {sampler!r} (langevin | sir)")
     res = stages.sample(str(model), n, out=_s(output), grid=_s(grid), steps=steps, step_size=step_size,
                         sampler=sampler, trajectory_every=trajectory, trajectory_png=_s(trajectory_png), seed=seed,
-                        device=device, force=force, layer_resample=layer_resample, precision=precision)
+                        device=device, force=force, layer_resample=layer_resample, precision=precision, scale=scale)
     emit(res, as_json, "samples")
 
 
@@ -85,6 +86,7 @@ def reconstruct(
     step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12),
     batch_size: int = typer.Option(500, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="first N images only"),
+    scale: Optional[int] = ScaleOpt,
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
     precision: str = EvalPrecisionOpt,
@@ -96,7 +98,7 @@ def reconstruct(
 
     res = stages.reconstruct(str(model), str(data), out=_s(output), grid=_s(grid), steps=steps, step_size=step_size,
                              batch_size=batch_size, limit=limit, seed=seed, device=device, force=force,
-                             precision=precision)
+                             precision=precision, scale=scale)
     emit(res, as_json, "reconstruction")
 
 
@@ -109,6 +111,10 @@ def anomaly(
     ood_data: Optional[Path] = typer.Option(None, "--ood-data", help="OOD dataset artifact (label 1)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="scores artifact"),
     pr_curve: Optional[Path] = typer.Option(None, "--pr-curve", help="PNG of the precision-recall curve"),
+    score: str = typer.Option("joint", "--score", help="joint (the papers' -log p(x, z)) | recon | prior | "
+                              "typicality (needs --calibrate) | complexity (joint in bits - PNG bits); see README"),
+    calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="held-out normal images (dataset artifact, "
+                                             "e.g. data prepare --part calibration) for --score typicality"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1),
     step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12),
     batch_size: int = typer.Option(500, "--batch-size", min=1),
@@ -135,7 +141,8 @@ def anomaly(
             raise UserError("--labels-positive: empty list")
     res = stages.anomaly(str(model), str(data), positive=positive, ood_path=_s(ood_data), out=_s(output),
                          steps=steps, step_size=step_size, batch_size=batch_size, seed=seed, device=device,
-                         force=force, pr_png=_s(pr_curve), precision=precision)
+                         force=force, pr_png=_s(pr_curve), precision=precision, score=score,
+                         calibrate=_s(calibrate))
     emit(res, as_json, "anomaly")
 
 
@@ -220,13 +227,15 @@ def inspect(path: Path = typer.Argument(..., help="any ebmtool artifact"), as_js
 @app.command("plot")
 def plot(
     path: Path = typer.Argument(..., help="model, samples (with --trajectory), scores or dataset artifact"),
-    output: Path = typer.Option(..., "-o", "--output", help="PNG file"),
+    output: Path = typer.Option(..., "-o", "--output", help="figure file: .png, .pdf or .svg (image grids: .png)"),
+    scale: Optional[int] = ScaleOpt,
     force: bool = ForceOpt,
 ):
-    """PNG of what an artifact holds: per-stage NCE losses, loss curves, Langevin energy profile, PR curve, grid."""
+    """Figure of what an artifact holds (matplotlib): NCE loss per stage, loss curves, Langevin energy profile,
+    PR and ROC curves; datasets and samples: an image grid."""
     from ebmtool import stages
 
-    res = stages.plot(str(path), str(output), force)
+    res = stages.plot(str(path), str(output), force, scale=scale)
     out_console.print(f"{res['output']}: {res['drew']}")
 
 

@@ -10,13 +10,14 @@ from typing import Any, List, Optional
 import typer
 
 from ebmtool.cli.app import (CkEveryOpt, CkOpt, ConfigOpt, DeviceOpt, ForceOpt, JsonOpt, OutOpt, PrecisionOpt,
-                                 PresetOpt, QuietOpt, ResumeOpt, SeedOpt, SetOpt, _s, app, emit)
+                                 PresetOpt, QuietOpt, ResumeOpt, SeedOpt, SetOpt, TensorBoardOpt, _s, app, emit)
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
 
 
 def _train(method: str, fields: dict[str, Any], sets, preset, config, data, init, output, force, quiet, as_json,
-           ck_every: int, ck: Optional[Path], resume: Optional[Path], fit_prior: bool) -> None:
+           ck_every: int, ck: Optional[Path], resume: Optional[Path], tensorboard: Optional[Path],
+           fit_prior: bool) -> None:
     from ebmtool import stages
     from ebmtool.config import deep_merge, nested, parse_sets, resolve
 
@@ -26,7 +27,7 @@ def _train(method: str, fields: dict[str, Any], sets, preset, config, data, init
     cfg = resolve(METHODS[method].config, method=method, preset=preset, toml=config,
                   flags=deep_merge(nested(fields), parse_sets(sets)))
     res = stages.train(method, cfg, str(data), str(output), init_path=_s(init), force=force, quiet=quiet,
-                       checkpoint_every=ck_every, checkpoint=_s(ck), resume=_s(resume))
+                       checkpoint_every=ck_every, checkpoint=_s(ck), resume=_s(resume), tensorboard=_s(tensorboard))
     emit(res, as_json, method)
 
 
@@ -50,6 +51,7 @@ TRAIN_OPTIONS: list[tuple[str, Any, Any, Optional[str]]] = [
     ("checkpoint_every", int, CkEveryOpt, None),
     ("checkpoint", Optional[Path], CkOpt, None),
     ("resume", Optional[Path], ResumeOpt, None),
+    ("tensorboard", Optional[Path], TensorBoardOpt, None),
     ("force", bool, ForceOpt, None),
     ("quiet", bool, QuietOpt, None),
     ("as_json", bool, JsonOpt, None),
@@ -78,7 +80,7 @@ def _training_command(name: str, method: Optional[str], doc: str) -> None:
     def command(**kw: Any) -> None:
         _train(kw.pop("method", method), {f: kw.pop(p) for p, f in fields.items()}, kw["sets"], kw["preset"],
                kw["config"], kw["data"], kw["init"], kw["output"], kw["force"], kw["quiet"], kw["as_json"],
-               kw["checkpoint_every"], kw["checkpoint"], kw["resume"], fit_prior=method is None)
+               kw["checkpoint_every"], kw["checkpoint"], kw["resume"], kw["tensorboard"], fit_prior=method is None)
 
     command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(p, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t) for p, t, o, _ in opts])

@@ -15,6 +15,7 @@ from ebmtool.errors import UserError
 
 PROTOCOL_SEED = 20200  # fixed once: every call computes the same 80/20 split of the normals
 PROTOCOL_TRAIN_FRACTION = 0.8
+CALIBRATION_FRACTION = 0.1  # of the training part: --part calibration (the rest is --part fit)
 
 
 class DataConfig(Strict):
@@ -25,7 +26,9 @@ class DataConfig(Strict):
     exclude_class: Optional[int] = None
     only_class: Optional[int] = None
     anomaly_protocol: Optional[int] = Field(None, description="held-out (anomalous) class K")
-    part: Optional[Literal["train", "test"]] = None
+    part: Optional[Literal["train", "test", "fit", "calibration"]] = Field(
+        None, description="train | test; or train's two disjoint pieces: fit (90%) and calibration (10%), "
+                          "normals held out from fitting for `anomaly --calibrate`")
     size: Optional[int] = Field(None, ge=4, le=512)
     limit: Optional[int] = Field(None, ge=1)
 
@@ -51,17 +54,27 @@ def protocol_split(labels: torch.Tensor, anomaly_class: int) -> tuple[torch.Tens
     """
     normal = torch.nonzero(labels != anomaly_class).squeeze(1)
     anomal = torch.nonzero(labels == anomaly_class).squeeze(1)
-    perm = normal[torch.randperm(len(normal), generator=torch.Generator().manual_seed(PROTOCOL_SEED))]
+    perm = normal[torch.randperm(len(normal), generator=torch.Generator(device="cpu").manual_seed(PROTOCOL_SEED), device="cpu")]
     n_train = int(round(PROTOCOL_TRAIN_FRACTION * len(normal)))
     train = perm[:n_train].sort().values
     test = torch.cat([perm[n_train:], anomal]).sort().values
     return train, test
 
 
+def calibration_split(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the protocol's training part into fit (90%) and calibration (10%) normals, fixed seed.
+
+    The calibration normals are held out from fitting, so that a label-free score calibrated on them
+    (``anomaly --score typicality --calibrate``) sees normals the model was not trained on."""
+    perm = train[torch.randperm(len(train), generator=torch.Generator(device="cpu").manual_seed(PROTOCOL_SEED + 1), device="cpu")]
+    n_cal = max(1, int(round(CALIBRATION_FRACTION * len(train))))
+    return perm[n_cal:].sort().values, perm[:n_cal].sort().values
+
+
 def prepare(cfg: DataConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     images, labels, extra, source = SOURCES[cfg.dataset](cfg.root, cfg.split, cfg.download)
     classes_all = sorted(int(c) for c in labels.unique())
-    idx = torch.arange(len(labels))
+    idx = torch.arange(len(labels), device=labels.device)
     for k in (cfg.exclude_class, cfg.only_class, cfg.anomaly_protocol):
         if k is not None and k not in classes_all:
             raise UserError(f"class {k} does not occur in {cfg.dataset} (classes {classes_all})")
@@ -71,7 +84,8 @@ def prepare(cfg: DataConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         idx = idx[labels == cfg.only_class]
     if cfg.anomaly_protocol is not None:
         train, test = protocol_split(labels, cfg.anomaly_protocol)
-        idx = train if cfg.part == "train" else test
+        fit, cal = calibration_split(train)
+        idx = {"train": train, "test": test, "fit": fit, "calibration": cal}[cfg.part]
     if cfg.limit is not None:
         idx = idx[: cfg.limit]
     if len(idx) == 0:
@@ -94,7 +108,8 @@ def prepare(cfg: DataConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     }
     if cfg.anomaly_protocol is not None:
         meta["protocol"] = {"anomaly_class": cfg.anomaly_protocol, "part": cfg.part, "seed": PROTOCOL_SEED,
-                            "train_fraction": PROTOCOL_TRAIN_FRACTION}
+                            "train_fraction": PROTOCOL_TRAIN_FRACTION,
+                            **({"calibration_fraction": CALIBRATION_FRACTION} if cfg.part in ("fit", "calibration") else {})}
     return tensors, meta
 
 
@@ -115,7 +130,7 @@ def load_images(path, what: str = "--data") -> tuple[torch.Tensor, torch.Tensor,
         xf = x.float()
     else:
         raise UserError(f"{art.path}: images have dtype {x.dtype}; expected uint8 or float")
-    labels = art.tensors.get("labels", torch.full((len(x),), -1, dtype=torch.long))
+    labels = art.tensors.get("labels", torch.full((len(x),), -1, dtype=torch.long, device=x.device))
     if len(labels) != len(x):
         raise UserError(f"{art.path}: {len(labels)} labels for {len(x)} images")
     return xf, labels.long(), art

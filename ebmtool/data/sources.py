@@ -131,7 +131,7 @@ def load_celeba(root, split, download) -> Loaded:
     except (RuntimeError, OSError) as e:
         raise UserError(f"--root: {e} (CelebA needs celeba/img_align_celeba and list files in {r})") from None
     imgs = torch.stack([ds[i][0] for i in range(len(ds))])
-    return imgs, torch.zeros(len(ds), dtype=torch.long), {}, f"torchvision CelebA ({split}) from {r}"
+    return imgs, torch.zeros(len(ds), dtype=torch.long, device="cpu"), {}, f"torchvision CelebA ({split}) from {r}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ SYNTH_N = {"train": 2000, "test": 500}
 
 
 def ring_means(modes: int = SYNTH_MODES, radius: float = SYNTH_RADIUS) -> torch.Tensor:
-    ang = torch.arange(modes, dtype=torch.float64) * (2 * math.pi / modes)
+    ang = torch.arange(modes, dtype=torch.float64, device="cpu") * (2 * math.pi / modes)
     return torch.stack([radius * torch.cos(ang), radius * torch.sin(ang)], 1).float()
 
 
@@ -158,10 +158,10 @@ def ring_log_density(z: torch.Tensor, modes: int = SYNTH_MODES, radius: float = 
 
 def synthetic_generator() -> Callable[[torch.Tensor], torch.Tensor]:
     """The fixed 'true' generator z (B, 2) -> x (B, 1, 8, 8) in [-1, 1]: a seeded random 2-layer MLP."""
-    g = torch.Generator().manual_seed(1234)
-    w1 = torch.randn(2, 32, generator=g)
-    b1 = 0.5 * torch.randn(32, generator=g)
-    w2 = torch.randn(32, 64, generator=g) / math.sqrt(32)
+    g = torch.Generator(device="cpu").manual_seed(1234)
+    w1 = torch.randn(2, 32, generator=g, device="cpu")
+    b1 = 0.5 * torch.randn(32, generator=g, device="cpu")
+    w2 = torch.randn(32, 64, generator=g, device="cpu") / math.sqrt(32)
 
     def gen(z: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(z @ w1.to(z) + b1.to(z))
@@ -171,11 +171,11 @@ def synthetic_generator() -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def load_synthetic(root, split, download) -> Loaded:
-    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    g = torch.Generator(device="cpu").manual_seed(0 if split == "train" else 1)
     n = SYNTH_N[split]
-    labels = torch.randint(0, SYNTH_MODES, (n,), generator=g)
-    z = ring_means()[labels] + SYNTH_STD * torch.randn(n, 2, generator=g)
-    x = synthetic_generator()(z) + 0.05 * torch.randn(n, 1, 8, 8, generator=g)
+    labels = torch.randint(0, SYNTH_MODES, (n,), generator=g, device="cpu")
+    z = ring_means()[labels] + SYNTH_STD * torch.randn(n, 2, generator=g, device="cpu")
+    x = synthetic_generator()(z) + 0.05 * torch.randn(n, 1, 8, 8, generator=g, device="cpu")
     images = to_uint8(x)
     note = (f"synthetic: z ~ {SYNTH_MODES} Gaussians on a ring (radius {SYNTH_RADIUS}, std {SYNTH_STD}) in 2-D, "
             "x = fixed random MLP g*(z) + N(0, 0.05^2), 1x8x8")

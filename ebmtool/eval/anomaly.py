@@ -52,7 +52,7 @@ def binary_labels(labels: torch.Tensor, positive: list[int], where: str = "--dat
     missing = [k for k in positive if k not in present]
     if missing:
         raise UserError(f"{where}: anomaly class {missing[0]} does not occur in the data (classes {sorted(present)})")
-    y = torch.zeros(len(labels), dtype=torch.long)
+    y = torch.zeros(len(labels), dtype=torch.long, device=labels.device)
     for k in positive:
         y |= (labels == k).long()
     if int(y.sum()) == len(y):

@@ -81,8 +81,8 @@ def train_features(
 
     t0 = time.perf_counter()
     torch.manual_seed(int(seed))
-    g = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(n, generator=g)
+    g = torch.Generator(device="cpu").manual_seed(int(seed))
+    perm = torch.randperm(n, generator=g, device="cpu")
     test_idx, train_idx = perm[:n_test], perm[n_test:]
     dev = torch.device(device)
     net = FeatureClassifier(int(classes.numel()), widths).to(dev)
@@ -90,7 +90,7 @@ def train_features(
     bs = int(batch_size)
     for epoch in _progress(range(int(epochs)), int(epochs), "train-features", progress):
         net.train()
-        order = train_idx[torch.randperm(train_idx.numel(), generator=g)]
+        order = train_idx[torch.randperm(train_idx.numel(), generator=g, device="cpu")]
         for step, i in enumerate(range(0, order.numel(), bs)):
             idx = order[i : i + bs]
             if idx.numel() < 2 and order.numel() > 1:

@@ -87,7 +87,7 @@ def compute_statistics(
 
     # under torchrun each rank extracts the features of its contiguous shard; all are gathered in order
     lo, hi = distributed.bounds(n) if distributed.world().parallel else (0, n)
-    local = torch.empty((hi - lo, d), dtype=torch.float64)
+    local = torch.empty((hi - lo, d), dtype=torch.float64, device="cpu")  # features gather on the host
     starts = range(lo, hi, int(batch_size))
     for i in _progress(starts, len(starts), f"features ({what})", progress and distributed.world().is_main):
         f = extractor(images_to_float(x[i : min(i + batch_size, hi)]))

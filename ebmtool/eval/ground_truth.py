@@ -58,7 +58,7 @@ def gaussian_target(mu: torch.Tensor | list[float]) -> tuple[Sampler, LogDensity
     d = mu.numel()
 
     def sample(n: int) -> torch.Tensor:
-        return mu + torch.randn(n, d)
+        return mu + torch.randn(n, d, device=mu.device)
 
     def log_prob(z: torch.Tensor) -> torch.Tensor:
         return -0.5 * (z - mu.to(z)).pow(2).sum(1) - 0.5 * d * math.log(2 * math.pi)
@@ -83,14 +83,14 @@ def ring_target(modes: int | None = None, radius: float | None = None, std: floa
     means = ring_means(modes, radius)
 
     def sample(n: int) -> torch.Tensor:
-        return means[torch.randint(0, modes, (n,))] + std * torch.randn(n, 2)
+        return means[torch.randint(0, modes, (n,), device=means.device)] + std * torch.randn(n, 2, device=means.device)
 
     return sample, (lambda z: ring_log_density(z, modes, radius, std))
 
 
 def from_tensor(z: torch.Tensor) -> Sampler:
     """A target sampler that draws rows (with replacement) of a fixed set of latents (a finite data set)."""
-    return lambda n: z[torch.randint(0, len(z), (n,))]
+    return lambda n: z[torch.randint(0, len(z), (n,), device=z.device)]
 
 
 def gaussian_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -222,7 +222,7 @@ def prior_samples(prior, n: int, *, seed: int = 0, steps: int = 60, step_size: f
 def grid_2d(lim: float = 6.0, n: int = 300) -> tuple[torch.Tensor, float]:
     """Midpoints of an n x n grid of cells covering [-lim, lim]^2 (float64, (n*n, 2)) and the cell area."""
     h = 2 * lim / n
-    c = -lim + h * (torch.arange(n, dtype=torch.float64) + 0.5)
+    c = -lim + h * (torch.arange(n, dtype=torch.float64, device="cpu") + 0.5)
     zz = torch.stack(torch.meshgrid(c, c, indexing="ij"), -1).reshape(-1, 2)
     return zz, h * h
 

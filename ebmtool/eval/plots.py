@@ -1,110 +1,203 @@
-"""Lightweight PNG plots with Pillow (no plotting library needed): line charts for NCE loss curves
-(adaptive-NCE Fig. 4), Langevin energy profiles (LEBM Fig. 3-4, adaptive-NCE Fig. 5) and precision-recall
-curves. Image grids (samples, trajectories, reconstruction pairs) go through torchvision's save_image."""
+"""Charts with matplotlib (Agg, no display needed): NCE loss per stage with the chance level 2 ln 2
+(adaptive-NCE Fig. 4), loss curves, Langevin energy profiles (LEBM Fig. 3-4, adaptive-NCE Fig. 5), precision-recall
+and ROC curves with the random baseline, and AUPRC per digit per method with error bars.
+
+Every function writes the figure to ``path`` (format from the extension: .png, .pdf or .svg; written atomically)
+and returns the matplotlib ``Figure`` so that callers and tests can inspect its axes. Figures are built with
+``matplotlib.figure.Figure`` directly (no pyplot state), so they are safe to make in a loop or a thread.
+Image grids (samples, trajectories, reconstruction pairs) are not charts: see :func:`ebmtool.images.save_grid`.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
-from ebmtool.images import save_grid, to_uint8
+FORMATS = ("png", "pdf", "svg")
+CHANCE_NCE = 2 * math.log(2)  # NCE loss (data term + noise term) of a classifier that always says 1/2
 
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+def figure_format(path: str) -> str:
+    """png | pdf | svg from the file's extension; anything else is a one-line UserError."""
+    from ebmtool.errors import UserError
+
+    ext = Path(path).suffix.lower().lstrip(".")
+    if ext not in FORMATS:
+        raise UserError(f"{path}: the figure format is chosen by the extension; use .png, .pdf or .svg")
+    return ext
+
+
+def new_figure(ncols: int = 1, size: tuple[float, float] = (6.4, 4.2)):
+    """(Figure, axes) with an Agg canvas; ``axes`` is one Axes for ncols=1, else a list."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] * ncols, size[1]), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    for ax in axes:
+        ax.grid(True, alpha=0.3, linewidth=0.6)
+    return fig, (axes[0] if ncols == 1 else axes)
+
+
+def save_figure(fig, path: str, dpi: int = 150) -> None:
+    """Write ``fig`` to ``path`` in the format its extension names (atomically)."""
+    from ebmtool.artifacts import atomic_write
+
+    fmt = figure_format(path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
+
+
+def _integer_x(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], path: str, *, title: str,
-               xlabel: str, ylabel: str, size=(640, 420)) -> None:
-    """series: (label, xs, ys) triples drawn as polylines on shared axes; written atomically."""
-    from PIL import Image, ImageDraw
-
-    w, h = size
-    left, right, top, bottom = 70, 20, 40, 50
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    xs_all = np.concatenate([np.asarray(s[1], float) for s in series])
-    ys_all = np.concatenate([np.asarray(s[2], float) for s in series])
-    x0, x1 = float(xs_all.min()), float(xs_all.max())
-    y0, y1 = float(ys_all.min()), float(ys_all.max())
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y1 = y0 + 1
-    pad = 0.05 * (y1 - y0)
-    y0, y1 = y0 - pad, y1 + pad
-
-    def px(x, y):
-        return (left + (x - x0) / (x1 - x0) * (w - left - right), h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom))
-
-    d.rectangle([left, top, w - right, h - bottom], outline="black")
-    for i in range(5):
-        yv = y0 + i * (y1 - y0) / 4
-        _, yy = px(x0, yv)
-        d.line([left - 4, yy, left, yy], fill="black")
-        d.text((4, yy - 6), f"{yv:.3g}", fill="black")
-        xv = x0 + i * (x1 - x0) / 4
-        xx, _ = px(xv, y0)
-        d.line([xx, h - bottom, xx, h - bottom + 4], fill="black")
-        d.text((xx - 10, h - bottom + 8), f"{xv:.3g}", fill="black")
-    d.text((left, 10), title, fill="black")
-    d.text((w // 2 - 30, h - 18), xlabel, fill="black")
-    d.text((4, top - 16), ylabel, fill="black")
-    for i, (label, xs, ys) in enumerate(series):
-        col = PALETTE[i % len(PALETTE)]
-        pts = [px(float(a), float(b)) for a, b in zip(xs, ys)]
-        if len(pts) > 1:
-            d.line(pts, fill=col, width=2)
-        for p in pts if len(pts) < 40 else []:
-            d.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=col)
-        d.text((w - right - 150, top + 6 + 14 * i), label, fill=col)
-    _save(img, path)
+               xlabel: str, ylabel: str, integer_x: bool = True, hlines: Sequence[tuple[float, str]] = (),
+               size: tuple[float, float] = (6.4, 4.2)):
+    """series: (label, xs, ys) triples drawn as lines on shared axes; ``hlines``: (y, label) reference lines."""
+    fig, ax = new_figure(size=size)
+    for label, xs, ys in series:
+        xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+        ax.plot(xs, ys, label=label, marker="o" if len(xs) < 30 else None, markersize=3, linewidth=1.5)
+    for y, label in hlines:
+        ax.axhline(y, color="0.35", linestyle="--", linewidth=1, label=label)
+    if integer_x:
+        _integer_x(ax)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.legend(fontsize="small")
+    save_figure(fig, path)
+    return fig
 
 
-def _save(img, path: str) -> None:
-    from ebmtool.artifacts import atomic_write
-
-    with atomic_write(path) as tmp:
-        img.save(tmp, format="PNG")
-
-
-def pr_curve_png(y: np.ndarray, scores: np.ndarray, path: str) -> None:
-    from sklearn.metrics import auc, precision_recall_curve
-
-    precision, recall, _ = precision_recall_curve(y, scores)
-    line_chart([(f"AUPRC {auc(recall, precision):.3f}", recall, precision)], path,
-               title="precision-recall (anomaly = 1)", xlabel="recall", ylabel="precision")
-
-
-def nce_curves_png(stage_losses: dict[int, Sequence[float]], path: str) -> None:
-    """Per-stage NCE loss by epoch (adaptive-NCE Fig. 4); epochs continue across stages."""
+def nce_curves_png(stage_losses: dict[int, Sequence[float]], path: str):
+    """Per-stage NCE loss by epoch (adaptive-NCE Fig. 4); epochs continue across stages; the chance level
+    2 ln 2 (a classifier that cannot tell data from noise) is marked."""
     series, start = [], 0
     for k in sorted(stage_losses):
         v = list(stage_losses[k])
         series.append((f"stage {k}", list(range(start + 1, start + len(v) + 1)), v))
         start += len(v)
-    line_chart(series, path, title="NCE loss per stage", xlabel="epoch", ylabel="NCE loss")
+    return line_chart(series, path, title="NCE loss per stage", xlabel="epoch (cumulative over stages)",
+                      ylabel="NCE loss (nats)", hlines=[(CHANCE_NCE, "chance 2 ln 2 = 1.386")])
 
 
-def energy_profile_png(steps: Sequence[int], log_probs: np.ndarray, path: str) -> None:
-    """Mean (and 10/90% quantiles) of log pi along Langevin chains; log_probs is (T, B)."""
-    lp = np.asarray(log_probs, float)
-    series = [("mean log p", steps, lp.mean(1)), ("10%", steps, np.quantile(lp, 0.1, 1)),
-              ("90%", steps, np.quantile(lp, 0.9, 1))]
-    line_chart(series, path, title="Langevin: log-density along the chain", xlabel="step", ylabel="log p(z)")
+def loss_curves_png(history: dict[str, Sequence[float]], path: str, *, title: str = "training"):
+    """Per-epoch means of the logged scalars: losses on the left; the others (grad norms, log-ratio means, ...)
+    on a second panel when there are any, since their scales differ."""
+    losses = {k: v for k, v in history.items() if k.startswith("loss")}
+    other = {k: v for k, v in history.items() if k not in losses}
+    if not losses:
+        losses, other = other, {}
+    fig, axes = new_figure(ncols=2 if other else 1)
+    axes = axes if other else [axes]
+    for ax, group, ylabel in ((axes[0], losses, "loss (nats, per-epoch mean)"),
+                              (axes[-1] if other else None, other, "value (per-epoch mean)")):
+        if ax is None:
+            continue
+        for k, v in group.items():
+            xs = np.arange(1, len(v) + 1)
+            ax.plot(xs, np.asarray(v, float), label=k, marker="o" if len(v) < 30 else None, markersize=3)
+        _integer_x(ax)
+        ax.set(xlabel="epoch", ylabel=ylabel)
+        ax.legend(fontsize="small")
+    axes[0].set_title(f"{title}: losses")
+    if other:
+        axes[-1].set_title(f"{title}: other logged scalars")
+    save_figure(fig, path)
+    return fig
 
 
-def plot_artifact(art, out: str) -> str:
-    """One PNG for an artifact, chosen by what it holds; returns what was drawn.
+def energy_profile_png(steps: Sequence[int], log_probs: np.ndarray, path: str):
+    """Energy E(z) = -log pi(z) (up to the constant log Z) along Langevin chains, as in LEBM Fig. 3-4: the mean
+    over chains with the 10-90% band and a few single chains; ``log_probs`` is (T, B)."""
+    energy = -np.asarray(log_probs, float)
+    steps = np.asarray(steps, float)
+    fig, ax = new_figure()
+    ax.fill_between(steps, np.quantile(energy, 0.1, 1), np.quantile(energy, 0.9, 1), alpha=0.25,
+                    label="10-90% of chains")
+    for j in range(min(4, energy.shape[1])):
+        ax.plot(steps, energy[:, j], linewidth=0.7, alpha=0.6, color="0.4", label="single chains" if j == 0 else None)
+    ax.plot(steps, energy.mean(1), linewidth=2, label=f"mean of {energy.shape[1]} chains")
+    _integer_x(ax)
+    ax.set(title="Langevin dynamics: energy along the chains", xlabel="Langevin step",
+           ylabel="energy −log π(z) (nats, up to log Z)")
+    ax.legend(fontsize="small")
+    save_figure(fig, path)
+    return fig
+
+
+def pr_curve_png(y: np.ndarray, scores: np.ndarray, path: str, *, title: str = "anomaly detection (anomaly = 1)"):
+    """Precision-recall and ROC curves side by side, each with the random baseline (precision = fraction of
+    anomalies; TPR = FPR)."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    y, scores = np.asarray(y), np.asarray(scores, float)
+    base = float(np.mean(y == 1))
+    precision, recall, _ = precision_recall_curve(y, scores)
+    fpr, tpr, _ = roc_curve(y, scores)
+    fig, (pr, roc) = new_figure(ncols=2, size=(4.6, 4.2))
+    pr.step(recall, precision, where="post", label=f"score (AUPRC {average_precision_score(y, scores):.3f})")
+    pr.axhline(base, color="0.35", linestyle="--", linewidth=1, label=f"random (AUPRC {base:.3f})")
+    pr.set(xlabel="recall (fraction of anomalies found)", ylabel="precision (fraction flagged that are anomalies)",
+           title="precision-recall", xlim=(0, 1), ylim=(0, 1.01))
+    roc.plot(fpr, tpr, label=f"score (AUROC {roc_auc_score(y, scores):.3f})")
+    roc.plot([0, 1], [0, 1], color="0.35", linestyle="--", linewidth=1, label="random (AUROC 0.500)")
+    roc.set(xlabel="false-positive rate (fraction of normals)", ylabel="true-positive rate (fraction of anomalies)",
+            title="ROC", xlim=(0, 1), ylim=(0, 1.01))
+    for ax in (pr, roc):
+        ax.set_aspect("equal")
+        ax.legend(fontsize="small", loc="lower right" if ax is roc else "best")
+    fig.suptitle(title)
+    save_figure(fig, path)
+    return fig
+
+
+def auprc_per_digit(results: dict[str, dict[int, list[float]]], random: dict[int, float], path: str,
+                    title: str = "AUPRC per held-out digit (mean ± std over seeds)"):
+    """Grouped bars: one group per digit, one bar per method (mean over the list, std as error bar), the random
+    baseline of each digit (its anomaly fraction) marked as a short dashed line across the group."""
+    methods = list(results)
+    digits = sorted({int(d) for r in results.values() for d in r} | {int(d) for d in random})
+    fig, ax = new_figure(size=(max(6.4, 0.9 * len(digits) + 2.5), 4.2))
+    width = 0.8 / max(1, len(methods))
+    x = np.arange(len(digits))
+    for i, m in enumerate(methods):
+        vals = [np.asarray(results[m].get(d, []), float) for d in digits]
+        means = np.array([v.mean() if len(v) else np.nan for v in vals])
+        stds = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in vals])
+        ns = sorted({len(v) for v in vals if len(v)})
+        n_txt = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]}" if ns else "n=0"
+        ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=stds, capsize=2, label=f"{m} ({n_txt})",
+               error_kw={"linewidth": 0.8})
+    marked = [j for j, d in enumerate(digits) if d in random]
+    if marked:
+        ax.hlines([float(random[digits[j]]) for j in marked], x[marked] - 0.45, x[marked] + 0.45, colors="k",
+                  linestyles="--", linewidth=1.2, label="random (anomaly fraction)")
+    ax.set_xticks(x, [str(d) for d in digits])
+    ax.set(xlabel="held-out (anomalous) digit", ylabel="AUPRC", ylim=(0, 1), title=title)
+    ax.legend(fontsize="small", ncols=min(3, len(methods) + 1))
+    save_figure(fig, path)
+    return fig
+
+
+def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
+    """One figure for an artifact, chosen by what it holds; returns what was drawn.
 
     model with per-stage NCE history -> NCE loss per stage (adaptive-NCE Fig. 4); other models -> loss curves;
-    samples with a trajectory -> log-density profile along the chains (LEBM Fig. 3-4, adaptive-NCE Fig. 5);
-    scores -> precision-recall curve; dataset / samples / reconstructions -> image grid.
+    samples with a trajectory -> energy profile along the chains (LEBM Fig. 3-4, adaptive-NCE Fig. 5);
+    scores -> precision-recall and ROC curves; dataset / samples / reconstructions -> image grid (PNG only).
     """
     from ebmtool.errors import UserError
 
     t = art.tensors
+    fmt = figure_format(out)
     if art.kind == "model":
         stages = {int(k.split(".")[1][len("stage"):]): v.tolist() for k, v in t.items()
                   if k.startswith("history.stage") and k.endswith(".nce")}
@@ -114,18 +207,22 @@ def plot_artifact(art, out: str) -> str:
         hist = {k[len("history."):]: v.tolist() for k, v in t.items() if k.startswith("history.") and v.ndim == 1}
         if not hist:
             raise UserError(f"{art.path}: model has no training history to plot")
-        series = [(k, list(range(1, len(v) + 1)), v) for k, v in hist.items() if k.startswith("loss")] or \
-                 [(k, list(range(1, len(v) + 1)), v) for k, v in hist.items()]
-        line_chart(series, out, title=f"{art.meta.get('method', 'model')} training", xlabel="epoch", ylabel="loss")
-        return "training loss per epoch"
+        loss_curves_png(hist, out, title=f"{art.meta.get('method', 'model')} training")
+        return "training curves per epoch"
     if art.kind == "samples" and "trajectory.log_prob" in t:
         energy_profile_png(t["trajectory.steps"].tolist(), t["trajectory.log_prob"].numpy(), out)
-        return "log-density along the Langevin chains"
+        return "energy along the Langevin chains"
     if art.kind == "scores":
         pr_curve_png(t["labels"].numpy(), t["scores"].numpy(), out)
-        return "precision-recall curve"
+        return "precision-recall and ROC curves"
     if "images" in t and t["images"].ndim == 4:
+        import torch
+
+        from ebmtool.images import save_grid, to_uint8
+
+        if fmt != "png":
+            raise UserError(f"{out}: an image grid is written as .png")
         imgs = t["images"]
-        save_grid((imgs if imgs.dtype == torch.uint8 else to_uint8(imgs))[:100], out)
+        save_grid((imgs if imgs.dtype == torch.uint8 else to_uint8(imgs))[:100], out, scale=scale)
         return "image grid"
     raise UserError(f"{art.path}: nothing to plot in a {art.kind} artifact")

@@ -131,7 +131,7 @@ def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adapti
             if k == 0:
                 return torch.randn(m, nz, device=dev)  # p_0 = N(0, I) exactly
             if read_memory is not None:  # rows drawn for the global batch; this rank uses its shard of them
-                rows = torch.randint(0, n, (m if not W.parallel else cfg.batch_size,), generator=mem_gen)
+                rows = torch.randint(0, n, (m if not W.parallel else cfg.batch_size,), generator=mem_gen, device="cpu")
                 return read_memory[distributed.take(rows)[:m].to(dev)]
             z, _ = prior.chain(m, cfg.prior, f"prior Langevin (stage {k}, iteration {it + 1})", device=dev)
             return z
@@ -155,7 +155,7 @@ def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adapti
         read_memory = write_memory  # swap: this stage's posterior samples are the next stage's negatives
     stage_losses = _per_stage(hist.epochs["nce"], cfg.epochs_per_stage)
     tensors = {"memory": write_memory.detach().cpu()}
-    tensors.update({f"history.stage{k0 + i}.nce": torch.tensor(v) for i, v in enumerate(stage_losses)})
+    tensors.update({f"history.stage{k0 + i}.nce": torch.tensor(v, device="cpu") for i, v in enumerate(stage_losses)})
     meta = {"stages_total": len(prior.stages), "stages_added": cfg.stages, "data_content_sha256": data.content_sha256,
             "nce_final_per_stage": [v[-1] for v in stage_losses]}
     return FitResult(model, hist, tensors, meta)
@@ -211,7 +211,7 @@ def _fit_non_adaptive(cfg, data, model, k0, init, ctx) -> FitResult:
         prior.add_stage(r)
     model.generator.requires_grad_(True)
     stage_losses = _per_stage(hist.epochs["nce"], cfg.epochs_per_stage)
-    tensors = {f"history.stage{i}.nce": torch.tensor(v) for i, v in enumerate(stage_losses)}
+    tensors = {f"history.stage{i}.nce": torch.tensor(v, device="cpu") for i, v in enumerate(stage_losses)}
     meta = {"stages_total": len(prior.stages), "stages_added": m, "non_adaptive": True,
             "waymarks": alphas, "nce_final_per_stage": [v[-1] for v in stage_losses]}
     return FitResult(model, hist, tensors, meta)

@@ -5,7 +5,7 @@ serialises itself as a JSON ``spec`` plus a state dict."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -25,14 +25,24 @@ class Model(nn.Module):
     image_shape: tuple[int, int, int]
     method: str = "?"
 
-    def sample(self, n: int, **kw) -> SampleOutput:
+    # The verbs take exactly the options the stages pass; a model honours each one or refuses it with a UserError
+    # (never a **kwargs that swallows it).
+    def sample(self, n: int, *, steps: Optional[int] = None, step_size: Optional[float] = None,
+               sampler: Optional[str] = None, record_every: int = 0) -> SampleOutput:
         raise NotImplementedError
 
-    def reconstruct(self, x: torch.Tensor, **kw) -> tuple[torch.Tensor, Latent | None]:
+    def reconstruct(self, x: torch.Tensor, *, steps: Optional[int] = None, step_size: Optional[float] = None
+                    ) -> tuple[torch.Tensor, Latent | None]:
         raise NotImplementedError
 
-    def anomaly_score(self, x: torch.Tensor, **kw) -> torch.Tensor:
+    def anomaly_score(self, x: torch.Tensor, *, steps: Optional[int] = None, step_size: Optional[float] = None
+                      ) -> torch.Tensor:
         raise NotImplementedError
+
+    def score_terms(self, x: torch.Tensor, *, steps: Optional[int] = None, step_size: Optional[float] = None
+                    ) -> dict[str, torch.Tensor]:
+        """The anomaly score split into its terms, each (B,), summing to ``anomaly_score`` (one term here)."""
+        return {"score": self.anomaly_score(x, steps=steps, step_size=step_size)}
 
     def spec(self) -> dict[str, Any]:
         raise NotImplementedError

@@ -64,7 +64,11 @@ class LatentModel(Model):
                         freeze=[self], record_every=record_every, what=what)
 
     # --- the verbs ----------------------------------------------------------------------------
-    def sample(self, n: int, *, steps=None, step_size=None, sampler=None, record_every: int = 0, **_):
+    def sample(self, n: int, *, steps=None, step_size=None, sampler=None, record_every: int = 0):
+        if self.prior.is_base and (steps is not None or step_size is not None or sampler is not None):
+            given = "/".join(o for o, v in (("--steps", steps), ("--step-size", step_size), ("--sampler", sampler))
+                             if v is not None)
+            raise UserError(f"{given}: a {self.method} model's prior is N(0, I), drawn exactly (there is no prior chain)")
         ch = self.sampling.override(steps, step_size)
         z, traj = self.prior.sample(n, steps=ch.steps, step_size=ch.step_size, sampler=sampler or self.sampler,
                                     device=_device_of(self), record_every=record_every)
@@ -72,19 +76,25 @@ class LatentModel(Model):
             x = self.generator(bottom(z))
         return SampleOutput(x, z, traj)
 
-    def reconstruct(self, x, *, steps=None, step_size=None, **_):
+    def reconstruct(self, x, *, steps=None, step_size=None):
         # an explicit chain (--steps/--step-size) refines an encoder's z instead of being ignored
         refine = steps is not None or step_size is not None
         z, _t = self.infer(x, self.inference.override(steps, step_size), refine=refine)
         with torch.no_grad():
             return self.generator(bottom(z)), z
 
-    def anomaly_score(self, x, *, steps=None, step_size=None, **_):
+    def anomaly_score(self, x, *, steps=None, step_size=None):
         """-log p(x, z) at a posterior sample z (docs/design.md §5): higher = more anomalous."""
+        return sum(self.score_terms(x, steps=steps, step_size=step_size).values())
+
+    def score_terms(self, x, *, steps=None, step_size=None):
+        """-log p(x, z) at one posterior sample z, up to constants, as three (B,) terms that sum to it:
+        ``recon`` = ||x - g(z)||^2 / (2 sigma^2) (= -log p(x|z)), ``tilt`` = -f(z) (or -sum_k log r_k(z)),
+        ``base`` = -log p0(z) (||z||^2/2 under N(0, I))."""
         refine = steps is not None or step_size is not None
         z, _t = self.infer(x, self.inference.override(steps, step_size), refine=refine)
         with torch.no_grad():
-            return -self.log_joint(x, z)
+            return {"recon": -self.log_lik(x, z), "tilt": -self.prior.tilt(z), "base": -self.prior.base_log_prob(z)}
 
     # --- serialisation ------------------------------------------------------------------------
     def spec(self):

@@ -10,6 +10,7 @@ import torch
 from ebmtool import artifacts, distributed
 from ebmtool.data import load_images
 from ebmtool.errors import UserError
+from ebmtool.eval import scores as S
 from ebmtool.eval.anomaly import binary_labels, metrics
 from ebmtool.eval.plots import pr_curve_png
 from ebmtool.images import save_grid, to_uint8
@@ -55,7 +56,8 @@ def _latent_tensors(z, prefix: str = "latents") -> dict[str, torch.Tensor]:
 def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional[str] = None,
            steps: Optional[int] = None, step_size: Optional[float] = None, sampler: Optional[str] = None,
            trajectory_every: int = 0, trajectory_png: Optional[str] = None, seed: int = 0, device: str = "auto",
-           force: bool = False, layer_resample: Optional[int] = None, precision: str = "fp32") -> dict[str, Any]:
+           force: bool = False, layer_resample: Optional[int] = None, precision: str = "fp32",
+           scale: Optional[int] = None) -> dict[str, Any]:
     if out is None and grid is None:
         raise UserError("sample: give -o FILE.safetensors and/or --grid FILE.png")
     if n < 1:
@@ -92,7 +94,7 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
                             "steps": steps, "step_size": step_size, "sampler": sampler, "layer_resample": layer_resample}
     if res.trajectory is not None:
         tr = res.trajectory
-        tensors["trajectory.steps"] = torch.tensor(tr.steps)
+        tensors["trajectory.steps"] = torch.tensor(tr.steps, device="cpu")
         tensors["trajectory.log_prob"] = tr.stacked_log_probs().cpu()
         with torch.no_grad():
             tensors["trajectory.images"] = torch.stack(
@@ -100,10 +102,10 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     if out is not None:
         artifacts.save(out, "samples", tensors, meta=meta, parents=[art], force=True)
     if grid is not None:
-        save_grid(images, grid, nrow=8 if layer_resample else None)
+        save_grid(images, grid, nrow=8 if layer_resample else None, scale=scale)
     if trajectory_png is not None:
         t = tensors["trajectory.images"]  # (T, 8, C, H, W): rows = chains, columns = time
-        save_grid(t.transpose(0, 1).reshape(-1, *t.shape[2:]), trajectory_png, nrow=t.shape[0])
+        save_grid(t.transpose(0, 1).reshape(-1, *t.shape[2:]), trajectory_png, nrow=t.shape[0], scale=scale)
     return {"output": out, "grid": grid, "n": n, "image_shape": list(images.shape[1:])}
 
 
@@ -132,7 +134,7 @@ def _open(model_path: str, data_path: str, outputs, seed: int, device: str, forc
 def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, grid: Optional[str] = None,
                 steps: Optional[int] = None, step_size: Optional[float] = None, batch_size: int = 500,
                 limit: Optional[int] = None, seed: int = 0, device: str = "auto", force: bool = False,
-                precision: str = "fp32") -> dict[str, Any]:
+                precision: str = "fp32", scale: Optional[int] = None) -> dict[str, Any]:
     dev, model, art, x, labels, data_art = _open(model_path, data_path, (out, grid), seed, device, force, limit)
     with _precision(precision, dev):
         xhat, z = batched(lambda b: model.reconstruct(b, steps=steps, step_size=step_size), x, batch_size, dev)
@@ -147,35 +149,70 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
     if grid is not None:
         k = min(32, len(x))
         pairs = torch.stack([to_uint8(x[:k]), to_uint8(xhat[:k])], 1).reshape(-1, *x.shape[1:])
-        save_grid(pairs, grid, nrow=16)
+        save_grid(pairs, grid, nrow=16, scale=scale)
     return {**res, "output": out, "grid": grid}
+
+
+def score_terms(model: Model, x: torch.Tensor, *, steps: Optional[int] = None, step_size: Optional[float] = None,
+                batch_size: int = 500, device: torch.device) -> dict[str, torch.Tensor]:
+    """The terms of the model's anomaly score for every image (see :mod:`ebmtool.eval.scores`), each (N,) float64."""
+    names: list[str] = []
+
+    def fn(b):
+        t = model.score_terms(b, steps=steps, step_size=step_size)
+        names[:] = list(t)
+        return tuple(t.values())
+
+    vals = batched(fn, x, batch_size, device)
+    return {k: v.double() for k, v in zip(names, vals)}
 
 
 def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = None, ood_path: Optional[str] = None,
             out: Optional[str] = None, steps: Optional[int] = None, step_size: Optional[float] = None,
             batch_size: int = 500, seed: int = 0, device: str = "auto", force: bool = False,
-            pr_png: Optional[str] = None, precision: str = "fp32") -> dict[str, Any]:
+            pr_png: Optional[str] = None, precision: str = "fp32", score: str = "joint",
+            calibrate: Optional[str] = None) -> dict[str, Any]:
+    """Anomaly / OOD evaluation with the label-free score ``score`` (:data:`ebmtool.eval.scores.SCORES`).
+    ``calibrate``: a dataset of held-out normals whose mean joint score anchors ``typicality``."""
     if (positive is None) == (ood_path is None):
         raise UserError("anomaly: give exactly one of --anomaly-class/--labels-positive or --ood-data")
+    if score not in S.SCORES:
+        raise UserError(f"--score: unknown score {score!r} (choose from {', '.join(S.SCORES)})")
+    if calibrate is not None and score != "typicality":
+        raise UserError(f"--calibrate: only the typicality score uses it (got --score {score})")
+    if score == "typicality" and calibrate is None:
+        S.score("typicality", {}, calibration=None)  # raises the one-line error
     dev, model, art, x, labels, data_art = _open(model_path, data_path, (out, pr_png), seed, device, force)
     parents = [art, data_art]
     if ood_path is not None:
         xo, _, ood_art = load_images(ood_path, what="--ood-data")
         _check_fits(model, xo, ood_path)
         x = torch.cat([x, xo])
-        y = torch.cat([torch.zeros(len(x) - len(xo), dtype=torch.long), torch.ones(len(xo), dtype=torch.long)])
+        y = torch.cat([torch.zeros(len(x) - len(xo), dtype=torch.long, device=x.device), torch.ones(len(xo), dtype=torch.long, device=x.device)])
         parents.append(ood_art)
     else:
         y = binary_labels(labels, positive)
+    cal_mean = None
+    if calibrate is not None:
+        xc, _, cal_art = load_images(calibrate, what="--calibrate")
+        _check_fits(model, xc, calibrate)
+        parents.append(cal_art)
+    kw = dict(steps=steps, step_size=step_size, batch_size=batch_size, device=dev)
     with _precision(precision, dev):
-        scores = batched(lambda b: model.anomaly_score(b, steps=steps, step_size=step_size), x, batch_size, dev)
-    scores = scores.float()
+        terms = score_terms(model, x, **kw)
+        if calibrate is not None:
+            cal_mean = float(S.joint(score_terms(model, xc, **kw)).mean())
+    what = f"{model.method} model" if isinstance(model, LatentModel) else f"a {model.method} model"
+    scores = torch.from_numpy(S.score(score, terms, images=to_uint8(x), calibration=cal_mean, model=what))
     m = metrics(y, scores)
-    res = {**m.as_dict(), "model_method": model.method, "score": "-log p(x, z) at posterior samples"
-           if isinstance(model, LatentModel) else getattr(model, "score_name", "anomaly score"),
+    base = ("-log p(x, z) at posterior samples" if isinstance(model, LatentModel)
+            else getattr(model, "score_name", "anomaly score"))
+    res = {**m.as_dict(), "model_method": model.method, "score": score, "score_description": base if score == "joint"
+           else f"{score} (from {base})", "calibration_mean_joint": cal_mean,
            "anomaly_classes": positive, "ood_data": ood_path}
     if out is not None:
-        artifacts.save(out, "scores", {"scores": scores.double(), "labels": y}, meta=res, parents=parents, force=True)
+        tensors = {"scores": scores.double(), "labels": y, **{f"terms.{k}": v for k, v in terms.items()}}
+        artifacts.save(out, "scores", tensors, meta=res, parents=parents, force=True)
     if pr_png is not None:
         pr_curve_png(y.numpy(), scores.numpy(), pr_png)
     return {**res, "output": out}

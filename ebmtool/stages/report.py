@@ -18,12 +18,13 @@ def inspect(path: str) -> dict[str, Any]:
     }
 
 
-def plot(path: str, out: str, force: bool = False) -> dict[str, Any]:
-    """One PNG of what an artifact holds (see :func:`ebmtool.eval.plots.plot_artifact`)."""
+def plot(path: str, out: str, force: bool = False, scale: Optional[int] = None) -> dict[str, Any]:
+    """One figure of what an artifact holds (see :func:`ebmtool.eval.plots.plot_artifact`); ``scale``: the
+    upscaling of an image grid."""
     from ebmtool.eval.plots import plot_artifact
 
     artifacts.check_output(out, force)
-    return {"output": str(out), "drew": plot_artifact(artifacts.load(path), str(out))}
+    return {"output": str(out), "drew": plot_artifact(artifacts.load(path), str(out), scale=scale)}
 
 
 def fid(samples: str, ref: str, *, inception_weights: Optional[str] = None, features: Optional[str] = None,

@@ -42,12 +42,13 @@ def checkpoint_path(out: str) -> Path:
 
 def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str] = None, force: bool = False,
           quiet: bool = False, checkpoint_every: int = 0, checkpoint: Optional[str] = None,
-          resume: Optional[str] = None) -> dict[str, Any]:
+          resume: Optional[str] = None, tensorboard: Optional[str] = None) -> dict[str, Any]:
     """Fit ``method`` with the resolved ``cfg`` on ``data_path``; write a model artifact to ``out``.
 
     With ``checkpoint_every`` > 0 (or on SIGINT/SIGTERM) a resumable checkpoint is written to ``checkpoint``
     (default: OUT with suffix .ckpt.safetensors); ``resume`` continues from one. The checkpoint is removed
-    once the model artifact is written."""
+    once the model artifact is written. ``tensorboard``: a directory for TensorBoard scalars and sample grids
+    per epoch (:mod:`ebmtool.tensorboard`)."""
     spec = METHODS[method]
     artifacts.check_output(out, force)
     if hasattr(cfg, "batch_size"):
@@ -59,9 +60,15 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
         raise UserError(f"--checkpoint {ck_path}: must differ from the output file")
     config_json = cfg.model_dump(mode="json")
     resume_art = None
-    if ck_path.exists() and not force:
+    # an existing checkpoint is only overwritten when it is the one being resumed (or with --force)
+    resuming_it = resume is not None and Path(resume).resolve() == ck_path.resolve()
+    if ck_path.exists() and not resuming_it and not force:
         raise UserError(f"{ck_path}: a checkpoint of an earlier run exists (continue it with --resume {ck_path}, or pass --force)")
     artifacts.check_output(ck_path, True)
+    if tensorboard is not None:
+        from ebmtool.tensorboard import require
+
+        require()  # one line before any work when the package is missing
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     data = open_training_data(data_path, device)
@@ -81,12 +88,20 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
                         "(fp16 is available for sample/reconstruct/anomaly)")
     ctx = RunContext(device=device, quiet=quiet or not distributed.world().is_main, seed=cfg.seed, ckpt=ck,
                      precision=prec)
+    tb = None
+    if tensorboard is not None:
+        from ebmtool.tensorboard import TensorBoardLogger
+
+        tb = TensorBoardLogger(tensorboard)
+        ctx.on_epoch = lambda label, epoch, means: tb.log_epoch(label, epoch, means, ck.objects.get("model"))
     t0 = time.perf_counter()
     handlers = ck.install_signal_handlers()  # Ctrl-C / SIGTERM: checkpoint at the next iteration boundary
     try:
         res: FitResult = spec.fit(cfg, data, init, init_art, ctx)
     finally:
         ck.restore_signal_handlers(handlers)
+        if tb is not None:
+            tb.close()
     wall = time.perf_counter() - t0
     model = res.model
     tensors = {**model_tensors(model), **res.history.tensors(), **res.tensors}

@@ -1,0 +1,94 @@
+"""Label-free anomaly scores (ebmtool.eval.scores) against tiny hand-computed cases, and the CLI's --score."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ebmtool.errors import UserError
+from ebmtool.eval import scores as S
+
+TERMS = {"recon": np.array([10.0, 2.0, 5.0]), "tilt": np.array([-1.0, 0.5, 0.0]), "base": np.array([3.0, 1.0, 2.0])}
+
+
+def test_joint_recon_prior_by_hand():
+    assert S.score("joint", TERMS).tolist() == [12.0, 3.5, 7.0]
+    assert S.score("recon", TERMS).tolist() == [10.0, 2.0, 5.0]
+    assert S.score("prior", TERMS).tolist() == [2.0, 1.5, 2.0]
+
+
+def test_typicality_is_two_sided_distance_from_the_calibration_mean():
+    # joint = 12, 3.5, 7; normals' mean 7: the image *below* the mean (3.5) is as atypical as one above
+    assert S.score("typicality", TERMS, calibration=7.0).tolist() == [5.0, 3.5, 0.0]
+
+
+def test_complexity_is_joint_bits_minus_png_bits():
+    imgs = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
+    imgs[1] = torch.randint(0, 256, (1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    bits = []
+    for a in imgs[:, 0].numpy():
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG", compress_level=9)
+        bits.append(8 * len(buf.getvalue()))
+    assert S.png_bits(imgs).tolist() == bits
+    assert bits[1] > bits[0]  # noise compresses worse than a blank image
+    np.testing.assert_allclose(S.score("complexity", TERMS, images=imgs),
+                               np.array([12.0, 3.5, 7.0]) / math.log(2) - np.array(bits))
+
+
+def test_refusals_are_one_line_user_errors():
+    with pytest.raises(UserError, match="unknown score"):
+        S.score("nope", TERMS)
+    with pytest.raises(UserError, match="--calibrate"):
+        S.score("typicality", TERMS)
+    with pytest.raises(UserError, match="no latent decomposition"):
+        S.score("recon", {"score": np.ones(3)})
+
+
+def test_png_bits_rejects_float_images():
+    with pytest.raises(ValueError):
+        S.png_bits(torch.zeros(2, 1, 4, 4))
+
+
+def test_calibration_parts_split_train_disjointly():
+    from ebmtool.data.prepare import calibration_split, protocol_split
+
+    labels = torch.arange(1000) % 10
+    train, test = protocol_split(labels, 3)
+    fit, cal = calibration_split(train)
+    assert len(fit) + len(cal) == len(train) and len(cal) == round(0.1 * len(train))
+    assert not set(fit.tolist()) & set(cal.tolist())
+    assert set(fit.tolist()) | set(cal.tolist()) == set(train.tolist())
+    assert not set(cal.tolist()) & set(test.tolist())
+
+
+def test_anomaly_cli_every_score(tmp_path, digits_ds, digits_other_ds, mle_model):
+    """Each --score through the CLI; the scores artifact keeps every term; typicality uses --calibrate."""
+    from safetensors.torch import load_file
+
+    from conftest import run_cli
+
+    out = {}
+    for name in S.SCORES:
+        extra = ["--calibrate", digits_other_ds] if name == "typicality" else []
+        o = tmp_path / f"{name}.safetensors"
+        r = run_cli(["anomaly", "--model", mle_model, "--data", digits_ds, "--anomaly-class", "1", "--score", name,
+                     "--steps", "3", "-o", o, "--json", *extra]).ok()
+        out[name] = json.loads(r.out)
+        t = load_file(o)
+        assert {"terms.recon", "terms.tilt", "terms.base", "scores", "labels"} <= set(t)
+        if name == "joint":
+            torch.testing.assert_close(t["scores"], t["terms.recon"] + t["terms.tilt"] + t["terms.base"])
+        if name == "prior":
+            torch.testing.assert_close(t["scores"], t["terms.tilt"] + t["terms.base"])
+    assert out["joint"]["score"] == "joint" and out["typicality"]["calibration_mean_joint"] is not None
+    r = run_cli(["anomaly", "--model", mle_model, "--data", digits_ds, "--anomaly-class", "1", "--score", "typicality"])
+    assert r.code == 2 and r.err_lines == [l for l in r.err_lines if "--calibrate" in l] and len(r.err_lines) == 1
+    r = run_cli(["anomaly", "--model", mle_model, "--data", digits_ds, "--anomaly-class", "1", "--calibrate", digits_ds])
+    assert r.code == 2 and len(r.err_lines) == 1 and "typicality" in r.err
