@@ -207,7 +207,7 @@ def auprc_per_digit(results: dict[str, dict[int, list[float]]], random: dict[int
                 marker="Dvs^o"[i % 5], markersize=6, markeredgecolor="k", color="white", label=name)
     ax.set_xticks(x, [str(d) for d in digits])
     ax.set(xlabel="held-out (anomalous) digit", ylabel="AUPRC", ylim=(0, 1), title=title)
-    ax.legend(fontsize="small", ncols=min(3, len(methods) + 1))
+    ax.legend(fontsize="small", ncols=min(3, len(methods) + 1), loc="upper center", bbox_to_anchor=(0.5, -0.14))
     save_figure(fig, path)
     return fig
 
