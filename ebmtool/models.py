@@ -185,6 +185,8 @@ class LatentModel(Model):
         from ebmtool.nets.encoders import encoder_from_spec
 
         g = Generator(**spec["generator"])
+        if not 0 < float(spec["sigma"]) < float("inf"):
+            raise ValueError(f"sigma must be a positive number, got {spec['sigma']!r}")
         return cls(g, prior_from_spec(spec["prior"]), spec["sigma"], spec["image_shape"],
                    inference=Chain(**spec["inference"]), sampling=Chain(**spec["sampling"]),
                    sampler=spec.get("sampler", "langevin"),
@@ -218,9 +220,14 @@ def load_model(path, what: str = "--model", device: str | torch.device = "cpu") 
         raise UserError(f"{art.path}: model artifact has no valid model spec")
     try:
         model = MODEL_TYPES[spec["type"]].from_spec(spec)
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{art.path}: model spec is invalid ({type(e).__name__}: {e})") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, ArithmeticError) as e:  # e.g. a size < 1 in the spec
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"{art.path}: model spec is invalid ({type(e).__name__}: {first})") from None
     sd = {k: v for k, v in art.tensors.items() if k.split(".")[0] in dict(model.named_children())}
+    own = model.state_dict()
+    for k, v in sd.items():  # load_state_dict would silently cast (an int32 or float16 weight is a damaged file)
+        if k in own and v.dtype != own[k].dtype:
+            raise UserError(f"{art.path}: tensor {k!r} is {v.dtype}, the model spec's is {own[k].dtype}")
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
