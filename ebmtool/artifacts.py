@@ -224,6 +224,11 @@ def load(path: str | os.PathLike, kind: str | Iterable[str] | None = None, *, wh
         meta = json.loads(md.get("ebmtool.meta", "{}"))
     except json.JSONDecodeError:
         raise UserError(f"{p}: artifact metadata is not valid JSON") from None
+    for key, v, typ in (("config", config, dict), ("parents", parents, list), ("meta", meta, dict)):
+        if not isinstance(v, typ):
+            raise UserError(f"{p}: artifact metadata ebmtool.{key} is not a JSON {'object' if typ is dict else 'list'}")
+    if not all(isinstance(x, dict) for x in parents):
+        raise UserError(f"{p}: artifact metadata ebmtool.parents is not a list of JSON objects")
     if kind is not None:
         kinds = (kind,) if isinstance(kind, str) else tuple(kind)
         if k not in kinds:

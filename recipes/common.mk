@@ -56,7 +56,7 @@ TRAIN := --preset $(SCALE) --device $(DEVICE) --json --quiet --force
 
 # ---------------------------------------------------------------------------------------- per-scale knobs
 # LIMIT: training images per dataset (empty = all; LIMIT64 for the 64x64 stand-in), TEST_LIMIT: test images, NSAMPLES: samples per FID,
-# NRECON: test images reconstructed, FEAT_EPOCHS: feature-classifier epochs, FID: features | inception,
+# NRECON: test images reconstructed, FEAT_EPOCHS: most feature-classifier epochs (early stopping), FID: features | inception,
 # ANO_DIGITS / ANO_SEEDS: the hold-one-digit runs of the anomaly tables.
 LIMIT_smoke       := 300
 LIMIT64_smoke     := 120
@@ -72,8 +72,8 @@ NRECON_smoke      := 100
 NRECON_cpu        := 1000
 NRECON_paper      := 10000
 FEAT_EPOCHS_smoke := 1
-FEAT_EPOCHS_cpu   := 5
-FEAT_EPOCHS_paper := 5
+FEAT_EPOCHS_cpu   := 30
+FEAT_EPOCHS_paper := 30
 FID_smoke         := features
 FID_cpu           := features
 FID_paper         := inception

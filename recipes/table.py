@@ -5,8 +5,10 @@ the markdown tables (the seeds' numbers beside ebmtool's).
     table.py noise --like DATA -o OUT                       uniform-noise images shaped like DATA (OOD "Random")
     table.py pca --train A --test B --anomaly-class K       PCA reconstruction-error baseline on the same split
     table.py render TABLE -o OUT.md --scale S --runs R ... -- INPUTS   one results/<table>.md from the JSON under R
+                                                                       and its figure OUT.png beside it
 
-Rendering reads JSON and safetensors headers only (no torch import), so it is instant. Every number in a table
+Rendering reads JSON and safetensors headers only (no torch import); the figure is drawn with matplotlib
+(ebmtool.eval.plots: paper | ebmtool panels, or AUPRC per digit with error bars and the random baseline). Every number in a table
 comes from a JSON file written by ``run``; the paper's numbers come from recipes/papers.py.
 """
 
@@ -255,6 +257,7 @@ class Ctx:
         self.runs = Path(args.runs)
         self.cols = dict(kv.split("=", 1) for kv in (args.col or []))
         self.used: list[Path] = []
+        self.figure: dict | None = None  # {"title", "panels"} or {"title", "auprc": ...}; drawn beside the table
 
     def rec(self, *parts: str) -> dict | None:
         p = self.runs.joinpath(*parts)
@@ -311,7 +314,7 @@ def render_generation(ctx: Ctx, spec: dict, ours: list[tuple[str, str]], metric_
     lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     for label, vals in spec["rows"].items():
         lines.append(f"| {label} (paper) | " + " | ".join(paper_fmt(v) for v in vals) + " |")
-    fids = []
+    fids, values = [], {}
     for label, stem in ours:
         cells = []
         for ds, m in cols:
@@ -319,9 +322,45 @@ def render_generation(ctx: Ctx, spec: dict, ours: list[tuple[str, str]], metric_
             if m == "fid":
                 fids.append(rec)
             v = metric_of(rec, m)
+            values.setdefault(label, []).append(v)
             cells.append(fmt(v, metric_digits[m]) + ("*" if m == "fid" and v is not None and "classifier" in str(rec.get("extractor")) else ""))
         lines.append(f"| **ebmtool {label}** ({ctx.args.scale}) | " + " | ".join(cells) + " |")
+    ctx.figure = {"panels": paper_vs_ours(ctx, cols, spec["rows"], values, fids)}
     return lines, fids
+
+
+YLABEL = {"fid": "FID (lower is better)", "mse": "MSE per pixel (pixels in [-1, 1])",
+          "rmse": "RMSE (pixels in [-1, 1])", "auroc": "AUROC"}
+
+
+def paper_num(v) -> float | None:
+    """The mean of a paper's cell ("m±s" or "m"); None for "-"."""
+    try:
+        return None if v in ("-", None) else float(str(v).split("±")[0])
+    except ValueError:
+        return None
+
+
+def paper_vs_ours(ctx: Ctx, cols: list, paper_rows: dict, ours: dict[str, list], recs: list, *,
+                  groups: list[str] | None = None, xlabel: str = "dataset") -> list[list[dict]]:
+    """One row of panels per metric: the paper's numbers | ebmtool's (own y axes: the data and, at small scales,
+    the FID feature space differ; ebmtool's groups name the data folder actually used)."""
+    classifier = any(r and "classifier" in str(r.get("extractor")) for r in recs)
+    rows = []
+    for m in dict.fromkeys(mm for _, mm in cols):
+        idx = [i for i, (_, mm) in enumerate(cols) if mm == m]
+        g_paper = groups or [NICE.get(cols[i][0], cols[i][0]) for i in idx]
+        g_ours = groups or [f"{NICE.get(cols[i][0], cols[i][0])}\n({ctx.cols.get(cols[i][0], '?')})" for i in idx]
+        base = (0.5, "random (0.5)") if m == "auroc" else None
+        ylim = (0, 1) if m == "auroc" else None
+        ylab = YLABEL[m] + ("\n(classifier features, not Inception)" if m == "fid" and classifier else "")
+        rows.append([
+            {"title": f"paper: {m.upper()}", "xlabel": xlabel, "ylabel": YLABEL[m], "groups": g_paper,
+             "series": {k: [paper_num(v[i]) for i in idx] for k, v in paper_rows.items()}, "baseline": base, "ylim": ylim},
+            {"title": f"ebmtool ({ctx.args.scale}): {m.upper()}", "xlabel": xlabel, "ylabel": ylab, "groups": g_ours,
+             "series": {k: [v[i] for i in idx] for k, v in ours.items()}, "baseline": base, "ylim": ylim},
+        ])
+    return rows
 
 
 def notes(ctx: Ctx, extra: list[str], fid_recs: list, datasets: list[str]) -> list[str]:
@@ -382,12 +421,13 @@ def t_ance3(ctx: Ctx) -> str:
     spec = papers.ANCE_T3
     d = ctx.d("celeba")
     lines = ["| Training | Number of stages | FID (paper) | FID (ebmtool) |", "|---|---|---|---|"]
-    fids = []
+    fids, ours = [], {}
     for kind, stem in (("adaptive", "ance"), ("non-adaptive", "tre")):
         for k in spec["stages"]:
             rec = ctx.rec(d, "pretrain.fid.json" if k == 0 else f"{stem}{k}.fid.json")
             fids.append(rec)
             v = metric_of(rec, "fid")
+            ours.setdefault(kind, []).append(v)
             star = "*" if v is not None and "classifier" in str(rec.get("extractor")) else ""
             lines.append(f"| {kind.capitalize() if k == 0 else ''} | {k} | {spec[kind][k]} | {fmt(v, 2)}{star} |")
     head = ["# Adaptive multi-stage NCE (Xiao & Han 2022) Table 3 — ablation on CelebA (FID)", "",
@@ -396,6 +436,9 @@ def t_ance3(ctx: Ctx) -> str:
             "through files (1, then +1 → 2, +2 → 4, +4 → 8; the generator keeps learning under the current prior). "
             "Non-adaptive: `--non-adaptive --stages m` (the TRE-style ablation: generator and posterior fixed at the "
             "0-stage model, m ratios between linear-mixing waymarks).", ""]
+    cols = [("celeba", "fid")] * len(spec["stages"])
+    ctx.figure = {"panels": paper_vs_ours(ctx, cols, {k: [spec[k][s] for s in spec["stages"]] for k in ("adaptive", "non-adaptive")},
+                                          ours, fids, groups=[str(k) for k in spec["stages"]], xlabel="number of stages")}
     return "\n".join(head + lines + notes(ctx, [], fids, ["celeba"])) + "\n"
 
 
@@ -432,6 +475,8 @@ def _bidvl_gen(ctx: Ctx, spec: dict, metric: str, digits: int):
         v = metric_of(rec, metric)
         cells.append(fmt(v, digits) + ("*" if metric == "fid" and v is not None and "classifier" in str(rec.get("extractor")) else ""))
     lines.append(f"| **ebmtool bidvl** ({ctx.args.scale}) | " + " | ".join(cells) + " |")
+    ctx.figure = {"panels": paper_vs_ours(ctx, spec["cols"], spec["rows"],
+                                          {"bidvl": [metric_of(r, metric) for r in recs]}, recs)}
     return lines, recs
 
 
@@ -442,15 +487,18 @@ def t_bidvl4(ctx: Ctx) -> str:
     lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     for label, vals in spec["rows"].items():
         lines.append(f"| {label} (paper) | " + " | ".join(paper_fmt(v) for v in vals) + " |")
-    cells, extra = [], []
+    cells, extra, vals = [], [], []
     for ood, _ in spec["cols"]:
         rec = ctx.rec(d, f"bidvl-r0.05.ood-{ood}.json")
+        vals.append(metric_of(rec, "auroc"))
         cells.append(fmt(metric_of(rec, "auroc"), 3))
         if rec:
             extra.append(f"{NICE[ood]}: {rec.get('n') - rec.get('n_anomalous')} in-distribution vs "
                          f"{rec.get('n_anomalous')} OOD images (`{Path(str(rec.get('ood_data'))).name}`), "
                          f"AUPRC {rec.get('auprc'):.3f}")
     lines.append(f"| **ebmtool bidvl** ({ctx.args.scale}) | " + " | ".join(cells) + " |")
+    ctx.figure = {"panels": paper_vs_ours(ctx, spec["cols"], spec["rows"], {"bidvl": vals}, [],
+                                          groups=[NICE[o] for o, _ in spec["cols"]], xlabel="OOD set")}
     oods = {"random": "uniform noise shaped like the in-distribution test set (`table.py noise`)",
             "svhn": f"`{ctx.d('ood-svhn')}`", "celeba": f"`{ctx.d('ood-celeba')}` (resized to the model's 32×32)"}
     head_txt = ["# BiDVL (Kan et al. 2022) Table 4 — OOD detection AUROC (CIFAR-10 in-distribution)", "",
@@ -473,6 +521,10 @@ def t_bidvl5(ctx: Ctx) -> str:
         v = metric_of(rec, "fid")
         cells.append(fmt(v, 2) + ("*" if v is not None and "classifier" in str(rec.get("extractor")) else ""))
     lines.append(f"| **FID (ebmtool, {ctx.args.scale})** | " + " | ".join(cells) + " |")
+    ctx.figure = {"panels": paper_vs_ours(ctx, [("cifar10", "fid")] * len(spec["ratios"]),
+                                          {"BiDVL": [spec["fid"][r] for r in spec["ratios"]]},
+                                          {"bidvl": [metric_of(r, "fid") for r in recs]}, recs,
+                                          groups=list(spec["ratios"]), xlabel="basic ratio r′")}
     head = ["# BiDVL (Kan et al. 2022) Table 5 — basic ratio r′ vs FID on CIFAR-10", "",
             f"Paper numbers: {spec['source']}. ebmtool: `fit-prior --method bidvl --basic-ratio r′`, "
             "one model per r′.", ""]
@@ -552,7 +604,31 @@ def anomaly_notes(ctx: Ctx) -> list[str]:
     ]
 
 
+def anomaly_figure(ctx: Ctx, spec: dict, methods: list[str]) -> dict:
+    """AUPRC per digit: ebmtool's methods as bars (mean ± std over seeds), the papers' rows as markers, the random
+    baseline (fraction of anomalies in the test part) per digit."""
+    if not ctx.args.digits:
+        return None
+    results, random = {}, {}
+    for m in methods:
+        per = {}
+        for k in ctx.args.digits:
+            vals = [metric_of(ctx.rec("anomaly", f"d{k}-s{s}", f"{m}.anomaly.json"), "auprc") for s in ctx.args.seeds]
+            per[k] = [v for v in vals if v is not None]
+        results[f"ebmtool {m}"] = per
+    for k in ctx.args.digits:
+        for s in ctx.args.seeds:
+            for m in methods:
+                r = ctx.rec("anomaly", f"d{k}-s{s}", f"{m}.anomaly.json")
+                if r and r.get("n") and r.get("n_anomalous") is not None and k not in random:
+                    random[k] = r["n_anomalous"] / r["n"]
+    reference = {f"{label} (paper)": {k: paper_num(v) for k, v in zip(papers.DIGITS, vals) if k in ctx.args.digits}
+                 for label, vals in spec["rows"].items()}
+    return {"auprc": (results, random, reference)}
+
+
 def _anomaly_table(ctx: Ctx, title: str, spec: dict, methods: list[str]) -> str:
+    ctx.figure = anomaly_figure(ctx, spec, methods)
     head = [f"# {title}", "", f"Paper numbers: {spec['source']}.", ""]
     body = anomaly_body(ctx, spec["rows"], methods)
     return "\n".join(head + body + notes(ctx, anomaly_notes(ctx), [], [])) + "\n"
@@ -593,11 +669,31 @@ TABLES = {
 }
 
 
+def draw_figure(ctx: Ctx, path: Path, title: str) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ebmtool from this checkout
+    from ebmtool.eval import plots
+
+    if "auprc" in ctx.figure:
+        results, random, reference = ctx.figure["auprc"]
+        plots.auprc_per_digit(results, random, str(path), title=f"{title}\nmean ± std over seeds", reference=reference)
+    else:
+        plots.bar_panels(ctx.figure["panels"], str(path), title=title)
+
+
 def cmd_render(args) -> int:
     ctx = Ctx(args)
     text = TABLES[args.table](ctx)
-    atomic_write(Path(args.output), text)
-    print(json.dumps({"output": args.output, "table": args.table}))
+    out = Path(args.output)
+    figure = None
+    if ctx.figure is not None:
+        figure = out.with_suffix(".png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        title = text.splitlines()[0].lstrip("# ").strip()
+        draw_figure(ctx, figure, title)
+        head, _, rest = text.partition("\n")
+        text = f"{head}\n\n![{args.table}]({figure.name})\n{rest}"
+    atomic_write(out, text)
+    print(json.dumps({"output": args.output, "table": args.table, "figure": str(figure) if figure else None}))
     return 0
 
 

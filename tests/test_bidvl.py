@@ -144,7 +144,7 @@ def test_energy_ranks_digits_above_uniform_noise(work, capsys):
     assert code == 0, err
     res = json.loads(out)
     assert res["auroc"] > 0.9, res  # noise = label 1 must score higher: anomaly score = E(v)
-    assert res["score"].startswith("E(v)")
+    assert res["score"] == "joint" and res["score_description"].startswith("E(v)")
 
 
 def test_sample_reconstruct_inspect_on_the_artifact(work, capsys, tmp_path):

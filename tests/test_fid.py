@@ -344,7 +344,7 @@ def test_train_features_on_digits(digits, tmp_path):
     assert time.process_time() - t0 < 30  # about 2 CPU-seconds on an idle 2-core machine
     assert res.accuracy > 0.8 and res.n_test == 180 and res.classes == list(range(10))
     art = artifacts.load(out, kind="features")
-    assert art.meta["feature_dim"] == 64 and art.meta["image_shape"] == [1, 8, 8]
+    assert art.meta["feature_dim"] == 128 and art.meta["image_shape"] == [1, 8, 8] and art.meta["arch"] == "lenet"
     assert art.meta["classes"] == list(range(10)) and art.meta["accuracy"] == pytest.approx(res.accuracy)
     assert all(k.startswith("classifier.") for k in art.tensors)
     assert art.parents and art.parents[0]["kind"] == "dataset"

@@ -83,6 +83,8 @@ def test_smoke_recipe_writes_its_table(where, target):
         assert len(measured) == 10, cells  # 0/1/2/4/8 stages, adaptive and non-adaptive
     assert "Scale: **smoke**" in text and "Wall time:" in text and f"make {target} SCALE=smoke" in text
     assert "Data actually used" in text
+    png = md.with_suffix(".png")  # the table's figure beside it, linked from it
+    assert png.is_file() and f"]({png.name})" in text
     if target in FID_TABLES:
         assert "FID feature space" in text and "train-features" in text
         assert "not comparable with the papers' Inception FIDs" in text

@@ -180,18 +180,20 @@ def fid(
 def train_features(
     data: Path = typer.Option(..., "--data", help="labelled dataset artifact"),
     output: Path = OutOpt,
-    epochs: int = typer.Option(5, "--epochs", min=1),
+    epochs: int = typer.Option(30, "--epochs", min=1, help="at most this many epochs (early stopping)"),
+    patience: int = typer.Option(2, "--patience", min=1,
+                                 help="stop after this many epochs without a better validation accuracy"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
-    """Train a small classifier whose penultimate layer is a dataset-specific FID feature space."""
+    """Train a LeNet-style classifier whose dense layer is a dataset-specific FID feature space (early stopping)."""
     from ebmtool import stages
 
-    res = stages.train_features(str(data), str(output), epochs=epochs, seed=seed, device=device, force=force,
-                                progress=not quiet and sys.stderr.isatty())
+    res = stages.train_features(str(data), str(output), epochs=epochs, seed=seed, patience=patience, device=device,
+                                force=force, progress=not quiet and sys.stderr.isatty())
     emit(res, as_json, "features")
 
 

@@ -1,5 +1,5 @@
 """FID's images and feature extractors: uint8/[-1, 1] images -> [0, 1] RGB, pytorch-fid's InceptionV3 (pool3, weights
-from a local file only) and the small classifier of ``train-features``."""
+from a local file only) and the classifier of ``train-features``."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from torch import nn
 
 from ebmtool import artifacts
 from ebmtool.errors import UserError
-from ebmtool.nets.classifier import FeatureClassifier
+from ebmtool.nets.classifier import ARCHS, build_classifier
 
+WEAK_CLASSIFIER_ACCURACY = 0.9  # fid --features warns below this held-out accuracy
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_SHA256_PREFIX = "6726825d"
@@ -309,16 +310,20 @@ class ClassifierExtractor(FeatureExtractor):
             feature_dim = int(meta["feature_dim"])
             image_shape = tuple(int(s) for s in meta["image_shape"])
             classes = list(meta["classes"])
-            widths = [int(w) for w in meta.get("widths", [32, 64, 64])]
+            arch = str(meta.get("arch", "convpool"))  # artifacts written before the LeNet default have no arch
+            widths = [int(w) for w in meta.get("widths", ARCHS.get(arch, ARCHS["convpool"]))]
             accuracy = float(meta.get("accuracy", float("nan")))
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{p}: features artifact metadata is incomplete or malformed ({type(e).__name__}: {e})") from None
-        if len(image_shape) != 3 or len(classes) < 2 or widths[-1] != feature_dim:
+        if len(image_shape) != 3 or len(classes) < 2 or not widths or widths[-1] != feature_dim:
             raise UserError(f"{p}: features artifact metadata is inconsistent (image_shape, classes, feature_dim)")
         sd = art.group("classifier")
         if not sd:
             raise UserError(f"{p}: features artifact lacks classifier.* tensors")
-        net = FeatureClassifier(len(classes), widths)
+        try:
+            net = build_classifier(arch, len(classes), widths, image_shape)
+        except ValueError as e:
+            raise UserError(f"{p}: features artifact metadata is inconsistent ({e})") from None
         try:
             net.load_state_dict(sd)
         except RuntimeError as e:
@@ -331,6 +336,10 @@ class ClassifierExtractor(FeatureExtractor):
         sha = art.sha256
         self.name = f"classifier features ({feature_dim}-d pooled last conv)"
         self.weights = f"{p.name} (sha256 {sha[:12]}, held-out accuracy {accuracy:.3f})"
+        if not accuracy >= WEAK_CLASSIFIER_ACCURACY:  # NaN (not recorded) warns too
+            self.warnings.append(f"the feature classifier {p.name} has held-out accuracy {accuracy:.3f} < "
+                                 f"{WEAK_CLASSIFIER_ACCURACY}: a weak feature space, FIDs in it say little "
+                                 "(retrain it with `ebmtool train-features`)")
         self.resize = f"none (native {_shape_str(image_shape[1:])}, the classifier's training size)"
         self.feature_dim = feature_dim
         self._id = f"classifier{feature_dim}-{sha[:16]}"

@@ -31,13 +31,14 @@ import numpy as np
 import torch
 
 from ebmtool import artifacts
-from ebmtool.errors import UserError
 from ebmtool.eval.feature_training import TrainFeaturesResult, train_features
 from ebmtool.eval.features import (INCEPTION_FILE, ClassifierExtractor, FeatureExtractor, FIDInceptionV3,
                                    InceptionExtractor, _artifact_images, _progress, _shape_str,
                                    build_fid_inception_net, images_to_float)
 from ebmtool.eval.frechet import SMALL_N, frechet_distance, small_n_warning
+from ebmtool.errors import UserError
 
+WEAK_CLASSIFIER_ACCURACY = 0.9  # fid --features warns below this held-out accuracy
 
 IMAGE_KINDS = ("samples", "dataset")
 STATS_FORMAT = 1
@@ -254,6 +255,7 @@ class FIDResult:
     ref_source: str
     cache_path: str | None = None
     warnings: list[str] = field(default_factory=list)
+    classifier_accuracy: float | None = None  # --features: the classifier's held-out accuracy
 
     def protocol_line(self) -> str:
         n_ref = self.n_ref if self.n_ref is not None else "unknown"
@@ -330,10 +332,8 @@ def fid(
         ref_source=ref.source,
         cache_path=str(ref.cache_path) if ref.cache_path else None,
         warnings=warns,
+        classifier_accuracy=getattr(extractor, "accuracy", None),
     )
 
 
-__all__ = ["INCEPTION_FILE", "SMALL_N", "ClassifierExtractor", "FIDInceptionV3", "FIDResult", "FeatureExtractor",
-           "InceptionExtractor", "TrainFeaturesResult", "build_fid_inception_net", "compute_statistics", "default_cache_dir", "fid",
-           "frechet_distance", "images_to_float", "load_statistics", "reference_statistics", "save_statistics",
-           "small_n_warning", "train_features"]
+__all__ = ["ClassifierExtractor", "FIDInceptionV3", "FIDResult", "FeatureExtractor", "INCEPTION_FILE", "InceptionExtractor", "SMALL_N", "TrainFeaturesResult", "build_fid_inception_net", "compute_statistics", "default_cache_dir", "fid", "frechet_distance", "images_to_float", "load_statistics", "reference_statistics", "save_statistics", "small_n_warning", "train_features"]

@@ -8,6 +8,7 @@ import numpy as np
 
 from ebmtool.errors import UserError
 
+WEAK_CLASSIFIER_ACCURACY = 0.9  # fid --features warns below this held-out accuracy
 
 SMALL_N = 10_000
 

@@ -44,12 +44,31 @@ def new_figure(ncols: int = 1, size: tuple[float, float] = (6.4, 4.2)):
 
 
 def save_figure(fig, path: str, dpi: int = 150) -> None:
-    """Write ``fig`` to ``path`` in the format its extension names (atomically)."""
-    from ebmtool.artifacts import atomic_write
+    """Write ``fig`` to ``path`` in the format its extension names (atomically). Inside ebmtool (torch loaded) this
+    goes through artifacts.atomic_write (one writer under torchrun); a torch-free caller (recipes/table.py) gets a
+    plain temporary file and rename, so rendering a table's figure does not import torch."""
+    import os
+    import sys
+    import tempfile
 
     fmt = figure_format(path)
-    with atomic_write(path) as tmp:
+    if "torch" in sys.modules:
+        from ebmtool.artifacts import atomic_write
+
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi)
+        return
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
+    os.close(fd)
+    try:
         fig.savefig(tmp, format=fmt, dpi=dpi)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _integer_x(ax) -> None:
@@ -160,9 +179,11 @@ def pr_curve_png(y: np.ndarray, scores: np.ndarray, path: str, *, title: str = "
 
 
 def auprc_per_digit(results: dict[str, dict[int, list[float]]], random: dict[int, float], path: str,
-                    title: str = "AUPRC per held-out digit (mean ± std over seeds)"):
+                    title: str = "AUPRC per held-out digit (mean ± std over seeds)",
+                    reference: Optional[dict[str, dict[int, float]]] = None):
     """Grouped bars: one group per digit, one bar per method (mean over the list, std as error bar), the random
-    baseline of each digit (its anomaly fraction) marked as a short dashed line across the group."""
+    baseline of each digit (its anomaly fraction) marked as a short dashed line across the group.
+    ``reference``: other numbers per digit (e.g. a paper's) drawn as markers over the groups."""
     methods = list(results)
     digits = sorted({int(d) for r in results.values() for d in r} | {int(d) for d in random})
     fig, ax = new_figure(size=(max(6.4, 0.9 * len(digits) + 2.5), 4.2))
@@ -180,9 +201,51 @@ def auprc_per_digit(results: dict[str, dict[int, list[float]]], random: dict[int
     if marked:
         ax.hlines([float(random[digits[j]]) for j in marked], x[marked] - 0.45, x[marked] + 0.45, colors="k",
                   linestyles="--", linewidth=1.2, label="random (anomaly fraction)")
+    for i, (name, vals) in enumerate((reference or {}).items()):
+        xs = [x[j] for j, d in enumerate(digits) if vals.get(d) is not None]
+        ax.plot(xs, [vals[d] for d in digits if vals.get(d) is not None], linestyle="none",
+                marker="Dvs^o"[i % 5], markersize=6, markeredgecolor="k", color="white", label=name)
     ax.set_xticks(x, [str(d) for d in digits])
     ax.set(xlabel="held-out (anomalous) digit", ylabel="AUPRC", ylim=(0, 1), title=title)
-    ax.legend(fontsize="small", ncols=min(3, len(methods) + 1))
+    ax.legend(fontsize="small", ncols=min(3, len(methods) + 1), loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    save_figure(fig, path)
+    return fig
+
+
+def bar_panels(panels: Sequence[Sequence[dict]], path: str, *, title: str = ""):
+    """A grid of grouped-bar panels (rows x columns), each a dict with ``title``, ``xlabel``, ``ylabel``,
+    ``groups`` (tick labels) and ``series`` ({label: values per group, None = no bar}); optional ``baseline``
+    (value, label) as a dashed line and ``ylim``. Used for the recipes' tables (paper | ebmtool side by side: the
+    two are often measured on different data or feature spaces, so each panel has its own y axis)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    nr, nc = len(panels), max(len(r) for r in panels)
+    fig = Figure(figsize=(4.8 * nc, 3.6 * nr), layout="constrained")
+    FigureCanvasAgg(fig)
+    for r, row in enumerate(panels):
+        for c, pan in enumerate(row):
+            ax = fig.add_subplot(nr, nc, r * nc + c + 1)
+            ax.grid(True, axis="y", alpha=0.3, linewidth=0.6)
+            groups, series = list(pan["groups"]), dict(pan["series"])
+            x = np.arange(len(groups))
+            width = 0.8 / max(1, len(series))
+            for i, (label, vals) in enumerate(series.items()):
+                ys = np.array([np.nan if v is None else float(v) for v in vals])
+                ax.bar(x - 0.4 + width * (i + 0.5), ys, width, label=label)
+                for xi, yi in zip(x - 0.4 + width * (i + 0.5), ys):
+                    if np.isnan(yi):  # say so rather than leave a gap that reads as zero
+                        ax.annotate("n/a", (xi, 0), ha="center", va="bottom", fontsize=7, color="0.4")
+            if pan.get("baseline") is not None:
+                ax.axhline(pan["baseline"][0], color="k", linestyle="--", linewidth=1, label=pan["baseline"][1])
+            ax.set_xticks(x, groups)
+            ax.set(title=pan.get("title", ""), xlabel=pan.get("xlabel", ""), ylabel=pan.get("ylabel", ""))
+            if pan.get("ylim") is not None:
+                ax.set_ylim(*pan["ylim"])
+            if series:
+                ax.legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title)
     save_figure(fig, path)
     return fig
 

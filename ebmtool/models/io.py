@@ -21,9 +21,14 @@ def load_model(path, what: str = "--model", device: str | torch.device = "cpu") 
         raise UserError(f"{art.path}: model artifact has no valid model spec")
     try:
         model = MODELS[spec["type"]].from_spec(spec)
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{art.path}: model spec is invalid ({type(e).__name__}: {e})") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, ArithmeticError) as e:  # e.g. a size < 1 in the spec
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"{art.path}: model spec is invalid ({type(e).__name__}: {first})") from None
     sd = {k: v for k, v in art.tensors.items() if k.split(".")[0] in dict(model.named_children())}
+    own = model.state_dict()
+    for k, v in sd.items():  # load_state_dict would silently cast (an int32 or float16 weight is a damaged file)
+        if k in own and v.dtype != own[k].dtype:
+            raise UserError(f"{art.path}: tensor {k!r} is {v.dtype}, the model spec's is {own[k].dtype}")
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:

@@ -110,6 +110,8 @@ class LatentModel(Model):
     @classmethod
     def from_spec(cls, spec):
         g = Generator(**spec["generator"])
+        if not 0 < float(spec["sigma"]) < float("inf"):
+            raise ValueError(f"sigma must be a positive number, got {spec['sigma']!r}")
         return cls(g, prior_from_spec(spec["prior"]), spec["sigma"], spec["image_shape"],
                    inference=Langevin.stored(**spec["inference"]), sampling=Langevin.stored(**spec["sampling"]),
                    sampler=spec.get("sampler", "langevin"),

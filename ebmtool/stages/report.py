@@ -42,11 +42,12 @@ def fid(samples: str, ref: str, *, inception_weights: Optional[str] = None, feat
                  progress=progress)
 
 
-def train_features(data: str, out: str, *, epochs: int = 5, seed: int = 0, device: str = "auto",
+def train_features(data: str, out: str, *, epochs: int = 30, seed: int = 0, patience: int = 2, device: str = "auto",
                    force: bool = False, progress: bool = False) -> dict[str, Any]:
-    """Train the small classifier whose penultimate layer is a dataset-specific FID feature space."""
+    """Train the LeNet-style classifier whose dense layer is a dataset-specific FID feature space (early
+    stopping on a validation split)."""
     from ebmtool.eval import fid as F
 
-    res = F.train_features(data, out, epochs, seed, device=str(resolve_device(device)), force=force,
-                           progress=progress)
+    res = F.train_features(data, out, epochs, seed, patience=patience, device=str(resolve_device(device)),
+                           force=force, progress=progress)
     return {k: (str(v) if hasattr(v, "__fspath__") else v) for k, v in vars(res).items()}
