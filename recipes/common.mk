@@ -57,15 +57,16 @@ TRAIN := --preset $(SCALE) --device $(DEVICE) --json --quiet --force
 # ---------------------------------------------------------------------------------------- per-scale knobs
 # LIMIT: training images per dataset (empty = all; LIMIT64 for the 64x64 stand-in), TEST_LIMIT: test images, NSAMPLES: samples per FID,
 # NRECON: test images reconstructed, FEAT_EPOCHS: most feature-classifier epochs (early stopping), FID: features | inception,
-# ANO_DIGITS / ANO_SEEDS: the hold-one-digit runs of the anomaly tables.
+# ANO_DIGITS / ANO_SEEDS: the hold-one-digit runs of the anomaly tables. FID needs more images than feature dimensions
+# (train-features: 128), so smoke keeps 160 samples and 160 images of the 64x64 stand-in.
 LIMIT_smoke       := 300
-LIMIT64_smoke     := 120
+LIMIT64_smoke     := 160
 LIMIT_cpu         := 5000
 LIMIT_paper       :=
 TEST_LIMIT_smoke  := 300
 TEST_LIMIT_cpu    := 1000
 TEST_LIMIT_paper  := 10000
-NSAMPLES_smoke    := 100
+NSAMPLES_smoke    := 160
 NSAMPLES_cpu      := 2000
 NSAMPLES_paper    := 50000
 NRECON_smoke      := 100
