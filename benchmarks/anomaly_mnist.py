@@ -3,12 +3,13 @@
 The split: the real 10,000-image MNIST test set (the only MNIST on this project's machines; ``MNIST_ROOT``
 overrides where it is read), for held-out digit K: 20% of the normals + every K for testing, the other
 80% of normals for training, of which 10% are held out from fitting as *calibration* normals (used only by
-the label-free ``typicality`` score). Every row of a (digit, seed) is fitted on the same ``fit`` part and
+the label-free ``typicality`` and ``dose`` scores). Every row of a (digit, seed) is fitted on the same ``fit`` part and
 scored on the same ``test`` part.
 
 Rows, each the way its paper trains it:
 
-- ``pca``: PCA (32 components) reconstruction error; ``random``: the prevalence (AUPRC of a random score).
+- ``pca``: PCA (32 components) reconstruction error; ``random``: the prevalence (AUPRC of a random score);
+  ``data``: the feature-FID floor, held-out normals (the calibration part) against the fit part.
 - ``pretrain``: the 0-stage generator, z ~ N(0, I), trained with posterior Langevin.
 - ``mle``: LEBM from scratch (Pang et al. 2020, Algorithm 1: prior and generator from initialisation).
 - ``adaptive-nce``: 4 NCE stages from the 0-stage generator (Xiao & Han), added one stage at a time.
@@ -35,7 +36,9 @@ the file are skipped, so the table fills in over several sessions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import fcntl
 import os
 import sys
 import time
@@ -48,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ebmtool import stages  # noqa: E402
+from ebmtool.stages.evaluate import score_terms  # noqa: E402
 from ebmtool.config import resolve  # noqa: E402
 from ebmtool.data import DataConfig, load_images  # noqa: E402
 from ebmtool.eval import scores as S  # noqa: E402
@@ -65,6 +69,7 @@ PROTOCOL = "v2"
 CHAINS = 2
 SCORE_CHAIN = {"steps": 30, "step_size": 0.1}
 CHUNK = 4  # mle epochs per curve point
+FID_SAMPLES = 2000
 # The budget of every row: the cpu preset plus these flags (one generator size shared by all rows).
 NET = {"generator": {"nz": 16, "ngf": 16}}
 BUDGET = {
@@ -78,7 +83,7 @@ BUDGET = {
 }
 METHOD_OF = {"mle-warm": "mle", "adaptive-nce-tre": "adaptive-nce"}
 FROM_GEN = {"mle-warm", "adaptive-nce", "nce", "adaptive-nce-tre"}  # --init the 0-stage generator
-CORE = ["pca", "random", "pretrain", "mle", "adaptive-nce"]
+CORE = ["pca", "random", "data", "pretrain", "mle", "adaptive-nce"]
 ABLATIONS = ["mle-warm", "nce", "adaptive-nce-tre", "joint-mle"]
 PAPER_AUPRC = {  # LEBM Table 4 and adaptive NCE Table 2 (MNIST, AUPRC; the original code's split leaks)
     "mle": {1: 0.336, 4: 0.630, 5: 0.619, 7: 0.463, 9: 0.413},
@@ -87,7 +92,8 @@ PAPER_AUPRC = {  # LEBM Table 4 and adaptive NCE Table 2 (MNIST, AUPRC; the orig
 SCORE_COLS = [f"auprc_{s}" for s in S.SCORES]
 FIELDS = (["protocol", "method", "digit", "seed", "precision", "budget", "updates", "chains", "n_test",
            "n_anomalous", "random_auprc"] + SCORE_COLS + ["auprc_joint_chain_std", "auroc_joint",
-           "mse_normal", "mse_anomalous", "train_wall_s", "score_wall_s", "cpu", "torch", "threads"])
+           "mse_normal", "mse_anomalous", "fid_features", "features_accuracy", "train_wall_s", "score_wall_s", "cpu",
+    "torch", "threads"])
 CURVE_FIELDS = ["protocol", "method", "digit", "seed", "precision", "updates", "epochs"] + SCORE_COLS + [
     "mse_normal", "mse_anomalous", "train_wall_s", "cpu"]
 
@@ -103,14 +109,44 @@ def read(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def append(path: Path, fields: list[str], row: dict) -> None:
+@contextlib.contextmanager
+def locked(path: Path):
+    """One writer at a time (several benchmark processes share the CSVs)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def append(path: Path, fields: list[str], row: dict) -> None:
+    with locked(path):
+        _append(path, fields, row)
+
+
+def _append(path: Path, fields: list[str], row: dict) -> None:
+    if path.exists():
+        with open(path) as f:
+            header = f.readline().strip().split(",")
+        if header != fields:  # rows of an older column set: rewrite once with the new header (new cells empty)
+            write_all(path, fields, read(path))
     new = not path.exists()
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, restval="")
         if new:
             w.writeheader()
         w.writerow(row)
+
+
+def write_all(path: Path, fields: list[str], rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
 
 
 def parts(digit: int) -> dict[str, str]:
@@ -134,8 +170,9 @@ def fit(method: str, data: str, out: Path, seed: int, prec: str, init: str | Non
     m = METHOD_OF.get(method, method)
     flags = {**BUDGET[method], **over, "seed": seed, "precision": prec}
     cfg = resolve(METHODS[m].config, method=m, preset="cpu", toml=None, flags=flags)
+    ck = stages.checkpoint_path(str(out))  # left by an interrupted run (SIGTERM writes one): continue it
     t0 = time.perf_counter()
-    stages.train(m, cfg, data, str(out), init_path=init, quiet=True)
+    stages.train(m, cfg, data, str(out), init_path=init, quiet=True, resume=str(ck) if ck.exists() else None)
     return time.perf_counter() - t0
 
 
@@ -153,9 +190,8 @@ def evaluate(model_path: str, p: dict[str, str], digit: int, seed: int, prec: st
     for c in range(chains):
         torch.manual_seed(10_000 * seed + c)
         with resolve_precision(prec, dev).context(dev):
-            terms = {k: v.numpy() for k, v in stages.score_terms(model, x, device=dev, **SCORE_CHAIN).items()}
-            cal = float(S.joint({k: v.numpy() for k, v in
-                                 stages.score_terms(model, xc, device=dev, **SCORE_CHAIN).items()}).mean())
+            terms = {k: v.numpy() for k, v in score_terms(model, x, device=dev, **SCORE_CHAIN).items()}
+            cal = {k: v.numpy() for k, v in score_terms(model, xc, device=dev, **SCORE_CHAIN).items()}
         for s in S.SCORES:
             sc = S.score(s, terms, images=u8, calibration=cal)
             per[f"auprc_{s}"].append(metrics(y, sc).auprc)
@@ -172,6 +208,68 @@ def evaluate(model_path: str, p: dict[str, str], digit: int, seed: int, prec: st
             "score_wall_s": f"{time.perf_counter() - t0:.1f}"}
 
 
+def features(digit: int, p: dict[str, str]) -> str:
+    """The digit's FID feature space: ``train-features`` (LeNet, early stopping) on the fit part, seed 0."""
+    out = WORK / f"features-d{digit}.safetensors"
+    if not out.exists():
+        stages.train_features(p["fit"], str(out), seed=0, device="cpu")
+    return str(out)
+
+
+def fid_row(model_path: str, digit: int, seed: int, p: dict[str, str]) -> dict:
+    """Feature-space FID of FID_SAMPLES prior samples against the fit images; a sample grid beside the model."""
+    from ebmtool.artifacts import load
+
+    feats = features(digit, p)
+    smp = Path(model_path).with_suffix(".samples.safetensors")
+    if not smp.exists():
+        stages.sample(model_path, FID_SAMPLES, out=str(smp), grid=str(Path(model_path).with_suffix(".png")),
+                      seed=seed, device="cpu")
+    r = stages.fid(str(smp), p["fit"], features=feats, device="cpu", cache_dir=str(WORK / "fid-cache"))
+    return {"fid_features": f"{r.value:.3f}", "features_accuracy": f"{float(load(feats).meta['accuracy']):.4f}"}
+
+
+def model_path(method: str, digit: int, seed: int, prec: str) -> Path:
+    """Where run_cell leaves the final model of a row."""
+    tag = f"d{digit}-s{seed}-{prec}"
+    if method == "pretrain":
+        return WORK / f"gen-{tag}.safetensors"
+    if method == "mle":
+        return WORK / f"mle-{tag}-e{BUDGET['mle']['epochs']}.safetensors"
+    if method == "adaptive-nce":
+        return WORK / f"adaptive-nce-{tag}-k{BUDGET['adaptive-nce']['stages']}.safetensors"
+    return WORK / f"{method}-{tag}.safetensors"
+
+
+def rescore() -> None:
+    """Fill the cells a row lacks (scores or FID added after it was measured) from its model, kept under runs/.
+    The scoring chains are seeded as in run_cell, so the cells a row already has would come out the same."""
+    rows = read(RESULTS)
+    for r in rows:
+        if r["method"] in ("pca", "random", "data"):
+            continue
+        mp = model_path(r["method"], int(r["digit"]), int(r["seed"]), r["precision"])
+        need_scores = any(not r.get(c) for c in SCORE_COLS)
+        need_fid = not r.get("fid_features")
+        if not mp.exists() or not (need_scores or need_fid):
+            continue
+        p = parts(int(r["digit"]))
+        if need_scores:
+            new = evaluate(str(mp), p, int(r["digit"]), int(r["seed"]), r["precision"], int(r["chains"] or CHAINS))
+            r.update({c: new[c] for c in SCORE_COLS if not r.get(c)})
+        if need_fid:
+            r.update(fid_row(str(mp), int(r["digit"]), int(r["seed"]), p))
+        key = (r["method"], r["digit"], r["seed"], r["precision"])
+        with locked(RESULTS):  # merge into the file as it is now (another process may have appended rows)
+            now = read(RESULTS)
+            for q in now:
+                if (q["method"], q["digit"], q["seed"], q["precision"]) == key:
+                    q.update({k: v for k, v in r.items() if v and not q.get(k)})
+            write_all(RESULTS, FIELDS, now)
+        print("rescored", r["method"], r["digit"], r["seed"], {c: r.get(c) for c in ("auprc_dose", "fid_features")},
+              flush=True)
+
+
 def updates(n_fit: int, epochs: int) -> int:
     return epochs * (n_fit // 100)
 
@@ -182,6 +280,13 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict | 
     n_fit = len(load_images(p["fit"])[0])
     common = {"protocol": PROTOCOL, "method": method, "digit": digit, "seed": seed, "precision": prec,
               "cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if method == "data":  # the FID floor: held-out normals (calibration part) against the fit part
+        feats = features(digit, p)
+        r = stages.fid(p["calibration"], p["fit"], features=feats, device="cpu", cache_dir=str(WORK / "fid-cache"))
+        from ebmtool.artifacts import load
+
+        return {**common, "budget": "none (real images)", "fid_features": f"{r.value:.3f}",
+                "features_accuracy": f"{float(load(feats).meta['accuracy']):.4f}"}
     if method in ("pca", "random"):
         x, _, _ = load_images(p["fit"])
         xt, lt, _ = load_images(p["test"])
@@ -225,7 +330,7 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict | 
         wall = fit(method, p["fit"], model, seed, prec, str(gen) if method in FROM_GEN else None)
         b = BUDGET[method]
         ups = updates(n_fit, b.get("epochs") or b["stages"] * b["epochs_per_stage"])
-    r = evaluate(str(model), p, digit, seed, prec, CHAINS)
+    r = {**evaluate(str(model), p, digit, seed, prec, CHAINS), **fid_row(str(model), digit, seed, p)}
     budget = f"cpu preset + {BUDGET[method]}" + (" after the 0-stage generator" if method in FROM_GEN else "")
     return {**common, **r, "budget": budget, "updates": ups, "train_wall_s": f"{wall:.1f}"}
 
@@ -248,7 +353,12 @@ def main() -> None:
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report", action="store_true", help="print the markdown tables and exit")
+    ap.add_argument("--rescore", action="store_true", help="fill missing score/FID cells of measured rows and exit")
     args = ap.parse_args()
+    if args.rescore:
+        torch.set_num_threads(args.threads)
+        rescore()
+        return
     if args.report:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from anomaly_report import report
@@ -264,7 +374,7 @@ def main() -> None:
         for digit in args.digits:
             for m in args.methods:
                 done = {(r["method"], r["digit"], r["seed"], r["precision"]) for r in read(RESULTS)}
-                prec = "fp32" if m in ("pca", "random") else args.precision
+                prec = "fp32" if m in ("pca", "random", "data") else args.precision
                 if (m, str(digit), str(seed), prec) in done:
                     continue
                 row = run_cell(m, digit, seed, prec, cpu)

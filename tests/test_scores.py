@@ -24,8 +24,22 @@ def test_joint_recon_prior_by_hand():
 
 
 def test_typicality_is_two_sided_distance_from_the_calibration_mean():
-    # joint = 12, 3.5, 7; normals' mean 7: the image *below* the mean (3.5) is as atypical as one above
-    assert S.score("typicality", TERMS, calibration=7.0).tolist() == [5.0, 3.5, 0.0]
+    # joint = 12, 3.5, 7; normals' joints 6, 8 (mean 7): the image *below* the mean (3.5) is as atypical as one above
+    cal = {"recon": np.array([4.0, 6.0]), "tilt": np.array([0.0, 0.0]), "base": np.array([2.0, 2.0])}
+    assert S.score("typicality", TERMS, calibration=cal).tolist() == [5.0, 3.5, 0.0]
+
+
+def test_dose_is_mahalanobis_distance_to_the_calibration_gaussian():
+    # calibration: recon in {1, 3} (mean 2, var 2), tilt in {0, 0, ...} -> independent unit cases by hand
+    cal = {"a": np.array([1.0, 3.0, 1.0, 3.0]), "b": np.array([0.0, 0.0, 2.0, 2.0])}  # cov = diag(4/3, 4/3)
+    terms = {"a": np.array([2.0, 4.0, 2.0]), "b": np.array([1.0, 1.0, -1.0])}
+    d = S.score("dose", terms, calibration=cal)
+    np.testing.assert_allclose(d, [0.0, 4 / (4 / 3), 4 / (4 / 3)], rtol=1e-5)
+    # two-sided per term: too low a reconstruction error is as atypical as too high
+    lo = S.score("dose", {"a": np.array([0.0]), "b": np.array([1.0])}, calibration=cal)
+    np.testing.assert_allclose(lo, d[1:2], rtol=1e-5)
+    with pytest.raises(UserError, match="too few"):
+        S.score("dose", terms, calibration={"a": np.array([1.0, 2.0]), "b": np.array([0.0, 1.0])})
 
 
 def test_complexity_is_joint_bits_minus_png_bits():
@@ -47,6 +61,8 @@ def test_refusals_are_one_line_user_errors():
         S.score("nope", TERMS)
     with pytest.raises(UserError, match="--calibrate"):
         S.score("typicality", TERMS)
+    with pytest.raises(UserError, match="--calibrate"):
+        S.score("dose", TERMS)
     with pytest.raises(UserError, match="no latent decomposition"):
         S.score("recon", {"score": np.ones(3)})
 
@@ -76,7 +92,7 @@ def test_anomaly_cli_every_score(tmp_path, digits_ds, digits_other_ds, mle_model
 
     out = {}
     for name in S.SCORES:
-        extra = ["--calibrate", digits_other_ds] if name == "typicality" else []
+        extra = ["--calibrate", digits_other_ds] if name in S.CALIBRATED else []
         o = tmp_path / f"{name}.safetensors"
         r = run_cli(["anomaly", "--model", mle_model, "--data", digits_ds, "--anomaly-class", "1", "--score", name,
                      "--steps", "3", "-o", o, "--json", *extra]).ok()

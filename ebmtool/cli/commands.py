@@ -112,9 +112,9 @@ def anomaly(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="scores artifact"),
     pr_curve: Optional[Path] = typer.Option(None, "--pr-curve", help="PNG of the precision-recall curve"),
     score: str = typer.Option("joint", "--score", help="joint (the papers' -log p(x, z)) | recon | prior | "
-                              "typicality (needs --calibrate) | complexity (joint in bits - PNG bits); see README"),
+                              "typicality (needs --calibrate) | complexity (joint in bits - PNG bits) | dose (needs --calibrate); see README"),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="held-out normal images (dataset artifact, "
-                                             "e.g. data prepare --part calibration) for --score typicality"),
+                                             "e.g. data prepare --part calibration) for --score typicality|dose"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1),
     step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12),
     batch_size: int = typer.Option(500, "--batch-size", min=1),

@@ -57,7 +57,8 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
            steps: Optional[int] = None, step_size: Optional[float] = None, sampler: Optional[str] = None,
            trajectory_every: int = 0, trajectory_png: Optional[str] = None, seed: int = 0, device: str = "auto",
            force: bool = False, layer_resample: Optional[int] = None, precision: str = "fp32",
-           scale: Optional[int] = None) -> dict[str, Any]:
+           scale: Optional[int] = None, batch_size: int = 500, quiet: bool = False) -> dict[str, Any]:
+    """Prior samples decoded, drawn ``batch_size`` chains at a time (one group with a trajectory)."""
     if out is None and grid is None:
         raise UserError("sample: give -o FILE.safetensors and/or --grid FILE.png")
     if n < 1:
@@ -134,7 +135,7 @@ def _open(model_path: str, data_path: str, outputs, seed: int, device: str, forc
 def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, grid: Optional[str] = None,
                 steps: Optional[int] = None, step_size: Optional[float] = None, batch_size: int = 500,
                 limit: Optional[int] = None, seed: int = 0, device: str = "auto", force: bool = False,
-                precision: str = "fp32", scale: Optional[int] = None) -> dict[str, Any]:
+                precision: str = "fp32", scale: Optional[int] = None, quiet: bool = False) -> dict[str, Any]:
     dev, model, art, x, labels, data_art = _open(model_path, data_path, (out, grid), seed, device, force, limit)
     with _precision(precision, dev):
         xhat, z = batched(lambda b: model.reconstruct(b, steps=steps, step_size=step_size), x, batch_size, dev)
@@ -173,15 +174,15 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
             pr_png: Optional[str] = None, precision: str = "fp32", score: str = "joint",
             calibrate: Optional[str] = None) -> dict[str, Any]:
     """Anomaly / OOD evaluation with the label-free score ``score`` (:data:`ebmtool.eval.scores.SCORES`).
-    ``calibrate``: a dataset of held-out normals whose mean joint score anchors ``typicality``."""
+    ``calibrate``: a dataset of held-out normals, the reference of ``typicality`` and ``dose``."""
     if (positive is None) == (ood_path is None):
         raise UserError("anomaly: give exactly one of --anomaly-class/--labels-positive or --ood-data")
     if score not in S.SCORES:
         raise UserError(f"--score: unknown score {score!r} (choose from {', '.join(S.SCORES)})")
-    if calibrate is not None and score != "typicality":
-        raise UserError(f"--calibrate: only the typicality score uses it (got --score {score})")
-    if score == "typicality" and calibrate is None:
-        S.score("typicality", {}, calibration=None)  # raises the one-line error
+    if calibrate is not None and score not in S.CALIBRATED:
+        raise UserError(f"--calibrate: only the {' and '.join(S.CALIBRATED)} scores use it (got --score {score})")
+    if score in S.CALIBRATED and calibrate is None:
+        S.score(score, {}, calibration=None)  # raises the one-line error
     dev, model, art, x, labels, data_art = _open(model_path, data_path, (out, pr_png), seed, device, force)
     parents = [art, data_art]
     if ood_path is not None:
@@ -192,7 +193,7 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
         parents.append(ood_art)
     else:
         y = binary_labels(labels, positive)
-    cal_mean = None
+    cal_terms = None
     if calibrate is not None:
         xc, _, cal_art = load_images(calibrate, what="--calibrate")
         _check_fits(model, xc, calibrate)
@@ -201,9 +202,11 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
     with _precision(precision, dev):
         terms = score_terms(model, x, **kw)
         if calibrate is not None:
-            cal_mean = float(S.joint(score_terms(model, xc, **kw)).mean())
+            cal_terms = {k: v.numpy() for k, v in score_terms(model, xc, **kw).items()}
     what = f"{model.method} model" if isinstance(model, LatentModel) else f"a {model.method} model"
-    scores = torch.from_numpy(S.score(score, terms, images=to_uint8(x), calibration=cal_mean, model=what))
+    scores = torch.from_numpy(S.score(score, {k: v.numpy() for k, v in terms.items()}, images=to_uint8(x),
+                                      calibration=cal_terms, model=what))
+    cal_mean = float(S.joint(cal_terms).mean()) if cal_terms is not None else None
     m = metrics(y, scores)
     base = ("-log p(x, z) at posterior samples" if isinstance(model, LatentModel)
             else getattr(model, "score_name", "anomaly score"))
