@@ -1,6 +1,7 @@
 """Markdown tables (and the AUPRC figure) from benchmarks/results/anomaly_mnist_v2.csv.
 
-    .venv/bin/python benchmarks/anomaly_report.py [--figure docs/anomaly_auprc.png]
+    .venv/bin/python benchmarks/anomaly_report.py [--figure docs/anomaly_mnist_auprc.png] [--score joint]
+    .venv/bin/python benchmarks/anomaly_report.py --curve [--figure docs/anomaly_mnist_curve.png]
 
 Every number is a mean ± std over the seeds measured so far (n in each cell); a cell with one seed shows
 that seed's value and, for latent models, "(c ±x)" the std over posterior chains instead.
@@ -19,6 +20,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "anomaly_mnist_v2.csv"
 CURVE = ROOT / "benchmarks" / "results" / "anomaly_mnist_curve.csv"
 NAMES = {
     "random": "random score (prevalence)",
+    "data": "held-out real normals (FID floor)",
     "pca": "PCA, 32 components",
     "pretrain": "0-stage generator, N(0, I) prior",
     "mle": "LEBM (`mle`) from scratch",
@@ -32,7 +34,7 @@ PAPER = {  # LEBM Table 4 / adaptive NCE Table 2 (AUPRC on MNIST; leaky split in
     "mle": {1: 0.336, 4: 0.630, 5: 0.619, 7: 0.463, 9: 0.413},
     "adaptive-nce": {1: 0.531, 4: 0.729, 5: 0.742, 7: 0.620, 9: 0.499},
 }
-SCORES = ["joint", "recon", "prior", "typicality", "complexity"]
+SCORES = ["joint", "recon", "prior", "typicality", "complexity", "dose"]
 LATENT = ["pretrain", "mle", "adaptive-nce", "mle-warm", "nce", "adaptive-nce-tre", "joint-mle"]
 
 
@@ -57,7 +59,7 @@ def cell(v: list[float], chain_std: str = "") -> str:
 
 def main_table(rs) -> str:
     digits = sorted({int(r["digit"]) for r in rs})
-    methods = [m for m in NAMES if any(r["method"] == m for r in rs)]
+    methods = [m for m in NAMES if m != "data" and any(r["method"] == m for r in rs)]
     out = ["| method | " + " | ".join(f"digit {d}" for d in digits) + " |", "|" + " --- |" * (len(digits) + 1)]
     for m in methods:
         cells = []
@@ -99,6 +101,44 @@ def mse_table(rs) -> str:
     return "\n".join(out)
 
 
+def fid_table(rs) -> str:
+    """Feature-space FID (LeNet features of each digit's fit part) of 2,000 prior samples; lower is better."""
+    digits = sorted({int(r["digit"]) for r in rs})
+    out = ["| model | " + " | ".join(f"digit {d}" for d in digits) + " | below the 0-stage generator |",
+           "|" + " --- |" * (len(digits) + 2)]
+    for m in [m for m in ["data"] + LATENT if any(r["method"] == m and r.get("fid_features") for r in rs)]:
+        v = [values(rs, m, d, "fid_features") for d in digits]
+        g = [values(rs, "pretrain", d, "fid_features") for d in digits]
+        wins = sum(1 for a, b in zip(v, g) if a and b and statistics.mean(a) < statistics.mean(b))
+        both = sum(1 for a, b in zip(v, g) if a and b)
+        out.append(f"| {NAMES[m]} | " + " | ".join(
+            (f"{statistics.mean(x):.0f}" + (f" ± {statistics.stdev(x):.0f}" if len(x) > 1 else "")) if x else "–"
+            for x in v) + (f" | {wins} of {both} |" if m not in ("data", "pretrain") else " | |"))
+    return "\n".join(out)
+
+
+def wins_table(rs, score: str = "joint") -> str:
+    """Per EBM row: on how many digits its mean AUPRC beats PCA and the 0-stage generator by more than the
+    larger of the two rows' seed std (digits with at least 2 seeds of both)."""
+    digits = sorted({int(r["digit"]) for r in rs})
+    out = ["| model | digits with ≥ 2 seeds | beats PCA by > std | beats the 0-stage generator by > std | "
+           "beats both |", "| --- | --- | --- | --- | --- |"]
+    for m in [m for m in LATENT if m != "pretrain" and any(r["method"] == m for r in rs)]:
+        n = bp = bg = bb = 0
+        for d in digits:
+            a, g = values(rs, m, d, f"auprc_{score}"), values(rs, "pretrain", d, f"auprc_{score}")
+            pca = values(rs, "pca", d)
+            if len(a) < 2 or len(g) < 2 or not pca:
+                continue
+            n += 1
+            sd = max(statistics.stdev(a), statistics.stdev(g))
+            p_ok = statistics.mean(a) - statistics.mean(pca) > sd
+            g_ok = statistics.mean(a) - statistics.mean(g) > sd
+            bp, bg, bb = bp + p_ok, bg + g_ok, bb + (p_ok and g_ok)
+        out.append(f"| {NAMES[m]} | {n} | {bp} | {bg} | {bb} |")
+    return "\n".join(out)
+
+
 def budget_table(rs) -> str:
     out = ["| row | budget (per row) | updates | median train wall (s) | CPU | precision |", "|" + " --- |" * 6]
     for m in [m for m in NAMES if any(r["method"] == m for r in rs)]:
@@ -124,14 +164,52 @@ def curve_table(path: Path = CURVE) -> str:
 
 
 def figure(rs, path: str, score: str = "joint") -> None:
+    """AUPRC per digit per row (mean ± std over seeds), the random baseline, the papers' numbers as markers."""
     from ebmtool.eval.plots import auprc_per_digit
 
     digits = sorted({int(r["digit"]) for r in rs})
     res = {NAMES[m]: {d: values(rs, m, d, f"auprc_{score}") for d in digits}
-           for m in NAMES if m != "random" and any(r["method"] == m for r in rs) and any(
-               values(rs, m, d, f"auprc_{score}") for d in digits)}
-    rand = {d: float(next(r["random_auprc"] for r in rs if int(r["digit"]) == d)) for d in digits}
-    auprc_per_digit(res, rand, path, title=f"MNIST hold-one-digit, score: {score}")
+           for m in NAMES if m not in ("random", "data") and any(values(rs, m, d, f"auprc_{score}") for d in digits)}
+    rand = {d: float(next(r["random_auprc"] for r in rs if int(r["digit"]) == d and r.get("random_auprc")))
+            for d in digits}
+    ref = {f"paper: {NAMES[m]}": {d: v for d, v in PAPER[m].items() if d in digits} for m in PAPER} if score == "joint" else None
+    auprc_per_digit(res, rand, path, title=f"MNIST hold-one-digit anomaly, score: {score} (mean ± std over seeds)",
+                    reference=ref)
+
+
+def curve_figure(path: str) -> None:
+    """AUPRC (joint) and the reconstruction MSE of normals and anomalies against updates, per digit and row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cr = rows(CURVE)
+    keys = sorted({(r["method"], int(r["digit"])) for r in cr})
+    digits = sorted({d for _, d in keys})
+    fig, axes = plt.subplots(2, len(digits), figsize=(2.6 * len(digits), 5.2), sharex="col", squeeze=False)
+    for j, d in enumerate(digits):
+        for m in sorted({m for m, dd in keys if dd == d}):
+            for seed in sorted({r["seed"] for r in cr if r["method"] == m and int(r["digit"]) == d}):
+                pts = sorted((int(r["updates"]), r) for r in cr if r["method"] == m and int(r["digit"]) == d
+                             and r["seed"] == seed)
+                # adaptive NCE starts from the 0-stage generator: count its updates too
+                off = int(next((r["updates"] for r in rows() if r["method"] == "pretrain" and int(r["digit"]) == d
+                                and r["seed"] == seed), 0)) if m == "adaptive-nce" else 0
+                u = [p[0] + off for p in pts]
+                kw = dict(marker="o", ms=3, label=f"{m}" if seed == "0" else None,
+                          color="C0" if m == "mle" else "C1", alpha=1.0 if seed == "0" else 0.5)
+                axes[0, j].plot(u, [float(p[1]["auprc_joint"]) for p in pts], **kw)
+                axes[1, j].plot(u, [float(p[1]["mse_normal"]) for p in pts], ls="-", **kw)
+                axes[1, j].plot(u, [float(p[1]["mse_anomalous"]) for p in pts], ls="--", **{**kw, "label": None})
+        axes[0, j].set_title(f"digit {d} held out", fontsize=9)
+        axes[1, j].set_xlabel("updates (incl. pretraining)")
+    axes[0, 0].set_ylabel("AUPRC (joint score)")
+    axes[1, 0].set_ylabel("recon. MSE (solid normal,\ndashed anomalous)")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
 
 
 def report() -> str:
@@ -141,8 +219,23 @@ def report() -> str:
     return "\n\n".join([
         "AUPRC under the papers' score, -log p(x, z) (higher is better):", main_table(rs),
         "Every label-free score (AUPRC, mean over seeds):", score_table(rs),
+        "Wins under the papers' score:", wins_table(rs),
         "Reconstruction MSE at the posterior sample (pixels in [-1, 1]), normals / anomalies:", mse_table(rs),
+        "Feature-space FID of 2,000 prior samples against the fit images (lower is better):", fid_table(rs),
         "Budgets:", budget_table(rs)])
+
+
+BEGIN, END = "<!-- anomaly-results:begin (benchmarks/anomaly_report.py --readme) -->", "<!-- anomaly-results:end -->"
+
+
+def update_readme(path: Path) -> None:
+    """Replace the block between BEGIN and END in ``path`` with the current report."""
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        sys.exit(f"{path}: no {BEGIN} ... {END} block")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(head + BEGIN + "\n" + report() + "\n" + END + tail)
 
 
 if __name__ == "__main__":
@@ -150,8 +243,12 @@ if __name__ == "__main__":
     ap.add_argument("--figure", help="write the AUPRC-per-digit figure here (png|pdf|svg)")
     ap.add_argument("--score", default="joint", choices=SCORES, help="the score the figure shows")
     ap.add_argument("--curve", action="store_true", help="print the learning-curve table instead")
+    ap.add_argument("--readme", help="rewrite the results block of this markdown file (README.md) instead of printing")
     a = ap.parse_args()
-    print(curve_table() if a.curve else report())
+    if a.readme:
+        update_readme(Path(a.readme))
+    else:
+        print(curve_table() if a.curve else report())
     if a.figure:
         sys.path.insert(0, str(ROOT))
-        figure(rows(), a.figure, a.score)
+        curve_figure(a.figure) if a.curve else figure(rows(), a.figure, a.score)
