@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ebmtool import distributed
+from ebmtool import progress as bars
 from ebmtool.checkpoint import Checkpointer
 from ebmtool.config import Optim
 from ebmtool.runtime import Precision
@@ -140,8 +141,6 @@ def train_loop(
     ``step(idx, x, iteration)``; checks every returned scalar for NaN/Inf, decays learning rates per epoch,
     checkpoints every ``ctx.ckpt.every`` iterations and on SIGINT/SIGTERM, and resumes from ``ctx.ckpt.resume``
     (skipping the completed iterations of the same data order)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     history = history or History()
     schedulers = list(schedulers)
     ck = ctx.ckpt
@@ -160,25 +159,21 @@ def train_loop(
     per_epoch = n_batches - (1 if W.parallel and 0 < n % batch_size < W.size else 0)
     if ck.resume_into(history, first, last):
         ctx.log(f"[{label}] resumed at iteration {resume_it} from {ck.resume.path}")
-    show = not ctx.quiet and sys.stderr.isatty()
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[msg]}"), disable=not show, transient=True)
-    with progress:
-        task = progress.add_task(label, total=epochs * n_batches, msg="")
+    with bars.bar(label, epochs * n_batches, show=not ctx.quiet) as progress:
         for e in range(epochs):
             epoch = epoch_offset + e
             if (epoch + 1) * n_batches < resume_it:  # finished (with its epoch-end actions) before the checkpoint
-                progress.update(task, advance=n_batches)
+                progress.advance(n_batches)
                 continue
             gen = torch.Generator(device="cpu").manual_seed(ctx.seed * 100003 + epoch)
             t0 = time.perf_counter()
             for b, idx in enumerate(batches(n, batch_size, gen)):
                 it = epoch * n_batches + b
                 if it < resume_it:
-                    progress.update(task, advance=1)
+                    progress.advance(1)
                     continue
                 if len(idx) < W.size:  # a final partial batch smaller than the world size: every rank skips it
-                    progress.update(task, advance=1)
+                    progress.advance(1)
                     continue
                 local = distributed.take(idx)  # this rank's shard of the global batch (all of it in one process)
                 distributed.set_batch(len(local), len(idx))
@@ -212,7 +207,7 @@ def train_loop(
                                       f"(continue with the same command and --resume {ck.path})")
                 if log_every and done % log_every == 0:
                     ctx.log(f"[{label}] it {done} " + " ".join(f"{k}={v:.4g}" for k, v in vals.items()))
-                progress.update(task, advance=1, msg=" ".join(f"{k}={v:.3g}" for k, v in list(vals.items())[:3]))
+                progress.advance(1, msg=" ".join(f"{k}={v:.3g}" for k, v in list(vals.items())[:3]))
             for s in schedulers:
                 s.step()
             means = history.close_epoch(epoch * per_epoch)

@@ -1,7 +1,7 @@
 # recipes/common.mk — settings and file rules shared by the table recipes (docs/design.md §6).
 #
 #   make lebm-table1 [SCALE=smoke|cpu|paper] [RUNS=runs] [RESULTS=results] [DATA_ROOT=data] [DEVICE=auto]
-#   make -j2 tables SCALE=smoke       every table of the seeds;   make cpu-anomaly   the MNIST anomaly benchmark
+#   make -j2 tables SCALE=smoke       every table of the papers;  make cpu-anomaly   the MNIST anomaly benchmark
 #
 # Cost of the whole smoke set (94 CLI calls, ~2.4 s of torch import each): about 420 s of CPU, so about 7 min on
 # one core and under 4 min with -j2 on two idle cores. cpu scale: hours per table; paper scale: GPU days.

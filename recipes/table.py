@@ -1,5 +1,5 @@
 """Helpers of the table recipes (recipes/*.mk): run one CLI stage and keep its JSON, two small baselines, and
-the markdown tables (the seeds' numbers beside ebmtool's).
+the markdown tables (the papers' numbers beside ebmtool's).
 
     table.py run OUT.json -- ebmtool STAGE ... --json      run a stage, keep its JSON + command, inputs, wall time
     table.py noise --like DATA -o OUT                       uniform-noise images shaped like DATA (OOD "Random")

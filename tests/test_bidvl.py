@@ -1,4 +1,4 @@
-"""BiDVL (seed 003): networks, the fit through the CLI, the model verbs, the --no-offset variant, refusals.
+"""BiDVL (Kan et al. 2022): networks, the fit through the CLI, the model verbs, the --no-offset variant, refusals.
 
 One smoke fit on scikit-learn's 8x8 digits (a subprocess, as a user runs it) serves most tests; everything else
 runs in-process with one torch thread (the test machine's 2 cores are shared, and OpenMP threads that wait on

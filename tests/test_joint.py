@@ -1,4 +1,4 @@
-"""joint-mle / joint-vi (seed 001): the joint EBM prior's density against the closed form of a linear-Gaussian
+"""joint-mle / joint-vi (Cui, Wu & Han 2023): the joint EBM prior's density against the closed form of a linear-Gaussian
 hierarchy, hierarchical resampling against a tilted Gaussian conditional, SIR on layered latents, the direction each
 module's gradient moves its own term (eq. 9-11, 16-19), checkpoint resume, and end-to-end runs (the CLI smoke fit
 as a real subprocess, beside two quick in-process fits on the synthetic data that must learn)."""

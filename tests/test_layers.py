@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parents[1] / "ebmtool"
 
 LAYERS = [
     ["ebmtool", "ebmtool.errors", "ebmtool.registry"],
-    ["ebmtool.config", "ebmtool.distributed"],
+    ["ebmtool.config", "ebmtool.distributed", "ebmtool.progress"],
     ["ebmtool.runtime", "ebmtool.artifacts"],
     ["ebmtool.images", "ebmtool.data", "ebmtool.nets"],
     ["ebmtool.sampling"],

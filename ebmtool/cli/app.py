@@ -17,12 +17,22 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "z <- z + (s^2/2) grad log pi(z) + s*eps.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ebmtool import __version__
+
+        print(f"ebmtool {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _common(threads: Optional[int] = typer.Option(
         None, "--threads", min=1, envvar="EBMTOOL_THREADS",
         help="CPU threads for torch's intra-op pool (default: torch's choice; on a busy shared machine 1 can be "
-             "several times faster than 2)")) -> None:
-    """Options for every command: ebmtool [--threads N] COMMAND ..."""
+             "several times faster than 2)"),
+        version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                     help="print the installed version and exit")) -> None:
+    """Options for every command: ebmtool [--threads N] [--version] COMMAND ..."""
     if threads is not None:
         import torch
 
@@ -40,7 +50,8 @@ out_console = Console()
 OutOpt = typer.Option(..., "-o", "--output", help="output artifact (.safetensors)")
 ForceOpt = typer.Option(False, "--force", help="overwrite an existing output")
 JsonOpt = typer.Option(False, "--json", help="print one JSON object on stdout")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress or log lines on stderr")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bar or log lines on stderr (a bar is drawn only "
+                        "when stderr is a terminal)")
 SeedOpt = typer.Option(None, "--seed", help="random seed")
 DeviceOpt = typer.Option(None, "--device", help="auto|cpu|cuda|cuda:N|mps")
 PrecisionOpt = typer.Option(None, "--precision", help="fp32 (default, exact) | auto (reduced only where native) | bf16 | fp16 | tf32")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +30,7 @@ def data_prepare(
     size: Optional[int] = typer.Option(None, "--size", help="resize to SIZE x SIZE"),
     limit: Optional[int] = typer.Option(None, "--limit", help="keep the first N images"),
     force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
     """Write a dataset artifact (uint8 images N x C x H x W, labels)."""
@@ -42,7 +42,7 @@ def data_prepare(
                                         exclude_class=exclude_class, only_class=only_class,
                                         anomaly_protocol=anomaly_protocol, part=part, size=size, limit=limit)),
                 where="data prepare")
-    emit(stages.data_prepare(cfg, str(output), force), as_json, "dataset")
+    emit(stages.data_prepare(cfg, str(output), force, quiet=quiet), as_json, "dataset")
 
 
 
@@ -55,14 +55,16 @@ def sample(
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="prior Langevin steps (default: the model's)"),
     step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help="Langevin step size s"),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="langevin | sir (multi-stage priors)"),
-    trajectory: int = typer.Option(0, "--trajectory", min=0, help="record every K-th Langevin state"),
+    trajectory: int = typer.Option(0, "--trajectory", min=0, help="record every K-th Langevin state (all chains in one batch)"),
     trajectory_png: Optional[Path] = typer.Option(None, "--trajectory-png", help="PNG: one row per chain (8), time left to right"),
     scale: Optional[int] = ScaleOpt,
     layer_resample: Optional[int] = typer.Option(None, "--layer-resample", min=1, help="joint models: each grid row shares one sample of layer K (1 = bottom); the other layers are resampled"),
+    batch_size: int = typer.Option(500, "--batch-size", min=1, help="chains drawn at a time"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
     precision: str = EvalPrecisionOpt,
     force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
     """Draw samples from a model's prior and decode them."""
@@ -72,7 +74,8 @@ def sample(
         raise UserError(f"--sampler: unknown sampler {sampler!r} (langevin | sir)")
     res = stages.sample(str(model), n, out=_s(output), grid=_s(grid), steps=steps, step_size=step_size,
                         sampler=sampler, trajectory_every=trajectory, trajectory_png=_s(trajectory_png), seed=seed,
-                        device=device, force=force, layer_resample=layer_resample, precision=precision, scale=scale)
+                        device=device, force=force, layer_resample=layer_resample, precision=precision, scale=scale,
+                        batch_size=batch_size, quiet=quiet)
     emit(res, as_json, "samples")
 
 
@@ -91,6 +94,7 @@ def reconstruct(
     device: str = typer.Option("auto", "--device"),
     precision: str = EvalPrecisionOpt,
     force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
     """Infer posterior latents of images and decode them; per-image and mean MSE."""
@@ -98,7 +102,7 @@ def reconstruct(
 
     res = stages.reconstruct(str(model), str(data), out=_s(output), grid=_s(grid), steps=steps, step_size=step_size,
                              batch_size=batch_size, limit=limit, seed=seed, device=device, force=force,
-                             precision=precision, scale=scale)
+                             precision=precision, scale=scale, quiet=quiet)
     emit(res, as_json, "reconstruction")
 
 
@@ -122,6 +126,7 @@ def anomaly(
     device: str = typer.Option("auto", "--device"),
     precision: str = EvalPrecisionOpt,
     force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
     """Anomaly / OOD scores and AUPRC (the papers' auc(recall, precision)), average precision, AUROC."""
@@ -142,7 +147,7 @@ def anomaly(
     res = stages.anomaly(str(model), str(data), positive=positive, ood_path=_s(ood_data), out=_s(output),
                          steps=steps, step_size=step_size, batch_size=batch_size, seed=seed, device=device,
                          force=force, pr_png=_s(pr_curve), precision=precision, score=score,
-                         calibrate=_s(calibrate))
+                         calibrate=_s(calibrate), quiet=quiet)
     emit(res, as_json, "anomaly")
 
 
@@ -164,11 +169,11 @@ def fid(
 
     res = stages.fid(str(samples), str(ref), inception_weights=_s(inception_weights), features=_s(features),
                      batch_size=batch_size, cache_dir=_s(cache_dir), device=device,
-                     progress=not quiet and sys.stderr.isatty())
+                     quiet=quiet)
     if not world().is_main:  # under torchrun rank 0 reports for all
         return
     for w in res.warnings:
-        print(f"ebmtool: warning: {w}", file=sys.stderr)
+        typer.echo(f"ebmtool: warning: {w}", err=True)
     if as_json:
         print(json.dumps(res.to_dict(), default=str))
     else:
@@ -193,7 +198,7 @@ def train_features(
     from ebmtool import stages
 
     res = stages.train_features(str(data), str(output), epochs=epochs, seed=seed, patience=patience, device=device,
-                                force=force, progress=not quiet and sys.stderr.isatty())
+                                force=force, quiet=quiet)
     emit(res, as_json, "features")
 
 
@@ -232,13 +237,17 @@ def plot(
     output: Path = typer.Option(..., "-o", "--output", help="figure file: .png, .pdf or .svg (image grids: .png)"),
     scale: Optional[int] = ScaleOpt,
     force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
 ):
     """Figure of what an artifact holds (matplotlib): NCE loss per stage, loss curves, Langevin energy profile,
     PR and ROC curves; datasets and samples: an image grid."""
     from ebmtool import stages
 
     res = stages.plot(str(path), str(output), force, scale=scale)
-    out_console.print(f"{res['output']}: {res['drew']}")
+    if as_json:
+        print(json.dumps(res, default=str))
+    else:
+        out_console.print(f"{res['output']}: {res['drew']}")
 
 
 @app.command("methods")

@@ -71,8 +71,9 @@ def calibration_split(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[n_cal:].sort().values, perm[:n_cal].sort().values
 
 
-def prepare(cfg: DataConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    images, labels, extra, source = SOURCES[cfg.dataset](cfg.root, cfg.split, cfg.download)
+def prepare(cfg: DataConfig, quiet: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The dataset's tensors and metadata; ``quiet=False``: download messages and a progress bar on stderr."""
+    images, labels, extra, source = SOURCES[cfg.dataset](cfg.root, cfg.split, cfg.download, not quiet)
     classes_all = sorted(int(c) for c in labels.unique())
     idx = torch.arange(len(labels), device=labels.device)
     for k in (cfg.exclude_class, cfg.only_class, cfg.anomaly_protocol):

@@ -8,20 +8,34 @@ Security: torchvision's CIFAR-10 loader unpickles its batch files; it only reads
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import math
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
+from ebmtool import progress as bars
 from ebmtool.errors import UserError
 from ebmtool.images import to_uint8
 
 Loaded = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], str]
+# every loader is called as load(root, split, download, show): show = progress on stderr (not --quiet)
+
+
+@contextlib.contextmanager
+def _torchvision_output(show: bool) -> Iterator[None]:
+    """torchvision's download and extraction messages: on stderr (stdout is kept for --json), or nowhere when
+    ``show`` is False (--quiet)."""
+    sink = sys.stderr if show else io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
 
 
 def _need_root(root: str | None, name: str) -> Path:
@@ -40,7 +54,7 @@ def _to_nchw_uint8(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.to(torch.uint8).contiguous()
 
 
-def load_digits(root, split, download) -> Loaded:
+def load_digits(root, split, download, show=False) -> Loaded:
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
@@ -56,7 +70,7 @@ MNIST_FILES = {
 }
 
 
-def load_mnist(root, split, download) -> Loaded:
+def load_mnist(root, split, download, show=False) -> Loaded:
     """torchvision's MNIST IDX readers on the split's two files, found in torchvision's layout
     (ROOT/MNIST/raw/...) or directly in ROOT, each optionally .gz. Only one split needs to be present (the shared
     test set); torchvision's MNIST class (which insists on all four files) is used only for ``--download``."""
@@ -64,7 +78,8 @@ def load_mnist(root, split, download) -> Loaded:
     from torchvision.datasets.mnist import read_image_file, read_label_file
 
     if download:
-        ds = MNIST(str(root or "."), train=split == "train", download=True)
+        with _torchvision_output(show):
+            ds = MNIST(str(root or "."), train=split == "train", download=True)
         return _to_nchw_uint8(ds.data), ds.targets.long(), {}, f"torchvision MNIST ({split}) from {root}"
     r = _need_root(root, "mnist")
     names = MNIST_FILES[split]
@@ -94,31 +109,33 @@ def load_mnist(root, split, download) -> Loaded:
     return _to_nchw_uint8(data), targets.long(), {}, f"torchvision MNIST ({split}) from {r}"
 
 
-def load_svhn(root, split, download) -> Loaded:
+def load_svhn(root, split, download, show=False) -> Loaded:
     from torchvision.datasets import SVHN
 
     r = root if download else _need_root(root, "svhn")
     try:
-        ds = SVHN(str(r), split=split, download=download)
+        with _torchvision_output(show):
+            ds = SVHN(str(r), split=split, download=download)
     except RuntimeError as e:
         raise UserError(f"--root: {e} (SVHN needs {split}_32x32.mat in {r}; pass --download online)") from None
     labels = torch.as_tensor(ds.labels).long()
     return _to_nchw_uint8(ds.data), labels, {}, f"torchvision SVHN ({split}) from {r}"
 
 
-def load_cifar10(root, split, download) -> Loaded:
+def load_cifar10(root, split, download, show=False) -> Loaded:
     from torchvision.datasets import CIFAR10
 
     r = root if download else _need_root(root, "cifar10")
     try:
-        ds = CIFAR10(str(r), train=(split == "train"), download=download)
+        with _torchvision_output(show):
+            ds = CIFAR10(str(r), train=(split == "train"), download=download)
     except RuntimeError as e:
         raise UserError(f"--root: {e} (CIFAR-10 needs cifar-10-batches-py/ in {r}; pass --download online)") from None
     x = torch.from_numpy(ds.data).permute(0, 3, 1, 2)
     return x.contiguous(), torch.as_tensor(ds.targets).long(), {}, f"torchvision CIFAR10 ({split}) from {r}"
 
 
-def load_celeba(root, split, download) -> Loaded:
+def load_celeba(root, split, download, show=False) -> Loaded:
     """CelebA through torchvision (aligned images, 178x218); center-cropped to 140 then resized by --size
     (default 64) as in the latent-EBM papers."""
     from torchvision import transforms
@@ -127,10 +144,12 @@ def load_celeba(root, split, download) -> Loaded:
     r = root if download else _need_root(root, "celeba")
     tf = transforms.Compose([transforms.CenterCrop(140), transforms.Resize(64), transforms.PILToTensor()])
     try:
-        ds = CelebA(str(r), split="valid" if split == "test" else "train", target_type=[], transform=tf, download=download)
+        with _torchvision_output(show):
+            ds = CelebA(str(r), split="valid" if split == "test" else "train", target_type=[], transform=tf,
+                        download=download)
     except (RuntimeError, OSError) as e:
         raise UserError(f"--root: {e} (CelebA needs celeba/img_align_celeba and list files in {r})") from None
-    imgs = torch.stack([ds[i][0] for i in range(len(ds))])
+    imgs = torch.stack([ds[i][0] for i in bars.track(range(len(ds)), len(ds), "celeba (decode)", show)])
     return imgs, torch.zeros(len(ds), dtype=torch.long, device="cpu"), {}, f"torchvision CelebA ({split}) from {r}"
 
 
@@ -170,7 +189,7 @@ def synthetic_generator() -> Callable[[torch.Tensor], torch.Tensor]:
     return gen
 
 
-def load_synthetic(root, split, download) -> Loaded:
+def load_synthetic(root, split, download, show=False) -> Loaded:
     g = torch.Generator(device="cpu").manual_seed(0 if split == "train" else 1)
     n = SYNTH_N[split]
     labels = torch.randint(0, SYNTH_MODES, (n,), generator=g, device="cpu")
@@ -182,7 +201,7 @@ def load_synthetic(root, split, download) -> Loaded:
     return images, labels.long(), {"latents": z}, note
 
 
-SOURCES: dict[str, Callable[[str | None, str, bool], Loaded]] = {
+SOURCES: dict[str, Callable[[str | None, str, bool, bool], Loaded]] = {
     "digits": load_digits,
     "mnist": load_mnist,
     "svhn": load_svhn,

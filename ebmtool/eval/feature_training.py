@@ -12,8 +12,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ebmtool import artifacts
-from ebmtool.eval.features import _artifact_images, _progress, images_to_float
+from ebmtool import artifacts, progress as bars
+from ebmtool.eval.features import _artifact_images, images_to_float
 from ebmtool.errors import DivergenceError, UserError
 from ebmtool.nets.classifier import ARCHS, build_classifier
 
@@ -126,7 +126,7 @@ def train_features(
 
     best_val, best_epoch, best_state, since = -1.0, 0, None, 0
     epochs_run = 0
-    for epoch in _progress(range(int(epochs)), int(epochs), "train-features", progress):
+    for epoch in bars.track(range(int(epochs)), int(epochs), "train-features (epochs)", progress):
         net.train()
         order = train_idx[torch.randperm(train_idx.numel(), generator=g, device="cpu")]
         for step, i in enumerate(range(0, order.numel(), bs)):

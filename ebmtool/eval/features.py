@@ -357,12 +357,3 @@ class ClassifierExtractor(FeatureExtractor):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.features(x)
-
-
-def _progress(it: Any, total: int, description: str, enabled: bool) -> Any:
-    if not enabled:
-        return it
-    from rich.console import Console
-    from rich.progress import track
-
-    return track(it, description=description, total=total, console=Console(stderr=True), transient=True)

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ebmtool import artifacts
+from ebmtool import artifacts, progress as bars
 from ebmtool.eval.feature_training import TrainFeaturesResult, train_features
 from ebmtool.eval.features import (INCEPTION_FILE, ClassifierExtractor, FeatureExtractor, FIDInceptionV3,
-                                   InceptionExtractor, _artifact_images, _progress, _shape_str,
+                                   InceptionExtractor, _artifact_images, _shape_str,
                                    build_fid_inception_net, images_to_float)
 from ebmtool.eval.frechet import SMALL_N, frechet_distance, small_n_warning
 from ebmtool.errors import UserError
@@ -90,7 +90,7 @@ def compute_statistics(
     lo, hi = distributed.bounds(n) if distributed.world().parallel else (0, n)
     local = torch.empty((hi - lo, d), dtype=torch.float64, device="cpu")  # features gather on the host
     starts = range(lo, hi, int(batch_size))
-    for i in _progress(starts, len(starts), f"features ({what})", progress and distributed.world().is_main):
+    for i in bars.track(starts, len(starts), f"features ({what})", progress):
         f = extractor(images_to_float(x[i : min(i + batch_size, hi)]))
         if f.shape != (min(batch_size, hi - i), d):
             raise UserError(f"feature extractor {extractor.name} returned shape {tuple(f.shape)}, expected (batch, {d})")

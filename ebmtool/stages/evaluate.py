@@ -8,13 +8,14 @@ from typing import Any, Optional
 import torch
 
 from ebmtool import artifacts, distributed
+from ebmtool import progress as bars
 from ebmtool.data import load_images
 from ebmtool.errors import UserError
 from ebmtool.eval import scores as S
 from ebmtool.eval.anomaly import binary_labels, metrics
 from ebmtool.eval.plots import pr_curve_png
 from ebmtool.images import save_grid, to_uint8
-from ebmtool.models import LatentModel, Model, bottom, hierarchical_sample, load_model
+from ebmtool.models import LatentModel, Model, SampleOutput, bottom, hierarchical_sample, load_model
 from ebmtool.runtime import resolve as resolve_precision
 from ebmtool.runtime import resolve_device, seed_everything
 
@@ -23,12 +24,14 @@ def _precision(name: str, device: torch.device):
     return resolve_precision(name, device).context(device)
 
 
-def batched(fn, x: torch.Tensor, batch_size: int, device: torch.device):
+def batched(fn, x: torch.Tensor, batch_size: int, device: torch.device, show: bool = False, what: str = "batches"):
     """Apply fn to batches of x on the device; concatenate (tensors or tuples of tensors) on the CPU.
-    Under torchrun each rank takes a contiguous shard of x and the results are gathered in order."""
+    Under torchrun each rank takes a contiguous shard of x and the results are gathered in order.
+    ``show``: a progress bar over the batches, labelled ``what`` (:mod:`ebmtool.progress`)."""
     shard = distributed.world().parallel and len(x) >= distributed.world().size
     xs = distributed.take(x) if shard else x
-    outs = [fn(xs[i: i + batch_size].to(device)) for i in range(0, len(xs), batch_size)]
+    starts = range(0, len(xs), batch_size)
+    outs = [fn(xs[i: i + batch_size].to(device)) for i in bars.track(starts, len(starts), what, show)]
     first = outs[0]
     if isinstance(first, tuple):
         res = tuple(_cat([o[j] for o in outs]) for j in range(len(first)))
@@ -78,6 +81,13 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
             raise UserError("--layer-resample cannot be combined with --trajectory")
         with _precision(precision, dev):
             res = hierarchical_sample(model, n, layer_resample, group=8, steps=steps, step_size=step_size, sampler=sampler)
+    elif not trajectory_every:  # batches of chains, each rank its share (gathered by batched)
+        def draw(idx):
+            r = model.sample(len(idx), steps=steps, step_size=step_size, sampler=sampler)
+            return r.images, r.latents
+
+        with _precision(precision, dev):
+            res = SampleOutput(*batched(draw, torch.arange(n), batch_size, dev, show=not quiet, what="sample"))
     else:
         W = distributed.world()
         shard = W.parallel and n >= W.size  # each rank draws its share; images and latents are gathered
@@ -138,7 +148,8 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
                 precision: str = "fp32", scale: Optional[int] = None, quiet: bool = False) -> dict[str, Any]:
     dev, model, art, x, labels, data_art = _open(model_path, data_path, (out, grid), seed, device, force, limit)
     with _precision(precision, dev):
-        xhat, z = batched(lambda b: model.reconstruct(b, steps=steps, step_size=step_size), x, batch_size, dev)
+        xhat, z = batched(lambda b: model.reconstruct(b, steps=steps, step_size=step_size), x, batch_size, dev,
+                          show=not quiet, what="reconstruct")
     xhat = xhat.float()
     per = (xhat - x).pow(2).flatten(1).mean(1)
     res = {"mse": float(per.mean()), "rmse": float(per.mean().sqrt()), "n": len(x),
@@ -155,7 +166,7 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
 
 
 def score_terms(model: Model, x: torch.Tensor, *, steps: Optional[int] = None, step_size: Optional[float] = None,
-                batch_size: int = 500, device: torch.device) -> dict[str, torch.Tensor]:
+                batch_size: int = 500, device: torch.device, quiet: bool = True) -> dict[str, torch.Tensor]:
     """The terms of the model's anomaly score for every image (see :mod:`ebmtool.eval.scores`), each (N,) float64."""
     names: list[str] = []
 
@@ -164,11 +175,12 @@ def score_terms(model: Model, x: torch.Tensor, *, steps: Optional[int] = None, s
         names[:] = list(t)
         return tuple(t.values())
 
-    vals = batched(fn, x, batch_size, device)
+    vals = batched(fn, x, batch_size, device, show=not quiet, what="anomaly score")
     return {k: v.double() for k, v in zip(names, vals)}
 
 
 def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = None, ood_path: Optional[str] = None,
+            quiet: bool = False,
             out: Optional[str] = None, steps: Optional[int] = None, step_size: Optional[float] = None,
             batch_size: int = 500, seed: int = 0, device: str = "auto", force: bool = False,
             pr_png: Optional[str] = None, precision: str = "fp32", score: str = "joint",
@@ -198,7 +210,7 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
         xc, _, cal_art = load_images(calibrate, what="--calibrate")
         _check_fits(model, xc, calibrate)
         parents.append(cal_art)
-    kw = dict(steps=steps, step_size=step_size, batch_size=batch_size, device=dev)
+    kw = dict(steps=steps, step_size=step_size, batch_size=batch_size, device=dev, quiet=quiet)
     with _precision(precision, dev):
         terms = score_terms(model, x, **kw)
         if calibrate is not None:

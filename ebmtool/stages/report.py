@@ -28,9 +28,10 @@ def plot(path: str, out: str, force: bool = False, scale: Optional[int] = None) 
 
 
 def fid(samples: str, ref: str, *, inception_weights: Optional[str] = None, features: Optional[str] = None,
-        batch_size: int = 50, cache_dir: Optional[str] = None, device: str = "auto", progress: bool = False):
+        batch_size: int = 50, cache_dir: Optional[str] = None, device: str = "auto", quiet: bool = False):
     """Frechet distance between samples and a reference, in pytorch-fid's InceptionV3 pool3 features or in the
-    features of a classifier from :func:`train_features`; returns :class:`ebmtool.eval.fid.FIDResult`."""
+    features of a classifier from :func:`train_features`; returns :class:`ebmtool.eval.fid.FIDResult`. ``quiet``: no
+    progress bar over the feature extraction."""
     from ebmtool.eval import fid as F
 
     if features is not None and inception_weights is not None:
@@ -39,15 +40,15 @@ def fid(samples: str, ref: str, *, inception_weights: Optional[str] = None, feat
     ex = F.ClassifierExtractor(features, device=dev) if features is not None else \
         F.InceptionExtractor(weights_path=inception_weights, device=dev)
     return F.fid(samples, ref, ex, batch_size=batch_size, cache_dir=cache_dir or F.default_cache_dir(),
-                 progress=progress)
+                 progress=not quiet)
 
 
 def train_features(data: str, out: str, *, epochs: int = 30, seed: int = 0, patience: int = 2, device: str = "auto",
-                   force: bool = False, progress: bool = False) -> dict[str, Any]:
+                   force: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train the LeNet-style classifier whose dense layer is a dataset-specific FID feature space (early
     stopping on a validation split)."""
     from ebmtool.eval import fid as F
 
     res = F.train_features(data, out, epochs, seed, patience=patience, device=str(resolve_device(device)),
-                           force=force, progress=progress)
+                           force=force, progress=not quiet)
     return {k: (str(v) if hasattr(v, "__fspath__") else v) for k, v in vars(res).items()}

@@ -19,9 +19,9 @@ from ebmtool.runtime import resolve as resolve_precision
 from ebmtool.training import FitResult, RunContext, TrainData
 
 
-def data_prepare(cfg: DataConfig, out: str, force: bool = False) -> dict[str, Any]:
+def data_prepare(cfg: DataConfig, out: str, force: bool = False, quiet: bool = False) -> dict[str, Any]:
     artifacts.check_output(out, force)
-    tensors, meta = prepare(cfg)
+    tensors, meta = prepare(cfg, quiet=quiet)
     artifacts.save(out, "dataset", tensors, config=cfg, meta=meta, force=force)
     return {"output": str(out), **{k: meta[k] for k in ("dataset", "split", "n", "image_shape", "classes")}}
 
