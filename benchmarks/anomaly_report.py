@@ -45,6 +45,12 @@ def rows(path: Path = RESULTS) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def header(first: list[str], digits: list[int], last: list[str] = (), label: str = "digit {d}") -> list[str]:
+    """The two header lines of a markdown table with one column per digit."""
+    cols = [*first, *(label.format(d=d) for d in digits), *last]
+    return ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+
+
 def values(rs, method, digit, col="auprc_joint") -> list[float]:
     return [float(r[col]) for r in rs if r["method"] == method and int(r["digit"]) == digit and r.get(col)]
 
@@ -60,7 +66,7 @@ def cell(v: list[float], chain_std: str = "") -> str:
 def main_table(rs) -> str:
     digits = sorted({int(r["digit"]) for r in rs})
     methods = [m for m in NAMES if m != "data" and any(r["method"] == m for r in rs)]
-    out = ["| method | " + " | ".join(f"digit {d}" for d in digits) + " |", "|" + " --- |" * (len(digits) + 1)]
+    out = header(["method"], digits)
     for m in methods:
         cells = []
         for d in digits:
@@ -76,8 +82,7 @@ def main_table(rs) -> str:
 def score_table(rs) -> str:
     """Mean AUPRC of each label-free score per latent model and digit (mean over seeds)."""
     digits = sorted({int(r["digit"]) for r in rs})
-    out = ["| model | score | " + " | ".join(f"digit {d}" for d in digits) + " | mean |",
-           "|" + " --- |" * (len(digits) + 3)]
+    out = header(["model", "score"], digits, ["mean"])
     for m in [m for m in LATENT if any(r["method"] == m for r in rs)]:
         for s in SCORES:
             v = [values(rs, m, d, f"auprc_{s}") for d in digits]
@@ -90,8 +95,7 @@ def score_table(rs) -> str:
 
 def mse_table(rs) -> str:
     digits = sorted({int(r["digit"]) for r in rs})
-    out = ["| model | " + " | ".join(f"digit {d}: normal / anomalous" for d in digits) + " |",
-           "|" + " --- |" * (len(digits) + 1)]
+    out = header(["model"], digits, label="digit {d}: normal / anomalous")
     for m in [m for m in LATENT if any(r["method"] == m for r in rs)]:
         cells = []
         for d in digits:
@@ -104,8 +108,7 @@ def mse_table(rs) -> str:
 def fid_table(rs) -> str:
     """Feature-space FID (LeNet features of each digit's fit part) of 2,000 prior samples; lower is better."""
     digits = sorted({int(r["digit"]) for r in rs})
-    out = ["| model | " + " | ".join(f"digit {d}" for d in digits) + " | below the 0-stage generator |",
-           "|" + " --- |" * (len(digits) + 2)]
+    out = header(["model"], digits, ["below the 0-stage generator"])
     for m in [m for m in ["data"] + LATENT if any(r["method"] == m and r.get("fid_features") for r in rs)]:
         v = [values(rs, m, d, "fid_features") for d in digits]
         g = [values(rs, "pretrain", d, "fid_features") for d in digits]
