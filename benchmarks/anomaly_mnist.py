@@ -165,8 +165,10 @@ def parts(digit: int) -> dict[str, str]:
 
 def fit(method: str, data: str, out: Path, seed: int, prec: str, init: str | None, **over) -> float:
     """Train one model with the row's budget (``over`` replaces budget keys); returns wall seconds."""
-    if out.exists():
-        return 0.0
+    if out.exists():  # trained earlier (e.g. by an interrupted run of this script): its own recorded wall time
+        from ebmtool.artifacts import load
+
+        return float(load(out).meta.get("wall_time_s", 0.0))
     m = METHOD_OF.get(method, method)
     flags = {**BUDGET[method], **over, "seed": seed, "precision": prec}
     cfg = resolve(METHODS[m].config, method=m, preset="cpu", toml=None, flags=flags)
@@ -241,8 +243,20 @@ def model_path(method: str, digit: int, seed: int, prec: str) -> Path:
     return WORK / f"{method}-{tag}.safetensors"
 
 
+def model_files(method: str, digit: int, seed: int, prec: str) -> list[Path]:
+    """Every artifact a row trained (mle's chunks, adaptive NCE's stages; the 0-stage generator is its own row)."""
+    tag = f"d{digit}-s{seed}-{prec}"
+    if method == "mle":
+        return [WORK / f"mle-{tag}-e{e}.safetensors" for e in range(CHUNK, BUDGET["mle"]["epochs"] + 1, CHUNK)]
+    if method == "adaptive-nce":
+        return [WORK / f"adaptive-nce-{tag}-k{k}.safetensors" for k in range(1, BUDGET["adaptive-nce"]["stages"] + 1)]
+    return [model_path(method, digit, seed, prec)]
+
+
 def rescore() -> None:
-    """Fill the cells a row lacks (scores or FID added after it was measured) from its model, kept under runs/.
+    """Fill the cells a row lacks (scores or FID added after it was measured) from its model, kept under runs/,
+    and set its training wall time to the sum of what its artifacts recorded (a row whose models an interrupted
+    run had already trained would otherwise show only the time of the rest).
     The scoring chains are seeded as in run_cell, so the cells a row already has would come out the same."""
     rows = read(RESULTS)
     for r in rows:
@@ -251,7 +265,16 @@ def rescore() -> None:
         mp = model_path(r["method"], int(r["digit"]), int(r["seed"]), r["precision"])
         need_scores = any(not r.get(c) for c in SCORE_COLS)
         need_fid = not r.get("fid_features")
-        if not mp.exists() or not (need_scores or need_fid):
+        files = model_files(r["method"], int(r["digit"]), int(r["seed"]), r["precision"])
+        if all(f.exists() for f in files):  # each artifact records its own training time
+            from ebmtool.artifacts import load
+
+            wall = f"{sum(float(load(f).meta.get('wall_time_s', 0.0)) for f in files):.1f}"
+            need_wall = wall != r.get("train_wall_s")
+            r["train_wall_s"] = wall
+        else:
+            need_wall = False
+        if not mp.exists() or not (need_scores or need_fid or need_wall):
             continue
         p = parts(int(r["digit"]))
         if need_scores:
@@ -264,7 +287,7 @@ def rescore() -> None:
             now = read(RESULTS)
             for q in now:
                 if (q["method"], q["digit"], q["seed"], q["precision"]) == key:
-                    q.update({k: v for k, v in r.items() if v and not q.get(k)})
+                    q.update({k: v for k, v in r.items() if v and (not q.get(k) or k == "train_wall_s")})
             write_all(RESULTS, FIELDS, now)
         print("rescored", r["method"], r["digit"], r["seed"], {c: r.get(c) for c in ("auprc_dose", "fid_features")},
               flush=True)
