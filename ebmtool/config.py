@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, TypeVar
@@ -28,22 +29,47 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# The two ways the papers write one Langevin step (docs/design.md §3). ebmtool has one sampler, in the LEBM form;
+# a chain written in another form is converted to that sampler's step size by Langevin.effective_step_size().
+LANGEVIN_CONVENTIONS: dict[str, str] = {
+    "lebm": "z <- z + (s^2/2) grad log pi + s*eps (the LEBM code; ebmtool's sampler)",
+    "xiao-han": "z <- z + (s/2) grad log pi + sqrt(s)*eps (adaptive-NCE paper, eq. 3): the LEBM form at sqrt(s)",
+}
+LangevinConvention = Literal["lebm", "xiao-han"]
+
+
 class Langevin(Strict):
-    """Short-run Langevin chain in the one convention: z <- z + (s^2/2) grad log pi(z) + s * eps.
-    Training chains and the chains a model stores for evaluation (its spec) are both this class."""
+    """Short-run Langevin chain. ``step_size`` is read in ``convention``: "lebm" (default)
+    z <- z + (s^2/2) grad log pi(z) + s * eps, or "xiao-han" z <- z + (s/2) grad log pi(z) + sqrt(s) * eps; both run
+    on the one sampler at :meth:`effective_step_size`. Training chains and the chains a model stores for evaluation
+    (its spec) are both this class."""
 
     steps: int = Field(20, ge=1, description="number of Langevin steps")
-    step_size: float = Field(0.1, gt=0, description="s in z + s^2/2 grad + s eps")
+    step_size: float = Field(0.1, gt=0, description="s, read in `convention`")
     noise: bool = True
+    convention: LangevinConvention = Field(
+        "lebm", description="how step_size is read: lebm = z + s^2/2 grad + s eps | "
+                            "xiao-han = z + s/2 grad + sqrt(s) eps (the same sampler at step sqrt(s))")
 
     @classmethod
-    def stored(cls, steps: int, step_size: float, noise: bool = True) -> "Langevin":
+    def stored(cls, steps: int, step_size: float, noise: bool = True, convention: str = "lebm") -> "Langevin":
         """A chain a model keeps for evaluation (from its saved spec, or BiDVL's optional image-space refinement):
-        0 steps, no chain, is allowed there, unlike in a training config."""
-        return cls.model_construct(steps=int(steps), step_size=float(step_size), noise=bool(noise))
+        0 steps, no chain, is allowed there, unlike in a training config. A spec without ``convention`` (written
+        before the field existed) is "lebm"."""
+        if convention not in LANGEVIN_CONVENTIONS:
+            raise ValueError(f"unknown Langevin convention {convention!r} (choose from {', '.join(LANGEVIN_CONVENTIONS)})")
+        return cls.model_construct(steps=int(steps), step_size=float(step_size), noise=bool(noise),
+                                   convention=convention)
+
+    def effective_step_size(self) -> float:
+        """The step size of the one sampler (:func:`ebmtool.sampling.langevin`, LEBM form) that runs this chain:
+        ``step_size`` for "lebm", sqrt(``step_size``) for "xiao-han" ((s/2) grad + sqrt(s) eps is
+        (t^2/2) grad + t eps at t = sqrt(s)). The one place a convention is converted."""
+        return math.sqrt(self.step_size) if self.convention == "xiao-han" else self.step_size
 
     def override(self, steps: Optional[int] = None, step_size: Optional[float] = None) -> "Langevin":
-        """This chain with ``--steps`` / ``--step-size`` where given."""
+        """This chain with ``--steps`` / ``--step-size`` where given (``--step-size`` is read in this chain's
+        convention)."""
         return self.model_copy(update={k: v for k, v in (("steps", steps), ("step_size", step_size)) if v is not None})
 
 

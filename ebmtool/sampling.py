@@ -1,8 +1,12 @@
 """The one Langevin sampler of ebmtool (and sampling-importance-resampling).
 
-Convention (LEBM code; the step sizes reported by the LEBM and adaptive-NCE papers are meant in it)::
+The sampler's form (the LEBM code's)::
 
     z <- z + (s^2 / 2) * grad_z log pi(z) + s * eps,      eps ~ N(0, I)
+
+A chain written in the adaptive-NCE paper's form z + (s/2) grad + sqrt(s) eps (``Langevin.convention =
+"xiao-han"``) is this sampler at step sqrt(s); :meth:`ebmtool.config.Langevin.effective_step_size` converts, and
+every caller passes its result here (docs/design.md §3).
 
 ``log_pi`` is any differentiable function returning one log-density per chain, shape (B,). Latents are one
 tensor (B, d) or a tuple of tensors for multi-layer models (all layers move jointly). Inside a chain only

@@ -1,8 +1,9 @@
 """ebmtool's command line: a thin Typer app. Each command parses its options, calls one function of
 :mod:`ebmtool.stages` and prints the result (a rich table, or one JSON object with --json).
 
-Every user mistake is one line on stderr and exit status 2 (divergence: 3). Langevin convention everywhere:
-z <- z + (s^2/2) grad log pi(z) + s * eps (s = --step-size).
+Every user mistake is one line on stderr and exit status 2 (divergence: 3). Langevin: one sampler,
+z <- z + (s^2/2) grad log pi(z) + s * eps; --step-size is read in the chain's convention (lebm: that s;
+xiao-han: z + (s/2) grad + sqrt(s) eps, the same sampler at sqrt(s)).
 """
 
 from __future__ import annotations

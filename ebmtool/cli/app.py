@@ -13,8 +13,8 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ebmtool: energy-based priors in the latent space of generator models. "
-                       "Stages chain through safetensors artifacts. Langevin convention: "
-                       "z <- z + (s^2/2) grad log pi(z) + s*eps.")
+                       "Stages chain through safetensors artifacts. Langevin: z <- z + (s^2/2) grad log pi(z) + s*eps "
+                       "(convention lebm; a chain with convention xiao-han reads s as z + (s/2) grad + sqrt(s)*eps).")
 
 
 def _print_version(value: bool) -> None:

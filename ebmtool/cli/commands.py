@@ -14,6 +14,8 @@ from ebmtool.cli.app import (EvalPrecisionOpt, ForceOpt, JsonOpt, OutOpt, QuietO
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
 
+STEP_HELP = "Langevin step size s, read in the model's chain convention (lebm: s; xiao-han: the sampler runs at sqrt(s))"
+
 
 # ------------------------------------------------------------------------------------------------
 @data_app.command("prepare")
@@ -53,7 +55,7 @@ def sample(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="samples artifact"),
     grid: Optional[Path] = typer.Option(None, "--grid", help="PNG grid of the samples"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="prior Langevin steps (default: the model's)"),
-    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help="Langevin step size s"),
+    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help=STEP_HELP),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="langevin | sir (multi-stage priors)"),
     trajectory: int = typer.Option(0, "--trajectory", min=0, help="record every K-th Langevin state (all chains in one batch)"),
     trajectory_png: Optional[Path] = typer.Option(None, "--trajectory-png", help="PNG: one row per chain (8), time left to right"),
@@ -86,7 +88,7 @@ def reconstruct(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="reconstructions artifact"),
     grid: Optional[Path] = typer.Option(None, "--grid", help="PNG of (real | reconstructed) pairs"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="posterior Langevin steps"),
-    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12),
+    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help=STEP_HELP),
     batch_size: int = typer.Option(500, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="first N images only"),
     scale: Optional[int] = ScaleOpt,
@@ -120,7 +122,7 @@ def anomaly(
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="held-out normal images (dataset artifact, "
                                              "e.g. data prepare --part calibration) for --score typicality|dose"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1),
-    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12),
+    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help=STEP_HELP),
     batch_size: int = typer.Option(500, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),

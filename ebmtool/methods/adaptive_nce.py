@@ -12,6 +12,10 @@ Prior at stage k: p_k(z) = p0(z) prod_{i<k} r_i(z). Within stage k, per batch:
 Two memory buffers (read: previous stage, write: this stage) swap at the stage boundary, so the negatives
 of stage k are never overwritten by stage k's own posterior samples. At the end of a stage r_k is frozen.
 
+Step sizes are read in each chain's ``convention`` (default "lebm", z + s^2/2 grad + s eps); the paper's eq. 3,
+z + s/2 grad + sqrt(s) eps, is ``--set posterior.convention=xiao-han`` (and ``prior.``/``sampling.``), the same
+sampler at sqrt(s) (docs/design.md §3).
+
 ``--non-adaptive`` is the TRE-style ablation (Sec. 3.2 / 5.5): generator frozen at the 0-stage model,
 posterior under p0, ratios fit between waymarks w_j = sqrt(1 - a_j^2) z- + a_j z+, a_j = j/m, z- ~ p0.
 """

@@ -190,7 +190,8 @@ def _fit(cfg: JointConfig, data, init, init_art, ctx, method: str, vi: bool) -> 
         try:
             z_neg, z_pos, log_q = chains(x, it)
         except DivergenceError as e:
-            s = cfg.prior.step_size if vi else max(cfg.prior.step_size, cfg.posterior.step_size)
+            s = cfg.prior.effective_step_size() if vi else max(cfg.prior.effective_step_size(),
+                                                                cfg.posterior.effective_step_size())
             raise DivergenceError(str(e) + _divergence_hint(prior, s, x.device)) from None
         loss, stats = joint_loss(model, x, z_pos, z_neg, log_q, cfg.energy_l2)
         optimizer_step({f"the {k}": o for k, o in opts.items()}, loss)  # one backward, one Adam step per module

@@ -60,7 +60,7 @@ class LatentModel(Model):
             z0 = z_enc
         chain = chain or self.inference
         z0 = self.prior.base_sample(len(x), x.device) if z0 is None else z0
-        return langevin(lambda z: self.log_joint(x, z), z0, chain.steps, chain.step_size, noise=chain.noise,
+        return langevin(lambda z: self.log_joint(x, z), z0, chain.steps, chain.effective_step_size(), noise=chain.noise,
                         freeze=[self], record_every=record_every, what=what)
 
     # --- the verbs ----------------------------------------------------------------------------
@@ -70,7 +70,7 @@ class LatentModel(Model):
                              if v is not None)
             raise UserError(f"{given}: a {self.method} model's prior is N(0, I), drawn exactly (there is no prior chain)")
         ch = self.sampling.override(steps, step_size)
-        z, traj = self.prior.sample(n, steps=ch.steps, step_size=ch.step_size, sampler=sampler or self.sampler,
+        z, traj = self.prior.sample(n, steps=ch.steps, step_size=ch.effective_step_size(), sampler=sampler or self.sampler,
                                     device=_device_of(self), record_every=record_every)
         with torch.no_grad():
             x = self.generator(bottom(z))
@@ -137,10 +137,10 @@ def hierarchical_sample(model: LatentModel, n: int, keep: int, *, group: int = 8
         raise UserError(f"--layer-resample {keep}: the model has {prior.layers} latent layers (1 = bottom .. {prior.layers} = top)")
     ch = model.sampling.override(steps, step_size)
     device = next(model.parameters()).device
-    heads, _ = prior.sample(math.ceil(n / group), steps=ch.steps, step_size=ch.step_size,
+    heads, _ = prior.sample(math.ceil(n / group), steps=ch.steps, step_size=ch.effective_step_size(),
                             sampler=sampler or model.sampler, device=device)
     rows = _take(heads, torch.arange(n, device=device) // group)  # (n, d_i) per layer, row r = head r // group
-    z = prior.resample_layers(rows, keep, ch.steps, ch.step_size)
+    z = prior.resample_layers(rows, keep, ch.steps, ch.effective_step_size())
     with torch.no_grad():
         return SampleOutput(model.generator(z[0]), z)
 

@@ -54,7 +54,8 @@ class Prior(nn.Module):
         self, n: int, *, steps: int, step_size: float, sampler: str = "langevin", device="cpu",
         record_every: int = 0, sir_proposals: int = 10,
     ):
-        """Draw n latents. Gaussian: exact. Otherwise Langevin from p0 on log p, or SIR from p0."""
+        """Draw n latents. Gaussian: exact. Otherwise Langevin from p0 on log p, or SIR from p0. ``step_size`` is the
+        sampler's own (LEBM form; a chain config passes :meth:`Langevin.effective_step_size`)."""
         z0 = self.base_sample(n, device)
         if self.is_base:
             return z0, None
@@ -71,7 +72,7 @@ class Prior(nn.Module):
         """The one prior short-run chain (mle and joint negatives, adaptive-NCE ``--prior-sampler langevin``,
         sampling): Langevin on log p from ``z0`` (or from n draws of p0 when ``z0`` is an int n)."""
         z0 = self.base_sample(z0, device) if isinstance(z0, int) else z0
-        return langevin(self.log_prob, z0, c.steps, c.step_size, noise=c.noise, freeze=[self],
+        return langevin(self.log_prob, z0, c.steps, c.effective_step_size(), noise=c.noise, freeze=[self],
                         record_every=record_every, what=what)
 
     # --- serialisation -----------------------------------------------------------------------
