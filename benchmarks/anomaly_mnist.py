@@ -14,7 +14,8 @@ Rows, each the way its paper trains it:
 - ``mle``: LEBM from scratch (Pang et al. 2020, Algorithm 1: prior and generator from initialisation).
 - ``adaptive-nce``: 4 NCE stages from the 0-stage generator (Xiao & Han), added one stage at a time.
 - ablations (published digits): ``mle-warm`` (LEBM from the 0-stage generator), ``nce`` (1 stage),
-  ``adaptive-nce-tre`` (``--non-adaptive``), ``joint-mle`` (Cui et al. 2023, from scratch).
+  ``adaptive-nce-tre`` (``--non-adaptive``), ``joint-mle`` (Cui et al. 2023, from scratch), ``adaptive-nce-xh``
+  (adaptive NCE in its paper's Langevin convention, eq. 3, with its step sizes).
 
 Scoring, equal for every latent model: posterior short-run Langevin, ``SCORE_CHAIN`` steps and step size,
 from N(0, I); ``CHAINS`` independent chains per image at the final checkpoint, AUPRC per chain, reported as
@@ -81,10 +82,14 @@ BUDGET = {
     "nce": {"stages": 1, "epochs_per_stage": 8, **NET},
     "adaptive-nce-tre": {"stages": 4, "epochs_per_stage": 2, "non_adaptive": True, **NET},
 }
-METHOD_OF = {"mle-warm": "mle", "adaptive-nce-tre": "adaptive-nce"}
-FROM_GEN = {"mle-warm", "adaptive-nce", "nce", "adaptive-nce-tre"}  # --init the 0-stage generator
+# adaptive NCE with its paper's Langevin convention (eq. 3: z + (s/2) grad + sqrt(s) noise) and step sizes (App. A.3:
+# s = 0.1 for the posterior and for test-time prior sampling), i.e. ebmtool's one sampler at sqrt(0.1) = 0.316
+XH = {c: {"convention": "xiao-han", "step_size": 0.1} for c in ("posterior", "sampling", "prior")}
+BUDGET["adaptive-nce-xh"] = {**BUDGET["adaptive-nce"], **XH}
+METHOD_OF = {"mle-warm": "mle", "adaptive-nce-tre": "adaptive-nce", "adaptive-nce-xh": "adaptive-nce"}
+FROM_GEN = {"mle-warm", "adaptive-nce", "nce", "adaptive-nce-tre", "adaptive-nce-xh"}  # --init the 0-stage generator
 CORE = ["pca", "random", "data", "pretrain", "mle", "adaptive-nce"]
-ABLATIONS = ["mle-warm", "nce", "adaptive-nce-tre", "joint-mle"]
+ABLATIONS = ["mle-warm", "nce", "adaptive-nce-tre", "joint-mle", "adaptive-nce-xh"]
 PAPER_AUPRC = {  # LEBM Table 4 and adaptive NCE Table 2 (MNIST, AUPRC; the original code's split leaks)
     "mle": {1: 0.336, 4: 0.630, 5: 0.619, 7: 0.463, 9: 0.413},
     "adaptive-nce": {1: 0.531, 4: 0.729, 5: 0.742, 7: 0.620, 9: 0.499},
@@ -186,14 +191,18 @@ def evaluate(model_path: str, p: dict[str, str], digit: int, seed: int, prec: st
     xc, _, _ = load_images(p["calibration"])
     y = binary_labels(lab, [digit]).numpy()
     u8 = ((x + 1) * 127.5).round().to(torch.uint8)
+    # the same chain for every model: --step-size is read in the model's convention, so ask for the step that
+    # runs the one sampler at SCORE_CHAIN's step size (lebm: s; xiao-han: s^2, whose square root is s)
+    xh = getattr(getattr(model, "inference", None), "convention", "lebm") == "xiao-han"
+    chain = {**SCORE_CHAIN, "step_size": SCORE_CHAIN["step_size"] ** 2 if xh else SCORE_CHAIN["step_size"]}
     per: dict[str, list[float]] = {c: [] for c in SCORE_COLS}
     auroc, mse_n, mse_a = [], [], []
     t0 = time.perf_counter()
     for c in range(chains):
         torch.manual_seed(10_000 * seed + c)
         with resolve_precision(prec, dev).context(dev):
-            terms = {k: v.numpy() for k, v in score_terms(model, x, device=dev, **SCORE_CHAIN).items()}
-            cal = {k: v.numpy() for k, v in score_terms(model, xc, device=dev, **SCORE_CHAIN).items()}
+            terms = {k: v.numpy() for k, v in score_terms(model, x, device=dev, **chain).items()}
+            cal = {k: v.numpy() for k, v in score_terms(model, xc, device=dev, **chain).items()}
         for s in S.SCORES:
             sc = S.score(s, terms, images=u8, calibration=cal)
             per[f"auprc_{s}"].append(metrics(y, sc).auprc)
@@ -238,8 +247,8 @@ def model_path(method: str, digit: int, seed: int, prec: str) -> Path:
         return WORK / f"gen-{tag}.safetensors"
     if method == "mle":
         return WORK / f"mle-{tag}-e{BUDGET['mle']['epochs']}.safetensors"
-    if method == "adaptive-nce":
-        return WORK / f"adaptive-nce-{tag}-k{BUDGET['adaptive-nce']['stages']}.safetensors"
+    if method in ("adaptive-nce", "adaptive-nce-xh"):
+        return WORK / f"{method}-{tag}-k{BUDGET[method]['stages']}.safetensors"
     return WORK / f"{method}-{tag}.safetensors"
 
 
@@ -248,8 +257,8 @@ def model_files(method: str, digit: int, seed: int, prec: str) -> list[Path]:
     tag = f"d{digit}-s{seed}-{prec}"
     if method == "mle":
         return [WORK / f"mle-{tag}-e{e}.safetensors" for e in range(CHUNK, BUDGET["mle"]["epochs"] + 1, CHUNK)]
-    if method == "adaptive-nce":
-        return [WORK / f"adaptive-nce-{tag}-k{k}.safetensors" for k in range(1, BUDGET["adaptive-nce"]["stages"] + 1)]
+    if method in ("adaptive-nce", "adaptive-nce-xh"):
+        return [WORK / f"{method}-{tag}-k{k}.safetensors" for k in range(1, BUDGET[method]["stages"] + 1)]
     return [model_path(method, digit, seed, prec)]
 
 
@@ -294,7 +303,7 @@ def rescore() -> None:
 
 
 NCE_STATS = ROOT / "benchmarks" / "results" / "anomaly_mnist_nce.csv"
-NCE_FIELDS = ["protocol", "digit", "seed", "precision", "stage", "nce_first_epoch", "nce_last_epoch", "chance",
+NCE_FIELDS = ["protocol", "method", "digit", "seed", "precision", "stage", "nce_first_epoch", "nce_last_epoch", "chance",
               "log_r_pos", "log_r_neg"]
 
 
@@ -308,16 +317,16 @@ def nce_stats() -> None:
 
     out = []
     for r in read(RESULTS):
-        if r["method"] != "adaptive-nce":
+        if r["method"] not in ("adaptive-nce", "adaptive-nce-xh"):
             continue
         tag = f"d{r['digit']}-s{r['seed']}-{r['precision']}"
-        for k in range(1, BUDGET["adaptive-nce"]["stages"] + 1):
-            mp = WORK / f"adaptive-nce-{tag}-k{k}.safetensors"
+        for k in range(1, BUDGET[r["method"]]["stages"] + 1):
+            mp = WORK / f"{r['method']}-{tag}-k{k}.safetensors"
             if not mp.exists():
                 continue
             t = load(mp).tensors
             nce = t["history.nce"].tolist()
-            out.append({"protocol": PROTOCOL, "digit": r["digit"], "seed": r["seed"], "precision": r["precision"],
+            out.append({"protocol": PROTOCOL, "method": r["method"], "digit": r["digit"], "seed": r["seed"], "precision": r["precision"],
                         "stage": k, "nce_first_epoch": f"{nce[0]:.4f}", "nce_last_epoch": f"{nce[-1]:.4f}",
                         "chance": f"{2 * math.log(2):.4f}", "log_r_pos": f"{float(t['history.log_r_pos'][-1]):.4f}",
                         "log_r_neg": f"{float(t['history.log_r_neg'][-1]):.4f}"})
@@ -370,7 +379,7 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict | 
             prev = str(out)
             curve_point(method, digit, seed, prec, out, p, updates(n_fit, done), done, wall, cpu)
         model, ups = Path(prev), updates(n_fit, total)
-    elif method == "adaptive-nce":
+    elif method in ("adaptive-nce", "adaptive-nce-xh"):
         prev, k = str(gen), BUDGET[method]["stages"]
         ep = BUDGET[method]["epochs_per_stage"]
         wall = 0.0

@@ -28,6 +28,7 @@ NAMES = {
     "mle-warm": "LEBM from the 0-stage generator",
     "nce": "NCE, 1 stage",
     "adaptive-nce-tre": "adaptive NCE `--non-adaptive` (TRE)",
+    "adaptive-nce-xh": "adaptive NCE, its paper's Langevin convention",
     "joint-mle": "joint prior (`joint-mle`) from scratch",
 }
 PAPER = {  # LEBM Table 4 / adaptive NCE Table 2 (AUPRC on MNIST; leaky split in the original code)
@@ -35,7 +36,7 @@ PAPER = {  # LEBM Table 4 / adaptive NCE Table 2 (AUPRC on MNIST; leaky split in
     "adaptive-nce": {1: 0.531, 4: 0.729, 5: 0.742, 7: 0.620, 9: 0.499},
 }
 SCORES = ["joint", "recon", "prior", "typicality", "complexity", "dose"]
-LATENT = ["pretrain", "mle", "adaptive-nce", "mle-warm", "nce", "adaptive-nce-tre", "joint-mle"]
+LATENT = ["pretrain", "mle", "adaptive-nce", "adaptive-nce-xh", "mle-warm", "nce", "adaptive-nce-tre", "joint-mle"]
 
 
 def rows(path: Path = RESULTS) -> list[dict]:
@@ -147,15 +148,15 @@ def nce_table(path: Path = RESULTS.with_name("anomaly_mnist_nce.csv")) -> str:
     nr = rows(path)
     if not nr:
         return "(no stage statistics yet: anomaly_mnist.py --nce-stats)"
-    out = ["| stage | runs | NCE loss, first epoch | NCE loss, last epoch | chance 2 ln 2 | mean log r on posterior "
-           "samples | on prior samples |", "|" + " --- |" * 7]
-    for k in sorted({int(r["stage"]) for r in nr}):
-        rk = [r for r in nr if int(r["stage"]) == k]
+    out = ["| row | stage | runs | NCE loss, first epoch | NCE loss, last epoch | chance 2 ln 2 | mean log r on "
+           "posterior samples | on prior samples |", "|" + " --- |" * 8]
+    for m, k in sorted({(r.get("method") or "adaptive-nce", int(r["stage"])) for r in nr}):
+        rk = [r for r in nr if int(r["stage"]) == k and (r.get("method") or "adaptive-nce") == m]
 
         def mean(c):
             return statistics.mean(float(r[c]) for r in rk)
 
-        out.append(f"| {k} | {len(rk)} | {mean('nce_first_epoch'):.3f} | {mean('nce_last_epoch'):.3f} | "
+        out.append(f"| {m} | {k} | {len(rk)} | {mean('nce_first_epoch'):.3f} | {mean('nce_last_epoch'):.3f} | "
                    f"{float(rk[0]['chance']):.3f} | {mean('log_r_pos'):+.3f} | {mean('log_r_neg'):+.3f} |")
     return "\n".join(out)
 
