@@ -35,7 +35,6 @@ class World:
     size: int = 1
     local_rank: int = 0
     weight: float = 1.0  # this rank's share of the current global batch (n_local / n_global)
-    in_step: bool = False  # inside a training step, where every rank runs the same collectives in the same order
 
     @property
     def is_main(self) -> bool:
@@ -198,10 +197,11 @@ def mean_scalars(values: torch.Tensor, stop: bool = False) -> tuple[torch.Tensor
 
 
 def any_rank(flag: bool) -> bool:
-    """Inside a training step under torchrun: whether ``flag`` holds on any rank (one tiny all-reduce);
-    elsewhere (one process, or evaluation, where ranks may run different numbers of batches): ``flag``."""
+    """Whether ``flag`` holds on any rank (one tiny all-reduce; ``flag`` itself with one process). A collective:
+    call it where every rank runs the same code in the same order (inside a training step), never in evaluation,
+    where ranks may run different numbers of batches."""
     w = _WORLD
-    if not (w.parallel and w.in_step):
+    if not w.parallel:
         return flag
     import torch.distributed as dist
 

@@ -12,6 +12,11 @@ every caller passes its result here (docs/design.md §3).
 tensor (B, d) or a tuple of tensors for multi-layer models (all layers move jointly). Inside a chain only
 grad_z is computed: one backward pass per step, no parameter gradients (parameters are frozen for the
 duration of the chain), no graph kept between steps, no host synchronisation until the chain ends.
+
+The sampler is pure: it neither raises on a diverged chain nor talks to other torchrun ranks. It returns a
+:class:`ChainResult` whose ``finite`` flag says whether the chain ended finite; the caller decides. Evaluation
+raises :meth:`ChainResult.checked`'s one line; a training step first agrees across ranks
+(:func:`ebmtool.training.chain_latents`), so that every rank stops together.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from typing import Callable, Iterable, Sequence, Union
 import torch
 from torch import nn
 
-from ebmtool import distributed
 from ebmtool.errors import DivergenceError
 
 Latent = Union[torch.Tensor, tuple[torch.Tensor, ...]]
@@ -63,6 +67,31 @@ class Trajectory:
         return torch.stack(self.log_probs)
 
 
+@dataclass(frozen=True)
+class ChainResult:
+    """What a chain ends with: the latents (detached), the recorded trajectory (or None) and whether every
+    latent is finite (True where no chain ran: exact draws, SIR, an encoder). ``what``, ``steps`` and
+    ``step_size`` name the chain in its divergence message."""
+
+    z: Latent
+    trajectory: Trajectory | None = None
+    finite: bool = True
+    what: str = "Langevin chain"
+    steps: int = 0
+    step_size: float = 0.0
+
+    def divergence_message(self) -> str:
+        return (f"{self.what}: latents became non-finite after {self.steps} steps of size {self.step_size} "
+                "(try a smaller step size or fewer steps)")
+
+    def checked(self) -> Latent:
+        """The latents, or :class:`DivergenceError` (one line, exit 3) when the chain diverged: the decision of a
+        caller on one rank (evaluation). A training step agrees across ranks first (``training.chain_latents``)."""
+        if not self.finite:
+            raise DivergenceError(self.divergence_message())
+        return self.z
+
+
 def langevin(
     log_pi: LogDensity,
     z0: Latent,
@@ -73,12 +102,14 @@ def langevin(
     freeze: Iterable[nn.Module] = (),
     record_every: int = 0,
     what: str = "Langevin chain",
-) -> tuple[Latent, Trajectory | None]:
-    """Run ``steps`` Langevin steps on ``log_pi`` from ``z0``; returns the final latents (detached).
+) -> ChainResult:
+    """Run ``steps`` Langevin steps on ``log_pi`` from ``z0``; returns the final latents (detached), the
+    trajectory and whether the latents are finite.
 
     ``freeze``: modules whose parameters must not collect gradients inside the chain.
     ``record_every`` > 0 records the state and log-density every k-th step (and the last one).
-    Raises :class:`DivergenceError` if the chain ends non-finite (one check per chain, not per step).
+    Finiteness is checked once per chain (one host sync at the end), never per step; the sampler does not raise
+    on it (see :class:`ChainResult`).
     """
     if steps < 0:
         raise ValueError("steps must be >= 0")
@@ -106,14 +137,8 @@ def langevin(
                     new.append(t)
                 zs = new
     zs = [t.detach() for t in zs]
-    # under torchrun, inside a training step every rank runs the same chains: all stop together (no rank left
-    # waiting in the next gradient all-reduce)
-    if distributed.any_rank(not all(bool(torch.isfinite(t).all()) for t in zs)):
-        raise DivergenceError(
-            f"{what}: latents became non-finite after {steps} steps of size {step_size} "
-            "(try a smaller step size or fewer steps)"
-        )
-    return _like(z0, zs), traj
+    finite = all(bool(torch.isfinite(t).all()) for t in zs)
+    return ChainResult(_like(z0, zs), traj, finite, what, steps, step_size)
 
 
 def sir(log_weight: Callable[[torch.Tensor], torch.Tensor], proposals: torch.Tensor, n: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from ebmtool import progress as bars
 from ebmtool.checkpoint import Checkpointer
 from ebmtool.config import Optim
 from ebmtool.runtime import Precision
+from ebmtool.sampling import ChainResult, Latent
 from ebmtool.errors import DivergenceError, UserError
 
 
@@ -53,6 +54,15 @@ def optimizer_step(opts: torch.optim.Optimizer | dict[str, torch.optim.Optimizer
             raise DivergenceError(f"gradient of {name} is non-finite (try a smaller learning rate or step size)")
     for o in named.values():
         o.step()
+
+
+def chain_latents(res: ChainResult) -> Latent:
+    """A training chain's latents. Inside a step every torchrun rank runs the same chains, so the ranks agree
+    whether any of them diverged (:func:`distributed.any_rank`) and all raise the chain's one line together (no rank
+    is left waiting in the next gradient all-reduce)."""
+    if distributed.any_rank(not res.finite):
+        raise DivergenceError(res.divergence_message())
+    return res.z
 
 
 @dataclass
@@ -178,12 +188,8 @@ def train_loop(
                 local = distributed.take(idx)  # this rank's shard of the global batch (all of it in one process)
                 distributed.set_batch(len(local), len(idx))
                 try:
-                    W.in_step = True
-                    try:
-                        with ctx.precision.context(ctx.device):
-                            out = step(local, data.x[local.to(data.x.device)], it)
-                    finally:
-                        W.in_step = False
+                    with ctx.precision.context(ctx.device):
+                        out = step(local, data.x[local.to(data.x.device)], it)
                     # one host sync for all logged scalars (averaged over ranks with the stop flag under torchrun)
                     vec, stop = distributed.mean_scalars(torch.stack([v.detach().float().reshape(()) for v in out.values()]),
                                                          ck.interrupted is not None)

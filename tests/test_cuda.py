@@ -43,7 +43,7 @@ def test_langevin_keeps_the_latents_on_the_device(mle_model):
     from ebmtool.models import load_model
 
     model, _ = load_model(str(mle_model), device=torch.device("cuda"))
-    z, _ = model.prior.sample(16, steps=3, step_size=0.1, device=torch.device("cuda"))
+    z = model.prior.sample(16, steps=3, step_size=0.1, device=torch.device("cuda")).checked()
     assert z.device.type == "cuda" and bool(torch.isfinite(z).all())
 
 

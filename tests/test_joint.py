@@ -124,14 +124,14 @@ def test_resample_layers_keeps_layer_and_draws_the_rest_from_the_tilted_conditio
     assert shift.abs().max() > 0.2  # the tilt is large enough for the check to see it
     torch.manual_seed(1)
     z2 = torch.randn(1, 3).expand(3000, 3).contiguous()
-    z = p.resample_layers((torch.zeros(3000, 2), z2), keep=2, steps=300, step_size=0.1)
+    z = p.resample_layers((torch.zeros(3000, 2), z2), keep=2, steps=300, step_size=0.1).checked()
     assert torch.equal(z[1], z2)
     A, b = _affine(p.conditionals[0])
     mean = (z2[0] @ A.T + b + shift).detach()
     assert torch.allclose(z[0].mean(0), mean, atol=0.05), (z[0].mean(0), mean)
     assert torch.allclose(z[0].std(0), torch.full((2,), 0.5), atol=0.05), z[0].std(0)
     # bottom held: the top layer moves, the bottom does not
-    z = p.resample_layers((torch.randn(500, 2), torch.randn(500, 3)), keep=1, steps=20, step_size=0.1)
+    z = p.resample_layers((torch.randn(500, 2), torch.randn(500, 3)), keep=1, steps=20, step_size=0.1).checked()
     assert z[1].std(0).min() > 0.3
 
 
@@ -146,7 +146,7 @@ def test_sir_on_layered_latents_follows_the_tilt():
         top[-1].weight.zero_()
         top[-1].weight[0, 0] = 5.0
     torch.manual_seed(0)
-    z, _ = p.sample(400, steps=1, step_size=0.1, sampler="sir", sir_proposals=20)
+    z = p.sample(400, steps=1, step_size=0.1, sampler="sir", sir_proposals=20).checked()
     assert [t.shape for t in z] == [torch.Size([400, 2]), torch.Size([400, 3])]
     assert (z[1][:, 0] > 0).float().mean() > 0.95
 
@@ -279,7 +279,7 @@ def test_explicit_steps_refine_the_encoders_latents(runs):
     model, _ = load_model(runs["vi_synth"], device="cpu")
     x = stages.open_training_data(str(runs["synth"]), torch.device("cpu")).x[:100]
     torch.manual_seed(0)
-    z_q, _ = model.infer(x)
+    z_q = model.infer(x).checked()
     torch.manual_seed(0)
     _, z0 = model.reconstruct(x, steps=0)
     assert all(torch.equal(a, b) for a, b in zip(z_q, z0))

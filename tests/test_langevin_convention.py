@@ -54,11 +54,11 @@ def test_conventions_give_identical_chains():
 
     def post(c):
         torch.manual_seed(1)
-        return m.infer(x, c)[0]
+        return m.infer(x, c).z
 
     def prior(c):
         torch.manual_seed(2)
-        return m.prior.chain(5, c)[0]
+        return m.prior.chain(5, c).z
 
     def sample(c):
         m.sampling = c

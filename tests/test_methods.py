@@ -38,7 +38,8 @@ def test_ratio_product_with_zero_stages_is_the_gaussian():
     assert torch.equal(p.tilt(z), torch.zeros(64))
     assert p.is_base
     torch.manual_seed(3)
-    z1, traj = p.sample(10, steps=50, step_size=0.1)
+    res = p.sample(10, steps=50, step_size=0.1)
+    z1, traj = res.checked(), res.trajectory
     torch.manual_seed(3)
     assert torch.equal(z1, torch.randn(10, 5)) and traj is None  # exact draw from p0, no chain
 
@@ -67,8 +68,8 @@ def test_energy_tilted_prior_log_prob():
     z = torch.randn(8, 4)
     assert torch.allclose(p.log_prob(z), p.f(z) - 0.5 * z.pow(2).sum(1))
     # SIR from p0 with weights exp(f) and Langevin on log p both run and give finite samples of the right shape
-    zs, _ = p.sample(6, steps=3, step_size=0.1, sampler="sir")
-    zl, _ = p.sample(6, steps=3, step_size=0.1, sampler="langevin")
+    zs = p.sample(6, steps=3, step_size=0.1, sampler="sir").checked()
+    zl = p.sample(6, steps=3, step_size=0.1, sampler="langevin").checked()
     assert zs.shape == zl.shape == (6, 4)
 
 
@@ -92,7 +93,7 @@ def test_log_joint_formula():
     torch.manual_seed(1)
     score = m.anomaly_score(x, steps=2)
     torch.manual_seed(1)
-    z_post, _ = m.infer(x, Langevin(steps=2, step_size=0.1))
+    z_post = m.infer(x, Langevin(steps=2, step_size=0.1)).checked()
     assert torch.allclose(score, -m.log_joint(x, z_post))  # -log p(x, z) at the posterior sample (DESIGN §5)
 
 
@@ -187,7 +188,7 @@ def test_adaptive_nce_later_stage_ratio_is_far_from_constant():
     # stage 1's negatives: posterior samples of stage 0 (under p0 with the same, frozen generator)
     base = LatentModel(init.generator, GaussianPrior(1), SIGMA, (1, 1, 1), inference=Langevin(steps=40, step_size=0.5),
                        sampling=Langevin(steps=40, step_size=0.5))
-    z_neg, _ = base.infer(data.x)
+    z_neg = base.infer(data.x).checked()
     assert float(z_post.var()) > float(z_neg.var()) + 1.0  # the posterior moved with the prior: q_1 != q_0
     r1 = prior.stages[1]
     with torch.no_grad():
@@ -221,7 +222,7 @@ def test_mle_moves_the_prior_towards_the_aggregated_posterior():
     assert h["z_neg_norm"][-1] > h["z_neg_norm"][0] + 0.5
     gap = [p - n for p, n in zip(h["z_pos_norm"], h["z_neg_norm"])]
     assert gap[-1] < gap[0] - 0.3  # prior samples catch up with the posterior samples
-    z, _ = res.model.prior.sample(2000, steps=60, step_size=0.5)
+    z = res.model.prior.sample(2000, steps=60, step_size=0.5).checked()
     assert float(z.var()) > 2.0  # was 1 (N(0, 1)); the maximum-likelihood prior is N(0, 15)
 
 

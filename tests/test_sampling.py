@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ebmtool.errors import DivergenceError, UserError
+from ebmtool.training import chain_latents
 from ebmtool.sampling import frozen, langevin, sir
 
 
@@ -57,8 +58,9 @@ def test_langevin_matches_gaussian_posterior_of_linear_generator():
         return -0.5 * z.pow(2).sum(1) - (x - g(z)).pow(2).sum(1) / (2 * SIGMA**2)
 
     n = 4000
-    z, traj = langevin(log_pi, torch.randn(n, 3), steps, s, freeze=[g])
-    assert traj is None and z.shape == (n, 3) and not z.requires_grad
+    res = langevin(log_pi, torch.randn(n, 3), steps, s, freeze=[g])
+    z, traj = res.checked(), res.trajectory
+    assert res.finite and traj is None and z.shape == (n, 3) and not z.requires_grad
     zd = z.double()
     m_hat = zd.mean(0)
     c_hat = torch.cov(zd.T)
@@ -73,7 +75,7 @@ def test_langevin_without_noise_is_gradient_ascent_to_the_mode():
     x = torch.tensor([0.9, -0.5, 1.2, 0.3])
     mean, _, _ = _posterior_closed_form(x)
     log_pi = lambda z: -0.5 * z.pow(2).sum(1) - (x - g(z)).pow(2).sum(1) / (2 * SIGMA**2)  # noqa: E731
-    z, _ = langevin(log_pi, torch.zeros(2, 3), 2000, 0.3, noise=False)
+    z = langevin(log_pi, torch.zeros(2, 3), 2000, 0.3, noise=False).checked()
     assert torch.allclose(z.double(), mean.expand(2, 3), atol=1e-4)
 
 
@@ -86,7 +88,7 @@ def test_multilayer_tuple_latents_move_jointly():
         return -0.5 * (z1 - target1).pow(2).sum(1) - 0.5 * (z2 - target2).pow(2).sum(1) / 0.25
 
     z0 = (torch.zeros(3000, 2), torch.zeros(3000, 3))
-    out, _ = langevin(log_pi, z0, 400, 0.3)
+    out = langevin(log_pi, z0, 400, 0.3).checked()
     assert isinstance(out, tuple) and len(out) == 2
     assert out[0].shape == (3000, 2) and out[1].shape == (3000, 3)
     assert torch.allclose(out[0].mean(0), target1, atol=0.08)
@@ -130,25 +132,36 @@ def test_chain_without_freeze_still_leaves_no_grad():
 def test_trajectory_records_expected_steps():
     torch.manual_seed(0)
     log_pi = lambda z: -0.5 * z.pow(2).sum(1)  # noqa: E731
-    z, traj = langevin(log_pi, torch.randn(5, 2), 10, 0.1, record_every=3)
+    res = langevin(log_pi, torch.randn(5, 2), 10, 0.1, record_every=3)
+    z, traj = res.z, res.trajectory
     assert traj.steps == [0, 3, 6, 9, 10]
     assert len(traj.states) == 5 and traj.states[0][0].shape == (5, 2)
     assert traj.stacked_log_probs().shape == (5, 5)
     assert torch.equal(traj.states[-1][0], z)  # the last recorded state is the returned one
     # recorded log-probabilities are those of the recorded states
     assert torch.allclose(traj.log_probs[2], log_pi(traj.states[2][0]))
-    _, traj = langevin(log_pi, torch.randn(5, 2), 4, 0.1, record_every=1)
+    traj = langevin(log_pi, torch.randn(5, 2), 4, 0.1, record_every=1).trajectory
     assert traj.steps == [0, 1, 2, 3, 4]
-    z, traj = langevin(log_pi, torch.randn(5, 2), 0, 0.1, record_every=2)
+    traj = langevin(log_pi, torch.randn(5, 2), 0, 0.1, record_every=2).trajectory
     assert traj.steps == [0]
 
 
-def test_non_finite_chain_raises_divergence_error():
+def test_non_finite_chain_is_flagged_and_the_caller_raises():
+    """The sampler does not raise on divergence: it reports ``finite``; ``checked()`` (evaluation) raises the one
+    line, and a finite chain's ``checked()`` is its latents."""
     log_pi = lambda z: 500.0 * z.pow(2).sum(1)  # noqa: E731  - explodes geometrically
+    res = langevin(log_pi, torch.ones(4, 2), 300, 1.0, what="test chain")
+    assert not res.finite and not bool(torch.isfinite(res.z).all())
     with pytest.raises(DivergenceError) as e:
-        langevin(log_pi, torch.ones(4, 2), 300, 1.0, what="test chain")
-    assert "test chain" in str(e.value) and "non-finite" in str(e.value)
+        res.checked()
+    assert "test chain" in str(e.value) and "non-finite" in str(e.value) and "300 steps of size 1.0" in str(e.value)
+    assert "try a smaller step size" in str(e.value) and len(str(e.value).splitlines()) == 1
     assert isinstance(e.value, UserError) and e.value.exit_code == 3
+    # a training step raises the same line through chain_latents (which agrees across ranks first)
+    with pytest.raises(DivergenceError, match="test chain: latents became non-finite"):
+        chain_latents(res)
+    ok = langevin(lambda z: -0.5 * z.pow(2).sum(1), torch.zeros(3, 2), 2, 0.1)
+    assert ok.finite and ok.checked() is ok.z and chain_latents(ok) is ok.z
 
 
 def test_sir_recovers_shifted_gaussian_mean():

@@ -154,8 +154,8 @@ def fit_ratio_prior(
                 elif prior_sampler == "sir":
                     z_neg = sir(lambda _, lw=pool_lw: lw, pool, batch)  # weights already known
                 else:
-                    z_neg, _ = langevin(prior.log_prob, prior.base_sample(batch), langevin_steps, step_size,
-                                        freeze=[prior], what=f"prior Langevin (stage {k}, iteration {it + 1})")
+                    z_neg = langevin(prior.log_prob, prior.base_sample(batch), langevin_steps, step_size,
+                                     freeze=[prior], what=f"prior Langevin (stage {k}, iteration {it + 1})").checked()
                 loss = nce_loss(r(z_pos), r(z_neg))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -197,8 +197,8 @@ def fit_energy_prior(
         prior = EnergyTiltedPrior(nz, hidden, layers, slope)
         opt, _ = adam(prior.parameters(), _optim(lr))
         for it in range(iters):
-            z_neg, _ = langevin(prior.log_prob, prior.base_sample(batch), steps, step_size, freeze=[prior],
-                                what=f"prior Langevin (iteration {it + 1})")
+            z_neg = langevin(prior.log_prob, prior.base_sample(batch), steps, step_size, freeze=[prior],
+                             what=f"prior Langevin (iteration {it + 1})").checked()
             z_pos = target_sampler(batch)
             loss = prior.tilt(z_neg).mean() - prior.tilt(z_pos).mean()
             opt.zero_grad(set_to_none=True)
@@ -214,8 +214,7 @@ def prior_samples(prior, n: int, *, seed: int = 0, steps: int = 60, step_size: f
     """n samples of a prior by its own ``sample`` verb (short-run Langevin from N(0, I) or SIR), seeded."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        z, _ = prior.sample(n, steps=steps, step_size=step_size, sampler=sampler, sir_proposals=sir_proposals)
-    return z
+        return prior.sample(n, steps=steps, step_size=step_size, sampler=sampler, sir_proposals=sir_proposals).checked()
 
 
 # ----------------------------------------------------------------------------------------------- metrics

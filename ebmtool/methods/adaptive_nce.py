@@ -33,7 +33,7 @@ from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, StageComm
 from ebmtool.errors import UserError
 from ebmtool.registry import Flag, register_method
 from ebmtool import distributed
-from ebmtool.training import FitResult, History, adam, optimizer_step, train_loop
+from ebmtool.training import FitResult, chain_latents, History, adam, optimizer_step, train_loop
 from ebmtool.models.latent import generator_for, latent_model
 from ebmtool.priors import GaussianPrior, RatioProductPrior
 
@@ -137,11 +137,10 @@ def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adapti
             if read_memory is not None:  # rows drawn for the global batch; this rank uses its shard of them
                 rows = torch.randint(0, n, (m if not W.parallel else cfg.batch_size,), generator=mem_gen, device="cpu")
                 return read_memory[distributed.take(rows)[:m].to(dev)]
-            z, _ = prior.chain(m, cfg.prior, f"prior Langevin (stage {k}, iteration {it + 1})", device=dev)
-            return z
+            return chain_latents(prior.chain(m, cfg.prior, f"prior Langevin (stage {k}, iteration {it + 1})", device=dev))
 
         def step(idx, x, it):
-            z_pos, _ = model.infer(x, what=f"posterior Langevin (stage {k}, iteration {it + 1})")
+            z_pos = chain_latents(model.infer(x, what=f"posterior Langevin (stage {k}, iteration {it + 1})"))
             loss_g = -model.log_lik(x, z_pos).mean()
             optimizer_step(opt_g, loss_g, "the generator loss")
             z_neg = negatives(len(x), it)
@@ -201,7 +200,7 @@ def _fit_non_adaptive(cfg, data, model, k0, init, ctx) -> FitResult:
         a0, a1 = alphas[j], alphas[j + 1]
 
         def step(idx, x, it):
-            z_pos, _ = base.infer(x, what=f"posterior Langevin (waymark {j}, iteration {it + 1})")
+            z_pos = chain_latents(base.infer(x, what=f"posterior Langevin (waymark {j}, iteration {it + 1})"))
             z_neg = torch.randn_like(z_pos)  # z- ~ p0
             w_neg = math.sqrt(1 - a0**2) * z_neg + a0 * z_pos  # waymark j
             w_pos = math.sqrt(1 - a1**2) * z_neg + a1 * z_pos  # waymark j + 1

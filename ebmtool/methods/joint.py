@@ -42,7 +42,7 @@ from ebmtool.nets.encoders import BottomUpGaussianEncoder
 from ebmtool.priors import GaussianPrior, JointPrior
 from ebmtool.priors.joint import Layers
 from ebmtool.registry import Flag, register_method
-from ebmtool.training import FitResult, adam, optimizer_step, train_loop
+from ebmtool.training import FitResult, chain_latents, adam, optimizer_step, train_loop
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,10 +181,10 @@ def _fit(cfg: JointConfig, data, init, init_art, ctx, method: str, vi: bool) -> 
 
     def chains(x, it):
         """z- ~ prior short-run Langevin (eq. 13); z+ ~ posterior short-run Langevin (eq. 14), or q(z|x) for VI."""
-        z_neg, _ = prior.chain(len(x), cfg.prior, f"prior Langevin (iteration {it + 1})", device=x.device)
+        z_neg = chain_latents(prior.chain(len(x), cfg.prior, f"prior Langevin (iteration {it + 1})", device=x.device))
         if vi:
             return z_neg, *model.encoder.rsample(x)  # reparametrised z+ ~ q(z|x) and log q(z+|x), (B,)
-        return z_neg, model.infer(x, what=f"posterior Langevin (iteration {it + 1})")[0], None
+        return z_neg, chain_latents(model.infer(x, what=f"posterior Langevin (iteration {it + 1})")), None
 
     def step(idx, x, it):
         try:

@@ -13,7 +13,7 @@ from pydantic import Field
 from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, TrainCommon
 from ebmtool.errors import UserError
 from ebmtool.registry import register_method
-from ebmtool.training import FitResult, adam, optimizer_step, train_loop
+from ebmtool.training import FitResult, chain_latents, adam, optimizer_step, train_loop
 from ebmtool.models.latent import generator_for, latent_model
 from ebmtool.priors import EnergyTiltedPrior, GaussianPrior
 
@@ -48,8 +48,8 @@ def fit(cfg: MLEConfig, data, init, init_art, ctx) -> FitResult:
 
     def step(idx, x, it):
         n = len(x)
-        z_neg, _ = prior.chain(n, cfg.prior, f"prior Langevin (iteration {it + 1})", device=x.device)
-        z_pos, _ = model.infer(x, what=f"posterior Langevin (iteration {it + 1})")
+        z_neg = chain_latents(prior.chain(n, cfg.prior, f"prior Langevin (iteration {it + 1})", device=x.device))
+        z_pos = chain_latents(model.infer(x, what=f"posterior Langevin (iteration {it + 1})"))
         # generator: maximise log p(x | z+)
         loss_g = -model.log_lik(x, z_pos).mean()
         optimizer_step(opt_g, loss_g, "the generator loss")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ebmtool.config import GeneratorSpec, Langevin, Optim, TrainCommon
 from ebmtool.registry import register_method
-from ebmtool.training import FitResult, adam, optimizer_step, train_loop
+from ebmtool.training import FitResult, chain_latents, adam, optimizer_step, train_loop
 from ebmtool.models.latent import generator_for, latent_model
 from ebmtool.priors import GaussianPrior
 
@@ -30,7 +30,7 @@ def fit(cfg: PretrainConfig, data, init, init_art, ctx) -> FitResult:
     ctx.ckpt.track(model=model, opt_g=opt, sched_g=sched)
 
     def step(idx, x, it):
-        z, _ = model.infer(x, what=f"posterior Langevin (iteration {it + 1})")
+        z = chain_latents(model.infer(x, what=f"posterior Langevin (iteration {it + 1})"))
         loss = -model.log_lik(x, z).mean()
         optimizer_step(opt, loss, "the generator loss")
         return {"loss_g": loss.detach(), "mse": (loss.detach() * 2 * cfg.sigma**2 / x[0].numel())}

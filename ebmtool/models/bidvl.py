@@ -73,8 +73,8 @@ class BiDVLModel(Model):
         with torch.no_grad():
             v = self.generator(h)
         if ch.steps > 0:
-            v, _ = langevin(lambda u: -self.ebm(u), v, ch.steps, ch.effective_step_size(), noise=ch.noise,
-                            freeze=[self.ebm], what="image-space Langevin on -E(v)")
+            v = langevin(lambda u: -self.ebm(u), v, ch.steps, ch.effective_step_size(), noise=ch.noise,
+                         freeze=[self.ebm], what="image-space Langevin on -E(v)").checked()
         return v
 
     def log_joint(self, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -91,8 +91,8 @@ class BiDVLModel(Model):
                 h, _logvar = self.encoder(x)  # (B, nz): the mean of q(h|x)
             if steps is not None or step_size is not None:
                 ch = POSTERIOR_CHAIN.override(steps, step_size)
-                h, _ = langevin(lambda z: self.log_joint(x, z), h, ch.steps, ch.effective_step_size(), noise=ch.noise,
-                                freeze=[self], what="posterior Langevin on log p(x, h)")
+                h = langevin(lambda z: self.log_joint(x, z), h, ch.steps, ch.effective_step_size(), noise=ch.noise,
+                             freeze=[self], what="posterior Langevin on log p(x, h)").checked()
             with torch.no_grad():
                 return self.generator(h), h
 

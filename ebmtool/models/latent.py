@@ -21,7 +21,7 @@ from ebmtool.nets.encoders import encoder_from_spec
 from ebmtool.nets.generators import Generator, resolve_arch
 from ebmtool.priors import JointPrior, Prior, prior_from_spec
 from ebmtool.priors.joint import _take
-from ebmtool.sampling import Latent, Trajectory, langevin
+from ebmtool.sampling import ChainResult, Latent, langevin
 
 
 @register_model("latent")
@@ -48,15 +48,15 @@ class LatentModel(Model):
 
     # --- posterior ----------------------------------------------------------------------------
     def infer(self, x: torch.Tensor, chain: Langevin | None = None, z0: Latent | None = None,
-              record_every: int = 0, what: str = "posterior Langevin", refine: bool = False
-              ) -> tuple[Latent, Trajectory | None]:
+              record_every: int = 0, what: str = "posterior Langevin", refine: bool = False) -> ChainResult:
         """Posterior samples: short-run Langevin on log p(x, z) from p0 (or z0), or the encoder if trained;
-        ``refine``: with an encoder, run the chain from the encoder's sample (``--steps``/``--step-size``)."""
+        ``refine``: with an encoder, run the chain from the encoder's sample (``--steps``/``--step-size``). The
+        caller decides what a diverged chain means (``ChainResult.finite``)."""
         if self.encoder is not None and z0 is None:
             with torch.no_grad():
                 z_enc = self.encoder.sample(x)
             if not refine:
-                return z_enc, None
+                return ChainResult(z_enc, what="the encoder q(z|x)")
             z0 = z_enc
         chain = chain or self.inference
         z0 = self.prior.base_sample(len(x), x.device) if z0 is None else z0
@@ -70,8 +70,9 @@ class LatentModel(Model):
                              if v is not None)
             raise UserError(f"{given}: a {self.method} model's prior is N(0, I), drawn exactly (there is no prior chain)")
         ch = self.sampling.override(steps, step_size)
-        z, traj = self.prior.sample(n, steps=ch.steps, step_size=ch.effective_step_size(), sampler=sampler or self.sampler,
-                                    device=_device_of(self), record_every=record_every)
+        res = self.prior.sample(n, steps=ch.steps, step_size=ch.effective_step_size(), sampler=sampler or self.sampler,
+                                device=_device_of(self), record_every=record_every)
+        z, traj = res.checked(), res.trajectory
         with torch.no_grad():
             x = self.generator(bottom(z))
         return SampleOutput(x, z, traj)
@@ -79,7 +80,7 @@ class LatentModel(Model):
     def reconstruct(self, x, *, steps=None, step_size=None):
         # an explicit chain (--steps/--step-size) refines an encoder's z instead of being ignored
         refine = steps is not None or step_size is not None
-        z, _t = self.infer(x, self.inference.override(steps, step_size), refine=refine)
+        z = self.infer(x, self.inference.override(steps, step_size), refine=refine).checked()
         with torch.no_grad():
             return self.generator(bottom(z)), z
 
@@ -92,7 +93,7 @@ class LatentModel(Model):
         ``recon`` = ||x - g(z)||^2 / (2 sigma^2) (= -log p(x|z)), ``tilt`` = -f(z) (or -sum_k log r_k(z)),
         ``base`` = -log p0(z) (||z||^2/2 under N(0, I))."""
         refine = steps is not None or step_size is not None
-        z, _t = self.infer(x, self.inference.override(steps, step_size), refine=refine)
+        z = self.infer(x, self.inference.override(steps, step_size), refine=refine).checked()
         with torch.no_grad():
             return {"recon": -self.log_lik(x, z), "tilt": -self.prior.tilt(z), "base": -self.prior.base_log_prob(z)}
 
@@ -137,10 +138,10 @@ def hierarchical_sample(model: LatentModel, n: int, keep: int, *, group: int = 8
         raise UserError(f"--layer-resample {keep}: the model has {prior.layers} latent layers (1 = bottom .. {prior.layers} = top)")
     ch = model.sampling.override(steps, step_size)
     device = next(model.parameters()).device
-    heads, _ = prior.sample(math.ceil(n / group), steps=ch.steps, step_size=ch.effective_step_size(),
-                            sampler=sampler or model.sampler, device=device)
+    heads = prior.sample(math.ceil(n / group), steps=ch.steps, step_size=ch.effective_step_size(),
+                         sampler=sampler or model.sampler, device=device).checked()
     rows = _take(heads, torch.arange(n, device=device) // group)  # (n, d_i) per layer, row r = head r // group
-    z = prior.resample_layers(rows, keep, ch.steps, ch.effective_step_size())
+    z = prior.resample_layers(rows, keep, ch.steps, ch.effective_step_size()).checked()
     with torch.no_grad():
         return SampleOutput(model.generator(z[0]), z)
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from ebmtool.config import Langevin
 from ebmtool.registry import Registry
-from ebmtool.sampling import Latent, langevin, sir
+from ebmtool.sampling import ChainResult, Latent, langevin, sir
 
 
 class Prior(nn.Module):
@@ -53,22 +53,23 @@ class Prior(nn.Module):
     def sample(
         self, n: int, *, steps: int, step_size: float, sampler: str = "langevin", device="cpu",
         record_every: int = 0, sir_proposals: int = 10,
-    ):
+    ) -> ChainResult:
         """Draw n latents. Gaussian: exact. Otherwise Langevin from p0 on log p, or SIR from p0. ``step_size`` is the
-        sampler's own (LEBM form; a chain config passes :meth:`Langevin.effective_step_size`)."""
+        sampler's own (LEBM form; a chain config passes :meth:`Langevin.effective_step_size`). The caller decides
+        what a diverged chain means (``ChainResult.finite``)."""
         z0 = self.base_sample(n, device)
         if self.is_base:
-            return z0, None
+            return ChainResult(z0)
         if sampler == "sir":
             if not self.supports_sir:
                 raise ValueError("SIR is not available for this prior")
             props = self.base_sample(n * sir_proposals, device)
-            return sir(self.tilt, props, n), None
+            return ChainResult(sir(self.tilt, props, n))
         return self.chain(z0, Langevin.stored(steps, step_size),
                           record_every=record_every)
 
     def chain(self, z0: Latent | int, c: Langevin, what: str = "prior Langevin", record_every: int = 0,
-              device: torch.device | str = "cpu"):
+              device: torch.device | str = "cpu") -> ChainResult:
         """The one prior short-run chain (mle and joint negatives, adaptive-NCE ``--prior-sampler langevin``,
         sampling): Langevin on log p from ``z0`` (or from n draws of p0 when ``z0`` is an int n)."""
         z0 = self.base_sample(z0, device) if isinstance(z0, int) else z0

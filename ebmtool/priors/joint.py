@@ -3,6 +3,7 @@ eq. 6-7): an energy term per layer tilting a Gaussian hierarchy; hierarchical sa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
@@ -12,7 +13,7 @@ from torch import nn
 from ebmtool.nets.encoders import GaussianMLP, gaussian_log_prob
 from ebmtool.nets.mlp import EnergyMLP
 from ebmtool.priors.base import Prior, register_prior
-from ebmtool.sampling import langevin, sir
+from ebmtool.sampling import ChainResult, langevin, sir
 
 Layers = tuple[torch.Tensor, ...]
 
@@ -98,21 +99,22 @@ class JointPrior(Prior):
                                   record_every=record_every, sir_proposals=sir_proposals)
         props = self.base_sample(n * sir_proposals, device)
         idx = sir(lambda i: self.tilt(_take(props, i)), torch.arange(n * sir_proposals, device=device), n)
-        return _take(props, idx), None
+        return ChainResult(_take(props, idx))
 
-    def resample_layers(self, z: Layers, keep: int, steps: int, step_size: float) -> Layers:
+    def resample_layers(self, z: Layers, keep: int, steps: int, step_size: float) -> ChainResult:
         """Hierarchical sampling (Sec. 5.2): hold layer ``keep`` (1 = bottom, L = top) fixed and draw the other
         layers afresh: ancestrally given z_keep below it, from the hierarchy above it, then ``steps`` Langevin
-        steps on log p(z) over the free layers only (the conditional p(z_free | z_keep) ∝ p(z))."""
+        steps on log p(z) over the free layers only (the conditional p(z_free | z_keep) ∝ p(z)); the result holds all
+        layers."""
         if not 1 <= keep <= self.layers:
             raise ValueError(f"keep must be a layer number in 1..{self.layers}")
         k = keep - 1
         fixed = z[k].detach()
         z0 = self.base_sample(len(fixed), fixed.device, given={k: fixed})
         free0 = tuple(t for i, t in enumerate(z0) if i != k)
-        free, _ = langevin(lambda f: self.log_prob(_insert(f, k, fixed)), free0, steps, step_size, freeze=[self],
-                           what=f"Langevin with layer {keep} fixed")
-        return _insert(free, k, fixed)
+        res = langevin(lambda f: self.log_prob(_insert(f, k, fixed)), free0, steps, step_size, freeze=[self],
+                       what=f"Langevin with layer {keep} fixed")
+        return dataclasses.replace(res, z=_insert(res.z, k, fixed))
 
     # --- serialisation --------------------------------------------------------------------------
     def spec(self):

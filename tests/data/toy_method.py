@@ -5,7 +5,7 @@ from ebmtool.config import GeneratorSpec, Langevin, Optim, TrainCommon
 from ebmtool.models.latent import generator_for, latent_model
 from ebmtool.priors import GaussianPrior
 from ebmtool.registry import Flag, register_method
-from ebmtool.training import FitResult, adam, optimizer_step, train_loop
+from ebmtool.training import FitResult, chain_latents, adam, optimizer_step, train_loop
 
 
 class ToyConfig(TrainCommon):
@@ -25,7 +25,7 @@ def fit(cfg: ToyConfig, data, init, init_art, ctx) -> FitResult:
     ctx.ckpt.track(model=model, opt_g=opt, sched_g=sched)
 
     def step(idx, x, it):
-        z, _ = model.infer(x)
+        z = chain_latents(model.infer(x))
         loss = -model.log_lik(x, z).mean()
         optimizer_step(opt, loss, "the generator loss")
         return {"loss_g": loss.detach()}
