@@ -84,7 +84,17 @@ def test_calibration_parts_split_train_disjointly():
     assert not set(cal.tolist()) & set(test.tolist())
 
 
-def test_anomaly_cli_every_score(tmp_path, digits_ds, digits_other_ds, mle_model):
+@pytest.fixture
+def normals_only(tmp_path):
+    """Digits without class 1: calibration normals for --anomaly-class 1."""
+    from conftest import run_cli
+
+    p = tmp_path / "cal.safetensors"
+    run_cli(["data", "prepare", "--dataset", "digits", "--exclude-class", "1", "--limit", "150", "-o", p]).ok()
+    return p
+
+
+def test_anomaly_cli_every_score(tmp_path, digits_ds, normals_only, mle_model):
     """Each --score through the CLI; the scores artifact keeps every term; typicality uses --calibrate."""
     from safetensors.torch import load_file
 
@@ -92,7 +102,7 @@ def test_anomaly_cli_every_score(tmp_path, digits_ds, digits_other_ds, mle_model
 
     out = {}
     for name in S.SCORES:
-        extra = ["--calibrate", digits_other_ds] if name in S.CALIBRATED else []
+        extra = ["--calibrate", normals_only] if name in S.CALIBRATED else []
         o = tmp_path / f"{name}.safetensors"
         r = run_cli(["anomaly", "--model", mle_model, "--data", digits_ds, "--anomaly-class", "1", "--score", name,
                      "--steps", "3", "-o", o, "--json", *extra]).ok()
@@ -108,3 +118,31 @@ def test_anomaly_cli_every_score(tmp_path, digits_ds, digits_other_ds, mle_model
     assert r.code == 2 and r.err_lines == [l for l in r.err_lines if "--calibrate" in l] and len(r.err_lines) == 1
     r = run_cli(["anomaly", "--model", mle_model, "--data", digits_ds, "--anomaly-class", "1", "--calibrate", digits_ds])
     assert r.code == 2 and len(r.err_lines) == 1 and "typicality" in r.err
+
+
+def test_calibration_with_anomalies_and_late_figure_errors_are_refused_up_front(tmp_path, digits_ds, mle_model):
+    """--calibrate holding the anomaly class is refused; a bad --pr-curve extension is refused before any output."""
+    from conftest import run_cli
+
+    r = run_cli(["anomaly", "--model", mle_model, "--data", digits_ds, "--anomaly-class", "1", "--score", "dose",
+                 "--calibrate", digits_ds])
+    assert r.code == 2 and len(r.err_lines) == 1 and "anomaly class 1" in r.err
+    o = tmp_path / "s.safetensors"
+    r = run_cli(["anomaly", "--model", mle_model, "--data", digits_ds, "--anomaly-class", "1", "-o", o,
+                 "--pr-curve", tmp_path / "pr.jpg"])
+    assert r.code == 2 and len(r.err_lines) == 1 and not o.exists()
+
+
+def test_scores_artifact_keeps_the_calibration_terms(tmp_path, digits_ds, normals_only, mle_model):
+    """typicality and dose can be recomputed from the artifact alone."""
+    from safetensors.torch import load_file
+
+    from conftest import run_cli
+
+    o = tmp_path / "s.safetensors"
+    run_cli(["anomaly", "--model", mle_model, "--data", digits_ds, "--anomaly-class", "1", "--score", "dose",
+             "--calibrate", normals_only, "--steps", "3", "-o", o]).ok()
+    t = load_file(o)
+    terms = {k[len("terms."):]: t[k].numpy() for k in t if k.startswith("terms.")}
+    cal = {k[len("calibration.terms."):]: t[k].numpy() for k in t if k.startswith("calibration.terms.")}
+    np.testing.assert_allclose(t["scores"].numpy(), S.score("dose", terms, calibration=cal))

@@ -35,7 +35,7 @@ class DataConfig(Strict):
     @model_validator(mode="after")
     def _consistent(self):
         if self.anomaly_protocol is not None and self.part is None:
-            raise ValueError("--anomaly-protocol needs --part train|test")
+            raise ValueError("--anomaly-protocol needs --part train|test|fit|calibration")
         if self.part is not None and self.anomaly_protocol is None:
             raise ValueError("--part needs --anomaly-protocol K")
         if self.anomaly_protocol is not None and (self.exclude_class is not None or self.only_class is not None):

@@ -13,7 +13,7 @@ from ebmtool.data import load_images
 from ebmtool.errors import UserError
 from ebmtool.eval import scores as S
 from ebmtool.eval.anomaly import binary_labels, metrics
-from ebmtool.eval.plots import pr_curve_png
+from ebmtool.eval.plots import figure_format, pr_curve_png
 from ebmtool.images import save_grid, to_uint8
 from ebmtool.models import LatentModel, Model, SampleOutput, bottom, hierarchical_sample, load_model
 from ebmtool.runtime import resolve as resolve_precision
@@ -71,6 +71,8 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
             artifacts.check_output(p, force)
     if trajectory_png is not None and trajectory_every < 1:
         raise UserError("--trajectory-png needs --trajectory K (record every K-th step)")
+    if sampler == "sir" and (steps is not None or step_size is not None):
+        raise UserError("--steps/--step-size: --sampler sir runs no Langevin chain (it resamples N(0, I) proposals)")
     dev = resolve_device(device)
     seed_everything(seed, per_rank=True)
     model, art = load_model(model_path, device=dev)
@@ -195,6 +197,8 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
         raise UserError(f"--calibrate: only the {' and '.join(S.CALIBRATED)} scores use it (got --score {score})")
     if score in S.CALIBRATED and calibrate is None:
         S.score(score, {}, calibration=None)  # raises the one-line error
+    if pr_png is not None:
+        figure_format(pr_png)  # a wrong extension is refused before any work, not after scoring
     dev, model, art, x, labels, data_art = _open(model_path, data_path, (out, pr_png), seed, device, force)
     parents = [art, data_art]
     if ood_path is not None:
@@ -207,8 +211,12 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
         y = binary_labels(labels, positive)
     cal_terms = None
     if calibrate is not None:
-        xc, _, cal_art = load_images(calibrate, what="--calibrate")
+        xc, lc, cal_art = load_images(calibrate, what="--calibrate")
         _check_fits(model, xc, calibrate)
+        bad = sorted(set(int(c) for c in lc.unique()) & set(positive or []))
+        if bad:
+            raise UserError(f"--calibrate {calibrate}: holds images of the anomaly class {bad[0]}; calibrate on "
+                            "held-out normals only (data prepare --part calibration)")
         parents.append(cal_art)
     kw = dict(steps=steps, step_size=step_size, batch_size=batch_size, device=dev, quiet=quiet)
     with _precision(precision, dev):
@@ -226,7 +234,8 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
            else f"{score} (from {base})", "calibration_mean_joint": cal_mean,
            "anomaly_classes": positive, "ood_data": ood_path}
     if out is not None:
-        tensors = {"scores": scores.double(), "labels": y, **{f"terms.{k}": v for k, v in terms.items()}}
+        tensors = {"scores": scores.double(), "labels": y, **{f"terms.{k}": v for k, v in terms.items()},
+                   **{f"calibration.terms.{k}": torch.from_numpy(v) for k, v in (cal_terms or {}).items()}}
         artifacts.save(out, "scores", tensors, meta=res, parents=parents, force=True)
     if pr_png is not None:
         pr_curve_png(y.numpy(), scores.numpy(), pr_png)
