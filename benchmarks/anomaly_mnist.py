@@ -65,7 +65,7 @@ from ebmtool.runtime import resolve as resolve_precision  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "anomaly_mnist_v2.csv"
 CURVE = ROOT / "benchmarks" / "results" / "anomaly_mnist_curve.csv"
 WORK = ROOT / "runs" / "anomaly_mnist_v2"
-MNIST = Path(os.environ.get("MNIST_ROOT", ROOT.parent / "shared" / "data" / "mnist"))
+MNIST = Path(os.environ.get("MNIST_ROOT") or ROOT.parent / "shared" / "data" / "mnist")
 PROTOCOL = "v2"
 CHAINS = 2
 SCORE_CHAIN = {"steps": 30, "step_size": 0.1}
@@ -90,10 +90,6 @@ METHOD_OF = {"mle-warm": "mle", "adaptive-nce-tre": "adaptive-nce", "adaptive-nc
 FROM_GEN = {"mle-warm", "adaptive-nce", "nce", "adaptive-nce-tre", "adaptive-nce-xh"}  # --init the 0-stage generator
 CORE = ["pca", "random", "data", "pretrain", "mle", "adaptive-nce"]
 ABLATIONS = ["mle-warm", "nce", "adaptive-nce-tre", "joint-mle", "adaptive-nce-xh"]
-PAPER_AUPRC = {  # LEBM Table 4 and adaptive NCE Table 2 (MNIST, AUPRC; the original code's split leaks)
-    "mle": {1: 0.336, 4: 0.630, 5: 0.619, 7: 0.463, 9: 0.413},
-    "adaptive-nce": {1: 0.531, 4: 0.729, 5: 0.742, 7: 0.620, 9: 0.499},
-}
 SCORE_COLS = [f"auprc_{s}" for s in S.SCORES]
 FIELDS = (["protocol", "method", "digit", "seed", "precision", "budget", "updates", "chains", "n_test",
            "n_anomalous", "random_auprc"] + SCORE_COLS + ["auprc_joint_chain_std", "auroc_joint",

@@ -31,11 +31,13 @@ NAMES = {
     "adaptive-nce-xh": "adaptive NCE, its paper's Langevin convention",
     "joint-mle": "joint prior (`joint-mle`) from scratch",
 }
-PAPER = {  # LEBM Table 4 / adaptive NCE Table 2 (AUPRC on MNIST; leaky split in the original code)
-    "mle": {1: 0.336, 4: 0.630, 5: 0.619, 7: 0.463, 9: 0.413},
-    "adaptive-nce": {1: 0.531, 4: 0.729, 5: 0.742, 7: 0.620, 9: 0.499},
-}
-SCORES = ["joint", "recon", "prior", "typicality", "complexity", "dose"]
+sys.path[:0] = [str(ROOT), str(ROOT / "recipes")]
+import papers  # noqa: E402  (recipes/papers.py: the papers' tables, one copy)
+
+from ebmtool.eval.scores import SCORES  # noqa: E402
+
+PAPER = {m: {d: float(v.split("±")[0]) for d, v in zip(papers.DIGITS, papers.ANOMALY_PAPER_ROW[m][1]) if v != "-"}
+         for m in ("mle", "adaptive-nce", "joint-mle")}
 LATENT = ["pretrain", "mle", "adaptive-nce", "adaptive-nce-xh", "mle-warm", "nce", "adaptive-nce-tre", "joint-mle"]
 
 
@@ -264,7 +266,7 @@ def update_readme(path: Path) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--figure", help="write the AUPRC-per-digit figure here (png|pdf|svg)")
-    ap.add_argument("--score", default="joint", choices=SCORES, help="the score the figure shows")
+    ap.add_argument("--score", default="joint", choices=list(SCORES), help="the score the figure shows")
     ap.add_argument("--curve", action="store_true", help="print the learning-curve table instead")
     ap.add_argument("--readme", help="rewrite the results block of this markdown file (README.md) instead of printing")
     a = ap.parse_args()
@@ -273,5 +275,4 @@ if __name__ == "__main__":
     else:
         print(curve_table() if a.curve else report())
     if a.figure:
-        sys.path.insert(0, str(ROOT))
         curve_figure(a.figure) if a.curve else figure(rows(), a.figure, a.score)
