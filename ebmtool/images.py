@@ -29,18 +29,21 @@ def grid_scale(short_side: int, scale: Optional[int] = None) -> int:
     return max(1, -(-MIN_GRID_PX // max(1, short_side)))
 
 
-def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None, scale: Optional[int] = None) -> None:
-    """PNG grid (written atomically), ``nrow`` images per row (default: a square grid, ceil(sqrt(n))), upscaled by
-    nearest neighbour by ``scale`` (default: enough for MIN_GRID_PX on the short side) so one can judge it by eye."""
-    from PIL import Image
+def grid_image(images_u8: torch.Tensor, nrow: Optional[int] = None, scale: Optional[int] = None) -> torch.Tensor:
+    """The grid as a uint8 (C, H, W) tensor: ``nrow`` images per row (default: a square grid, ceil(sqrt(n))),
+    upscaled by nearest neighbour by ``scale`` (default: enough for MIN_GRID_PX on the short side)."""
     from torchvision.utils import make_grid
 
-    images_u8 = images_u8[:256]
     nrow = nrow or max(1, math.ceil(math.sqrt(len(images_u8))))
     g = make_grid(images_u8, nrow=nrow, padding=1, pad_value=128)  # uint8 (C, H, W); C is 3 for grey input
     k = grid_scale(min(g.shape[1], g.shape[2]), scale)
-    img = Image.fromarray(g.permute(1, 2, 0).contiguous().numpy())
-    if k > 1:
-        img = img.resize((img.width * k, img.height * k), Image.NEAREST)
+    return g.repeat_interleave(k, 1).repeat_interleave(k, 2) if k > 1 else g
+
+
+def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None, scale: Optional[int] = None) -> None:
+    """PNG grid of the first 256 images (written atomically; see :func:`grid_image`), large enough to judge by eye."""
+    from PIL import Image
+
+    g = grid_image(images_u8[:256], nrow, scale)
     with artifacts.atomic_write(path) as tmp:
-        img.save(tmp, format="PNG")
+        Image.fromarray(g.permute(1, 2, 0).contiguous().numpy()).save(tmp, format="PNG")

@@ -13,17 +13,16 @@ line before any work. Writes through ``torch.utils.tensorboard``; only the main 
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from ebmtool.errors import UserError
+from ebmtool.images import grid_image, to_uint8
 
 INSTALL_HINT = "pip install -e '.[tensorboard]'"
 N_SAMPLES = 64
-MIN_GRID_PX = 256
 
 
 def require() -> None:
@@ -40,12 +39,11 @@ def run_name(label: str) -> str:
 
 
 def sample_grid(model: Any, n: int = N_SAMPLES, seed: int = 0):
-    """(3, H, W) uint8 grid of ``n`` samples, square, upscaled by nearest neighbour to >= MIN_GRID_PX.
+    """(3, H, W) uint8 grid of ``n`` samples, square, upscaled by nearest neighbour (ebmtool.images.grid_image).
 
     Drawn in eval mode from a fixed seed inside ``torch.random.fork_rng``: the training modes and the RNG state
     of the run are restored afterwards."""
     import torch
-    from torchvision.utils import make_grid
 
     mods = list(model.modules())
     modes = [m.training for m in mods]
@@ -58,10 +56,7 @@ def sample_grid(model: Any, n: int = N_SAMPLES, seed: int = 0):
     finally:
         for m, was in zip(mods, modes):
             m.train(was)
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    g = make_grid(x, nrow=max(1, math.ceil(math.sqrt(len(x)))), padding=1, pad_value=128)
-    k = max(1, -(-MIN_GRID_PX // min(g.shape[1], g.shape[2])))
-    return g.repeat_interleave(k, 1).repeat_interleave(k, 2)
+    return grid_image(to_uint8(images.detach().float()).cpu())
 
 
 class TensorBoardLogger:
