@@ -85,14 +85,15 @@ def main_table(rs) -> str:
 def score_table(rs) -> str:
     """Mean AUPRC of each label-free score per latent model and digit (mean over seeds)."""
     digits = sorted({int(r["digit"]) for r in rs})
-    out = header(["model", "score"], digits, ["mean"])
+    out = header(["model", "score"], digits, ["mean", "worst digit"])
     for m in [m for m in LATENT if any(r["method"] == m for r in rs)]:
         for s in SCORES:
             v = [values(rs, m, d, f"auprc_{s}") for d in digits]
             means = [statistics.mean(x) for x in v if x]
             mean = f"{statistics.mean(means):.3f}" if means else "–"
+            worst = f"{min(means):.3f}" if means else "–"
             out.append(f"| {NAMES[m]} | {s} | " + " | ".join(f"{statistics.mean(x):.3f}" if x else "–" for x in v)
-                       + f" | {mean} |")
+                       + f" | {mean} | {worst} |")
     return "\n".join(out)
 
 
