@@ -90,6 +90,15 @@ class Checkpointer:
     def track(self, **objs: Any) -> None:
         self.objects.update(objs)
 
+    def modules(self) -> list[nn.Module]:
+        """The tracked modules (the model and its parts)."""
+        return [o for o in self.objects.values() if isinstance(o, nn.Module)]
+
+    def check_supported(self, label: str) -> None:
+        """Refuse --checkpoint-every / --resume for a training loop whose method tracks nothing."""
+        if (self.path is not None or self.resume is not None) and not self.objects:
+            raise UserError(f"{label}: this method does not support checkpoints yet (use --checkpoint-every 0)")
+
     @property
     def resume_iteration(self) -> int:
         return int(self.resume.meta["iteration"]) if self.resume is not None else 0

@@ -183,17 +183,6 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
         offset += g.numel()
 
 
-def mean_scalars(values: torch.Tensor, stop: bool = False) -> tuple[torch.Tensor, bool]:
-    """Shard-weighted mean over ranks of a vector of per-batch scalars, and whether any rank asked to stop."""
-    w = _WORLD
-    if not w.parallel:
-        return values, stop
-    import torch.distributed as dist
-
-    buf = torch.cat([values.float().reshape(-1) * w.weight,
-                     torch.tensor([1.0 if stop else 0.0], device=values.device)])
-    dist.all_reduce(buf)
-    return buf[:-1], bool(buf[-1] > 0)
 
 
 def any_rank(flag: bool) -> bool:
@@ -255,6 +244,56 @@ def rank_seed(seed: int, salt: int = 0) -> Optional[int]:
     if not w.parallel:
         return None
     return (seed * 1_000_003 + salt * 7919 + w.rank * 104_729 + 1) % (2**63)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# what a training loop agrees on across ranks, one function per concern (identity with one process)
+# --------------------------------------------------------------------------------------------------------------
+def start_replicas(modules: Iterable[torch.nn.Module], batch_size: int, seed: int, salt: int) -> None:
+    """At the start of a training loop: refuse a batch that does not split evenly over the ranks, copy rank 0's
+    modules to every rank (the replicas start equal) and give each rank its own random stream from here on
+    (Langevin noise, chain starts), seeded by :func:`rank_seed`."""
+    if not _WORLD.parallel:
+        return
+    check_batch_size(batch_size)
+    broadcast_modules(modules)
+    torch.manual_seed(rank_seed(seed, salt))
+
+
+def runs_batch(n_global: int) -> bool:
+    """Whether the ranks run a global batch of ``n_global`` examples: a final partial batch smaller than the
+    world size is skipped by every rank (with one process every batch runs)."""
+    return n_global >= _WORLD.size
+
+
+def shard_batch(idx: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous shard of a global batch's indices (all of them with one process); records its share
+    of the batch for the gradient average."""
+    local = take(idx)
+    set_batch(len(local), len(idx))
+    return local
+
+
+def agree_step(values: dict[str, torch.Tensor], stop: bool) -> tuple[dict[str, float], bool]:
+    """After a training step: its logged scalars as floats, each the shard-weighted mean over ranks, and whether
+    any rank asked to stop (SIGINT/SIGTERM), in one host sync (one all-reduce under torchrun). Every rank decides
+    on these agreed values only, so all of them save, stop or report divergence at the same iteration."""
+    vec = torch.stack([v.detach().float().reshape(()) for v in values.values()])
+    w = _WORLD
+    if w.parallel:
+        import torch.distributed as dist
+
+        buf = torch.cat([vec * w.weight, torch.tensor([1.0 if stop else 0.0], device=vec.device)])
+        dist.all_reduce(buf)
+        vec, stop = buf[:-1], bool(buf[-1] > 0)
+    return dict(zip(values, vec.tolist())), stop
+
+
+def end_replicas(seed: int, salt: int) -> None:
+    """At the end of a training loop: one random stream on every rank again, so that modules a method creates
+    after the loop (the next adaptive-NCE stage) start equal."""
+    if _WORLD.parallel:
+        torch.manual_seed(seed * 1_000_003 + salt)
 
 
 def lost_peer(e: BaseException) -> str | None:

@@ -9,6 +9,7 @@ across torchrun ranks from :mod:`ebmtool.distributed`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -134,6 +135,23 @@ def batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]
     return [perm[i: i + batch_size] for i in range(0, n, batch_size)]
 
 
+def refuse_non_finite(values: dict[str, float]) -> None:
+    """A step's logged scalars (agreed across ranks, so every rank raises alike) must be finite."""
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise DivergenceError(f"{bad[0]} is non-finite (try a smaller Langevin step size or learning rate)")
+
+
+@contextlib.contextmanager
+def divergence_located(label: str, epoch: int, it: int, ck: Checkpointer):
+    """A divergence inside the block names where it happened and the last good checkpoint (one line, exit 3)."""
+    try:
+        yield
+    except DivergenceError as err:
+        kept = f"; last good checkpoint: {ck.path}" if ck.path is not None and ck.path.exists() else ""
+        raise DivergenceError(f"{label} epoch {epoch + 1} iteration {it + 1}: {err}{kept}") from None
+
+
 def train_loop(
     ctx: RunContext,
     data: TrainData,
@@ -150,28 +168,22 @@ def train_loop(
     """Run ``epochs`` passes over the data in shuffled batches (seeded per epoch), calling
     ``step(idx, x, iteration)``; checks every returned scalar for NaN/Inf, decays learning rates per epoch,
     checkpoints every ``ctx.ckpt.every`` iterations and on SIGINT/SIGTERM, and resumes from ``ctx.ckpt.resume``
-    (skipping the completed iterations of the same data order)."""
+    (skipping the completed iterations of the same data order). Under torchrun each rank runs its shard of every
+    batch and the ranks agree through :mod:`ebmtool.distributed` (replicas, batches, scalars, stop, RNG)."""
     history = history or History()
     schedulers = list(schedulers)
     ck = ctx.ckpt
     n = len(data.x)
     n_batches = math.ceil(n / batch_size)
+    per_epoch = sum(distributed.runs_batch(len(b)) for b in torch.arange(n).split(batch_size))
     first, last = epoch_offset * n_batches, (epoch_offset + epochs) * n_batches
+    ck.check_supported(label)
     resume_it = ck.resume_iteration
-    if (ck.path is not None or ck.resume is not None) and not ck.objects:
-        raise UserError(f"{label}: this method does not support checkpoints yet (use --checkpoint-every 0)")
-    W = distributed.world()
-    if W.parallel:  # replicas start equal (rank 0's copy); their random draws from here on differ per rank
-        distributed.check_batch_size(batch_size)
-        distributed.broadcast_modules(o for o in ck.objects.values() if isinstance(o, nn.Module))
-        torch.manual_seed(distributed.rank_seed(ctx.seed, epoch_offset))
-    # a final partial batch smaller than the world size is skipped by every rank (only under torchrun)
-    per_epoch = n_batches - (1 if W.parallel and 0 < n % batch_size < W.size else 0)
+    distributed.start_replicas(ck.modules(), batch_size, ctx.seed, epoch_offset)
     if ck.resume_into(history, first, last):
         ctx.log(f"[{label}] resumed at iteration {resume_it} from {ck.resume.path}")
     with bars.bar(label, epochs * n_batches, show=not ctx.quiet) as progress:
-        for e in range(epochs):
-            epoch = epoch_offset + e
+        for epoch in range(epoch_offset, epoch_offset + epochs):
             if (epoch + 1) * n_batches < resume_it:  # finished (with its epoch-end actions) before the checkpoint
                 progress.advance(n_batches)
                 continue
@@ -179,31 +191,17 @@ def train_loop(
             t0 = time.perf_counter()
             for b, idx in enumerate(batches(n, batch_size, gen)):
                 it = epoch * n_batches + b
-                if it < resume_it:
+                if it < resume_it or not distributed.runs_batch(len(idx)):
                     progress.advance(1)
                     continue
-                if len(idx) < W.size:  # a final partial batch smaller than the world size: every rank skips it
-                    progress.advance(1)
-                    continue
-                local = distributed.take(idx)  # this rank's shard of the global batch (all of it in one process)
-                distributed.set_batch(len(local), len(idx))
-                try:
+                local = distributed.shard_batch(idx)
+                with divergence_located(label, epoch, it, ck):
                     with ctx.precision.context(ctx.device):
                         out = step(local, data.x[local.to(data.x.device)], it)
-                    # one host sync for all logged scalars (averaged over ranks with the stop flag under torchrun)
-                    vec, stop = distributed.mean_scalars(torch.stack([v.detach().float().reshape(()) for v in out.values()]),
-                                                         ck.interrupted is not None)
-                    if stop and ck.interrupted is None:
-                        ck.interrupted = 15  # another rank got SIGINT/SIGTERM: stop at the same iteration
-                    # decide on the agreed flag only: a signal arriving after the all-reduce waits for the next
-                    # iteration, so every rank saves (a collective) and stops at the same one
-                    vals = dict(zip(out, vec.tolist()))
-                    bad = [k for k, v in vals.items() if not math.isfinite(v)]
-                    if bad:
-                        raise DivergenceError(f"{bad[0]} is non-finite (try a smaller Langevin step size or learning rate)")
-                except DivergenceError as err:
-                    kept = f"; last good checkpoint: {ck.path}" if ck.path is not None and ck.path.exists() else ""
-                    raise DivergenceError(f"{label} epoch {epoch + 1} iteration {it + 1}: {err}{kept}") from None
+                    # a signal arriving after the agreement waits for the next iteration: every rank saves and
+                    # stops at the same one
+                    vals, stop = distributed.agree_step(out, ck.interrupted is not None)
+                    refuse_non_finite(vals)
                 history.add(vals)
                 done = it + 1
                 if ck.path is not None and ((ck.every and done % ck.every == 0) or stop):
@@ -221,6 +219,5 @@ def train_loop(
                     + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
             if ctx.on_epoch is not None:
                 ctx.on_epoch(label, epoch, means)
-    if W.parallel:  # modules a method creates after this loop (the next adaptive-NCE stage) start equal
-        torch.manual_seed(ctx.seed * 1_000_003 + epoch_offset + epochs)
+    distributed.end_replicas(ctx.seed, epoch_offset + epochs)
     return history
