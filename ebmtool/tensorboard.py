@@ -7,6 +7,9 @@ training started) and a grid of samples from the model as it stands (``<run>/sam
 seed, so the same noise is shown every epoch; the training RNG is left untouched, so a run gives the same model
 with and without the flag). ``<run>`` is the training loop's label (``mle``, ``adaptive-nce_stage_1``, ...).
 
+``train-features --tensorboard DIR`` writes its per-epoch training loss and validation accuracy the same way
+(``train-features/loss``, ``train-features/val_accuracy``, no sample grid).
+
 Needs the ``tensorboard`` package (``pip install -e '.[tensorboard]'``); without it the flag is refused in one
 line before any work. Writes through ``torch.utils.tensorboard``; only the main process writes under torchrun.
 """

@@ -74,3 +74,23 @@ def test_without_the_package_one_line(tmp_path, digits_ds, monkeypatch):
     assert "tensorboard package is not installed" in r.err and ".[tensorboard]" in r.err
     assert "Traceback" not in r.err
     assert not (tmp_path / "g.safetensors").exists() and not (tmp_path / "tb").exists()
+
+
+def test_train_features_logs_loss_and_validation_accuracy(tmp_path, digits_ds):
+    pytest.importorskip("tensorboard")
+    import json
+
+    tb = tmp_path / "tb"
+    r = run_cli(["train-features", "--data", str(digits_ds), "--epochs", "3", "--patience", "5", "--device", "cpu",
+                 "-q", "--json", "-o", str(tmp_path / "f.safetensors"), "--tensorboard", str(tb)]).ok()
+    res = json.loads(r.out)
+    acc = _tags(tb)
+    assert {"train-features/loss", "train-features/val_accuracy"} <= set(acc.Tags()["scalars"])
+    assert acc.Tags()["images"] == []  # a classifier: no sample grid
+    assert [e.step for e in acc.Scalars("train-features/loss")] == [1, 2, 3]
+    losses = [e.value for e in acc.Scalars("train-features/loss")]
+    assert all(0 < v < 10 for v in losses) and losses[-1] < losses[0]  # cross-entropy of 10 classes, decreasing
+    val = [e.value for e in acc.Scalars("train-features/val_accuracy")]
+    assert len(val) == 3 and all(0 <= v <= 1 for v in val)
+    # the kept epoch is the best logged one
+    assert max(val) == pytest.approx(res["val_accuracy"]) and val[res["best_epoch"] - 1] == pytest.approx(max(val))

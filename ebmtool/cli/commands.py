@@ -195,12 +195,14 @@ def train_features(
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="DIR: TensorBoard scalars per epoch, the "
+                                               "training loss and validation accuracy (needs pip install -e '.[tensorboard]')"),
 ):
     """Train a LeNet-style classifier whose dense layer is a dataset-specific FID feature space (early stopping)."""
     from ebmtool import stages
 
     res = stages.train_features(str(data), str(output), epochs=epochs, seed=seed, patience=patience, device=device,
-                                force=force, quiet=quiet)
+                                force=force, quiet=quiet, tensorboard=_s(tensorboard))
     emit(res, as_json, "features")
 
 

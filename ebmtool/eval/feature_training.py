@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,11 +55,13 @@ def train_features(
     device: str | torch.device = "cpu",
     force: bool = False,
     progress: bool = False,
+    on_epoch: Optional[Callable[[int, dict[str, float]], None]] = None,
 ) -> TrainFeaturesResult:
     """Train a classifier (:func:`~ebmtool.nets.classifier.build_classifier`, default the LeNet-style ``lenet``) on
     a dataset artifact's ``images``/``labels`` and save a "features" artifact (tensors ``classifier.*``; meta
     ``arch``, ``widths``, ``feature_dim``, ``image_shape``, ``classes``, ``accuracy``, ``val_accuracy``,
-    ``best_epoch``, ...).
+    ``best_epoch``, ...). ``on_epoch(epoch, {"loss": ..., "val_accuracy": ...})`` (0-based epoch) is called after
+    each epoch with its mean training loss and its validation accuracy (TensorBoard: :mod:`ebmtool.tensorboard`).
 
     A fixed-seed random ``test_fraction`` is held out for the reported ``accuracy`` and never trained or selected
     on; ``val_fraction`` of the rest is the validation split for early stopping: training runs at most ``epochs``
@@ -129,6 +131,7 @@ def train_features(
     for epoch in bars.track(range(int(epochs)), int(epochs), "train-features (epochs)", progress):
         net.train()
         order = train_idx[torch.randperm(train_idx.numel(), generator=g, device="cpu")]
+        loss_sum, n_steps = 0.0, 0
         for step, i in enumerate(range(0, order.numel(), bs)):
             idx = order[i : i + bs]
             if idx.numel() < 2 and order.numel() > 1:
@@ -142,8 +145,11 @@ def train_features(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            loss_sum, n_steps = loss_sum + float(loss.detach()), n_steps + 1  # already synchronised by the check above
         epochs_run = epoch + 1
         val = accuracy_on(val_idx)
+        if on_epoch is not None:
+            on_epoch(epoch, {"loss": loss_sum / max(n_steps, 1), "val_accuracy": val})
         if val > best_val:
             best_val, best_epoch, since = val, epoch + 1, 0
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}

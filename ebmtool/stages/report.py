@@ -44,11 +44,22 @@ def fid(samples: str, ref: str, *, inception_weights: Optional[str] = None, feat
 
 
 def train_features(data: str, out: str, *, epochs: int = 30, seed: int = 0, patience: int = 2, device: str = "auto",
-                   force: bool = False, quiet: bool = False) -> dict[str, Any]:
+                   force: bool = False, quiet: bool = False, tensorboard: Optional[str] = None) -> dict[str, Any]:
     """Train the LeNet-style classifier whose dense layer is a dataset-specific FID feature space (early
-    stopping on a validation split)."""
+    stopping on a validation split). ``tensorboard``: a directory for the per-epoch training loss and validation
+    accuracy (scalars ``train-features/loss``, ``train-features/val_accuracy``)."""
     from ebmtool.eval import fid as F
 
-    res = F.train_features(data, out, epochs, seed, patience=patience, device=str(resolve_device(device)),
-                           force=force, progress=not quiet)
+    tb = None
+    if tensorboard is not None:
+        from ebmtool.tensorboard import TensorBoardLogger
+
+        tb = TensorBoardLogger(tensorboard)  # one line before any work when the package is missing
+    try:
+        res = F.train_features(data, out, epochs, seed, patience=patience, device=str(resolve_device(device)),
+                               force=force, progress=not quiet,
+                               on_epoch=None if tb is None else (lambda e, means: tb.log_epoch("train-features", e, means)))
+    finally:
+        if tb is not None:
+            tb.close()
     return {k: (str(v) if hasattr(v, "__fspath__") else v) for k, v in vars(res).items()}
