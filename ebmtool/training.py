@@ -175,7 +175,7 @@ def train_loop(
     ck = ctx.ckpt
     n = len(data.x)
     n_batches = math.ceil(n / batch_size)
-    per_epoch = sum(distributed.runs_batch(len(b)) for b in torch.arange(n).split(batch_size))
+    per_epoch = sum(distributed.runs_batch(len(b)) for b in torch.arange(n, device="cpu").split(batch_size))
     first, last = epoch_offset * n_batches, (epoch_offset + epochs) * n_batches
     ck.check_supported(label)
     resume_it = ck.resume_iteration

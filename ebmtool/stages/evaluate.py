@@ -89,7 +89,7 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
             return r.images, r.latents
 
         with _precision(precision, dev):
-            res = SampleOutput(*batched(draw, torch.arange(n), batch_size, dev, show=not quiet, what="sample"))
+            res = SampleOutput(*batched(draw, torch.arange(n, device="cpu"), batch_size, dev, show=not quiet, what="sample"))
     else:
         W = distributed.world()
         shard = W.parallel and n >= W.size  # each rank draws its share; images and latents are gathered
