@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ebmtool.cli.app import (EvalPrecisionOpt, ForceOpt, JsonOpt, OutOpt, QuietOpt, ScaleOpt, _s, app, data_app,
+from ebmtool.cli.app import (EvalBatchOpt, EvalDeviceOpt, EvalPrecisionOpt, EvalSeedOpt, ForceOpt, ModelOpt, JsonOpt, OutOpt, QuietOpt, ScaleOpt, _s, app, data_app,
                                  emit, out_console)
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
@@ -50,7 +50,7 @@ def data_prepare(
 
 @app.command("sample")
 def sample(
-    model: Path = typer.Option(..., "--model", help="model artifact"),
+    model: Path = ModelOpt,
     n: int = typer.Option(64, "-n", help="number of samples"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="samples artifact"),
     grid: Optional[Path] = typer.Option(None, "--grid", help="PNG grid of the samples"),
@@ -62,8 +62,8 @@ def sample(
     scale: Optional[int] = ScaleOpt,
     layer_resample: Optional[int] = typer.Option(None, "--layer-resample", min=1, help="joint models: each grid row shares one sample of layer K (1 = bottom); the other layers are resampled"),
     batch_size: int = typer.Option(500, "--batch-size", min=1, help="chains drawn at a time"),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
+    seed: int = EvalSeedOpt,
+    device: str = EvalDeviceOpt,
     precision: str = EvalPrecisionOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
@@ -83,17 +83,17 @@ def sample(
 
 @app.command("reconstruct")
 def reconstruct(
-    model: Path = typer.Option(..., "--model", help="model artifact"),
+    model: Path = ModelOpt,
     data: Path = typer.Option(..., "--data", help="dataset artifact"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="reconstructions artifact"),
     grid: Optional[Path] = typer.Option(None, "--grid", help="PNG of (real | reconstructed) pairs"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="posterior Langevin steps"),
     step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help=STEP_HELP),
-    batch_size: int = typer.Option(500, "--batch-size", min=1),
+    batch_size: int = EvalBatchOpt,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="first N images only"),
     scale: Optional[int] = ScaleOpt,
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
+    seed: int = EvalSeedOpt,
+    device: str = EvalDeviceOpt,
     precision: str = EvalPrecisionOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
@@ -110,7 +110,7 @@ def reconstruct(
 
 @app.command("anomaly")
 def anomaly(
-    model: Path = typer.Option(..., "--model", help="model artifact"),
+    model: Path = ModelOpt,
     data: Path = typer.Option(..., "--data", help="test dataset artifact"),
     anomaly_class: Optional[int] = typer.Option(None, "--anomaly-class", help="the anomalous class K (label 1)"),
     labels_positive: Optional[str] = typer.Option(None, "--labels-positive", help="comma list of anomalous classes"),
@@ -123,9 +123,9 @@ def anomaly(
                                              "e.g. data prepare --part calibration) for --score typicality|dose"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1),
     step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help=STEP_HELP),
-    batch_size: int = typer.Option(500, "--batch-size", min=1),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
+    batch_size: int = EvalBatchOpt,
+    seed: int = EvalSeedOpt,
+    device: str = EvalDeviceOpt,
     precision: str = EvalPrecisionOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
@@ -161,7 +161,7 @@ def fid(
     features: Optional[Path] = typer.Option(None, "--features", help="features artifact from `ebmtool train-features` (dataset-specific FID)"),
     batch_size: int = typer.Option(50, "--batch-size", min=1),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="where reference statistics are cached"),
-    device: str = typer.Option("auto", "--device"),
+    device: str = EvalDeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
@@ -190,8 +190,8 @@ def train_features(
     epochs: int = typer.Option(30, "--epochs", min=1, help="at most this many epochs (early stopping)"),
     patience: int = typer.Option(2, "--patience", min=1,
                                  help="stop after this many epochs without a better validation accuracy"),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
+    seed: int = EvalSeedOpt,
+    device: str = EvalDeviceOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
