@@ -196,3 +196,12 @@ def test_mnist_errors(tmp_path):
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(5, np.uint8))
     with pytest.raises(UserError, match="disagree"):
         prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="test"))
+
+
+def test_digits_refuse_a_test_split_instead_of_ignoring_it(tmp_path):
+    """scikit-learn's digits have one split: --split test would silently write the training images again."""
+    from conftest import run_cli
+
+    out = tmp_path / "d.safetensors"
+    r = run_cli(["data", "prepare", "--dataset", "digits", "--split", "test", "-o", out])
+    assert r.code == 2 and len(r.err_lines) == 1 and "single split" in r.err and not out.exists()

@@ -57,11 +57,14 @@ def _to_nchw_uint8(x: np.ndarray | torch.Tensor) -> torch.Tensor:
 def load_digits(root, split, download, show=False) -> Loaded:
     from sklearn.datasets import load_digits as sk_digits
 
+    if split != "train":  # refused, not ignored: a "test" artifact identical to the training one would leak
+        raise UserError(f"--split {split}: scikit-learn's digits have a single split (train); hold images out with "
+                        "--anomaly-protocol K --part train|test, --exclude-class or --only-class")
     d = sk_digits()
     # values 0..16 -> 0..255
     images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
     labels = torch.from_numpy(d.target.astype(np.int64))
-    return images, labels, {}, "scikit-learn load_digits (UCI optical digits, 1797 images, 8x8; split ignored)"
+    return images, labels, {}, "scikit-learn load_digits (UCI optical digits, 1797 images, 8x8; one split)"
 
 
 MNIST_FILES = {
