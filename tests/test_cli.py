@@ -154,6 +154,26 @@ def test_fit_prior_mle_smoke(digits):
     cli("sample", "--model", out, "-n", 8, "-o", digits["w"] / "mle-s.safetensors", "--steps", 5)
 
 
+def test_init_generator_is_kept_and_recorded_and_a_conflicting_size_is_refused(digits):
+    """--init keeps its generator: the saved config records the generator really trained, and an explicit
+    --nz / --set generator.ngf that differs from it is refused in one line, before any file is written."""
+    w, train, gen = digits["w"], digits["train"], digits["gen"]
+    g = artifacts.load(gen).meta["model"]["generator"]
+    out = w / "nz-kept.safetensors"
+    cli("fit-prior", "--method", "nce", "--preset", "smoke", "--init", gen, "--data", train, "-o", out, "-q")
+    saved = artifacts.load(out).config["generator"]
+    assert {k: saved[k] for k in ("arch", "nz", "ngf")} == {k: g[k] for k in ("arch", "nz", "ngf")}
+    cli("fit-prior", "--method", "nce", "--preset", "smoke", "--init", gen, "--nz", g["nz"], "--data", train,
+        "-o", w / "nz-same.safetensors", "-q")  # the same value is accepted
+    for flags, said in ((["--nz", g["nz"] + 8], f"--nz {g['nz'] + 8}: the --init model's generator has nz {g['nz']}"),
+                        (["--set", f"generator.ngf={g['ngf'] * 2}"], f"--set generator.ngf {g['ngf'] * 2}:")):
+        bad = w / "nz-bad.safetensors"
+        r = run_cli(["fit-prior", "--method", "mle", "--preset", "smoke", "--init", str(gen), "--data", str(train),
+                     "-o", str(bad), "-q"] + [str(f) for f in flags])
+        assert r.code == 2 and said in r.err and len(r.err.strip().splitlines()) == 1, r.err
+        assert not bad.exists() and not (w / "nz-bad.ckpt.safetensors").exists()
+
+
 def test_fit_prior_nce_non_adaptive_and_langevin_negatives(digits, two_stages):
     w, train, gen = digits["w"], digits["train"], digits["gen"]
     res = cli("fit-prior", "--method", "nce", "--preset", "smoke", "--init", gen, "--data", train,

@@ -19,15 +19,17 @@ def _train(method: str, fields: dict[str, Any], sets, preset, config, data, init
            ck_every: int, ck: Optional[Path], resume: Optional[Path], tensorboard: Optional[Path],
            fit_prior: bool) -> None:
     from ebmtool import stages
-    from ebmtool.config import deep_merge, nested, parse_sets, resolve
+    from ebmtool.config import deep_merge, nested, parse_sets, read_toml, resolve
 
     if method not in METHODS or METHODS[method].fit_prior != fit_prior:
         choices = ", ".join(k for k, m in METHODS.items() if m.fit_prior)
         raise UserError(f"--method: unknown method {method!r} (choose from {choices})")
-    cfg = resolve(METHODS[method].config, method=method, preset=preset, toml=config,
-                  flags=deep_merge(nested(fields), parse_sets(sets)))
+    flags = deep_merge(nested(fields), parse_sets(sets))
+    cfg = resolve(METHODS[method].config, method=method, preset=preset, toml=config, flags=flags)
+    asked = {**read_toml(config).get("generator", {}), **flags.get("generator", {})}
     res = stages.train(method, cfg, str(data), str(output), init_path=_s(init), force=force, quiet=quiet,
-                       checkpoint_every=ck_every, checkpoint=_s(ck), resume=_s(resume), tensorboard=_s(tensorboard))
+                       checkpoint_every=ck_every, checkpoint=_s(ck), resume=_s(resume), tensorboard=_s(tensorboard),
+                       generator_asked=asked)
     emit(res, as_json, method)
 
 

@@ -10,10 +10,12 @@ import torch
 
 from ebmtool import artifacts, distributed
 from ebmtool.checkpoint import Checkpointer, open_resume
+from ebmtool.config import GeneratorSpec
 from ebmtool.data import DataConfig, load_images, prepare
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
 from ebmtool.models import load_model, model_tensors
+from ebmtool.models.latent import LatentModel
 from ebmtool.runtime import cpu_name, resolve_device, seed_everything
 from ebmtool.runtime import resolve as resolve_precision
 from ebmtool.training import FitResult, RunContext, TrainData
@@ -40,15 +42,36 @@ def checkpoint_path(out: str) -> Path:
     return p.with_name(p.name.removesuffix(".safetensors") + ".ckpt.safetensors")
 
 
+GENERATOR_FLAGS = {"nz": "--nz", "arch": "--arch"}
+
+
+def keep_init_generator(cfg, init, asked: dict[str, Any]):
+    """The config a run from ``--init`` really uses: the init model's generator (arch, nz, ngf, slope) replaces the
+    config's, so the saved artifact says what was trained. A field the user set explicitly to another value is
+    refused in one line rather than silently ignored."""
+    if not isinstance(getattr(cfg, "generator", None), GeneratorSpec) or not isinstance(init, LatentModel):
+        return cfg  # the method refuses the pairing itself (e.g. bidvl from a latent model)
+    gen = init.generator
+    actual = {"arch": gen.arch, "nz": gen.nz, "ngf": gen.ngf, "slope": gen.slope}
+    for key, value in asked.items():
+        if key in actual and not (key == "arch" and value == "auto") and value != actual[key]:
+            flag = GENERATOR_FLAGS.get(key, f"--set generator.{key}")
+            raise UserError(f"{flag} {value}: the --init model's generator has {key} {actual[key]} and is kept "
+                            "(drop the option, or pass the same value)")
+    return cfg.model_copy(update={"generator": type(cfg.generator)(**actual)})
+
+
 def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str] = None, force: bool = False,
           quiet: bool = False, checkpoint_every: int = 0, checkpoint: Optional[str] = None,
-          resume: Optional[str] = None, tensorboard: Optional[str] = None) -> dict[str, Any]:
+          resume: Optional[str] = None, tensorboard: Optional[str] = None,
+          generator_asked: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Fit ``method`` with the resolved ``cfg`` on ``data_path``; write a model artifact to ``out``.
 
     With ``checkpoint_every`` > 0 (or on SIGINT/SIGTERM) a resumable checkpoint is written to ``checkpoint``
     (default: OUT with suffix .ckpt.safetensors); ``resume`` continues from one. The checkpoint is removed
     once the model artifact is written. ``tensorboard``: a directory for TensorBoard scalars and sample grids
-    per epoch (:mod:`ebmtool.tensorboard`)."""
+    per epoch (:mod:`ebmtool.tensorboard`). ``generator_asked``: the generator fields the user set explicitly
+    (flags, --set, TOML); with ``init_path`` they must agree with the init model's generator, which is kept."""
     spec = METHODS[method]
     artifacts.check_output(out, force)
     if hasattr(cfg, "batch_size"):
@@ -76,6 +99,8 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
     if init_path is not None:
         init, init_art = load_model(init_path, what="--init", device=device)
         init.train()
+        cfg = keep_init_generator(cfg, init, generator_asked or {})
+        config_json = cfg.model_dump(mode="json")
     inputs = {"data_content_sha256": data.content_sha256, "init_sha256": init_art.sha256 if init_art else None}
     if distributed.world().parallel:
         inputs["world_size"] = distributed.world().size
