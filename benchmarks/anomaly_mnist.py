@@ -11,6 +11,8 @@ Rows, each the way its paper trains it:
 - ``pca``: PCA (32 components) reconstruction error; ``random``: the prevalence (AUPRC of a random score);
   ``data``: the feature-FID floor, held-out normals (the calibration part) against the fit part.
 - ``pretrain``: the 0-stage generator, z ~ N(0, I), trained with posterior Langevin.
+- ``pretrain-matched``: the 0-stage generator trained on to as many updates as ``mle`` (10 + 6 epochs), so the
+  learned priors are also compared with a plain generator that had the same training.
 - ``mle``: LEBM from scratch (Pang et al. 2020, Algorithm 1: prior and generator from initialisation).
 - ``adaptive-nce``: 4 NCE stages from the 0-stage generator (Xiao & Han), added one stage at a time.
 - ablations (published digits): ``mle-warm`` (LEBM from the 0-stage generator), ``nce`` (1 stage),
@@ -76,6 +78,8 @@ NET = {"generator": {"nz": 16, "ngf": 16}}
 BUDGET = {
     "pretrain": {"epochs": 10, **NET},
     "mle": {"epochs": 16, **NET},
+    # the 0-stage generator continued to LEBM's number of updates: is a learned prior worth more than more training?
+    "pretrain-matched": {"epochs": 6, **NET},
     "mle-warm": {"epochs": 8, **NET},
     "joint-mle": {"epochs": 16, **NET},
     "adaptive-nce": {"stages": 4, "epochs_per_stage": 2, **NET},
@@ -86,9 +90,9 @@ BUDGET = {
 # s = 0.1 for the posterior and for test-time prior sampling), i.e. ebmtool's one sampler at sqrt(0.1) = 0.316
 XH = {c: {"convention": "xiao-han", "step_size": 0.1} for c in ("posterior", "sampling", "prior")}
 BUDGET["adaptive-nce-xh"] = {**BUDGET["adaptive-nce"], **XH}
-METHOD_OF = {"mle-warm": "mle", "adaptive-nce-tre": "adaptive-nce", "adaptive-nce-xh": "adaptive-nce"}
-FROM_GEN = {"mle-warm", "adaptive-nce", "nce", "adaptive-nce-tre", "adaptive-nce-xh"}  # --init the 0-stage generator
-CORE = ["pca", "random", "data", "pretrain", "mle", "adaptive-nce"]
+METHOD_OF = {"pretrain-matched": "pretrain", "mle-warm": "mle", "adaptive-nce-tre": "adaptive-nce", "adaptive-nce-xh": "adaptive-nce"}
+FROM_GEN = {"pretrain-matched", "mle-warm", "adaptive-nce", "nce", "adaptive-nce-tre", "adaptive-nce-xh"}  # --init the 0-stage generator
+CORE = ["pca", "random", "data", "pretrain", "mle", "adaptive-nce", "pretrain-matched"]
 ABLATIONS = ["mle-warm", "nce", "adaptive-nce-tre", "joint-mle", "adaptive-nce-xh"]
 SCORE_COLS = [f"auprc_{s}" for s in S.SCORES]
 FIELDS = (["protocol", "method", "digit", "seed", "precision", "budget", "updates", "chains", "n_test",
@@ -395,7 +399,8 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict | 
         model, ups = Path(prev), updates(n_fit, k * ep)
     else:
         model = WORK / f"{method}-{tag}.safetensors"
-        wall = fit(method, p["fit"], model, seed, prec, str(gen) if method in FROM_GEN else None)
+        later = seed + 1000 * BUDGET["pretrain"]["epochs"] if method == "pretrain-matched" else seed  # new batches
+        wall = fit(method, p["fit"], model, later, prec, str(gen) if method in FROM_GEN else None)
         b = BUDGET[method]
         ups = updates(n_fit, b.get("epochs") or b["stages"] * b["epochs_per_stage"])
     r = {**evaluate(str(model), p, digit, seed, prec, CHAINS), **fid_row(str(model), digit, seed, p)}

@@ -54,7 +54,7 @@ def test_latent_share_and_summary(tmp_path):
           row("mle", 0, 0, 0.7, fid="100", recon=0.69)]
     assert "differ by 0.010 on average" in R.latent_share(rs)
     s = R.summary_table(rs)
-    assert "| LEBM (`mle`) from scratch | 1 | 1–1 | 0.700 | 0.600 | 0.500 | – (one seed) | 1 of 1 |" in s
+    assert "| LEBM (`mle`) from scratch | 1 | 1–1 | 0.700 | 0.600 | – | 0.500 | – (one seed) | 1 of 1 |" in s
 
 
 def test_readme_block_is_the_report():
