@@ -253,7 +253,7 @@ def budget_table(rs) -> str:
 
 
 def curve_table(path: Path = CURVE) -> str:
-    cr = rows(path)
+    cr = [r for r in rows(path, all_precisions=True) if r["precision"] == MAIN_PRECISION]
     if not cr:
         return "(no curve points yet)"
     out = ["| method | digit | seed | updates | AUPRC joint | AUPRC typicality | AUPRC complexity | MSE normal | "
@@ -286,7 +286,7 @@ def curve_figure(path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cr = rows(CURVE)
+    cr = [r for r in rows(CURVE, all_precisions=True) if r["precision"] == MAIN_PRECISION]
     keys = sorted({(r["method"], int(r["digit"])) for r in cr})
     digits = sorted({d for _, d in keys})
     fig, axes = plt.subplots(2, len(digits), figsize=(2.6 * len(digits), 5.2), sharex="col", squeeze=False)
