@@ -205,13 +205,16 @@ class Checkpointer:
             signal.signal(sig, h)
 
 
-def open_resume(path: str, config: dict[str, Any], inputs: dict[str, Any]) -> artifacts.Artifact:
-    """Load a checkpoint and check it was written by the same resolved config from the same --data / --init."""
+def open_resume(path: str, config: dict[str, Any], inputs: dict[str, Any],
+                also: Optional[dict[str, Any]] = None) -> artifacts.Artifact:
+    """Load a checkpoint and check it was written by the same resolved config from the same --data / --init.
+    ``also``: a second config the same run may have recorded (before --init's structure replaced the asked one,
+    as checkpoints written before that correction did)."""
     art = artifacts.load(path, "checkpoint", what="--resume")
     for key in ("iteration", "structure", "history"):
         if key not in art.meta:
             raise UserError(f"{art.path}: checkpoint metadata lacks {key!r}")
-    if art.config != config:
+    if art.config != config and (also is None or art.config != also):
         diff = sorted(k for k in set(art.config) | set(config) if art.config.get(k) != config.get(k))
         raise UserError(f"{art.path}: checkpoint was written with a different config "
                         f"(differs in {', '.join(diff[:5])}); resume with the same command and options")

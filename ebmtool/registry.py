@@ -69,13 +69,16 @@ class MethodSpec:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # {preset: overrides of this method}
     flags: tuple[Flag, ...] = ()
     fit_prior: bool = True  # listed under fit-prior --method
+    # config sections a run from --init takes from the init model (matched by field name against its saved spec)
+    kept_from_init: tuple[str, ...] = ("generator",)
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
 
 
 def register_method(name: str, config: type, description: str, *, presets: Optional[dict[str, dict]] = None,
-                    flags: tuple[Flag, ...] = (), fit_prior: bool = True):
+                    flags: tuple[Flag, ...] = (), fit_prior: bool = True,
+                    kept_from_init: tuple[str, ...] = ("generator",)):
     """Decorator for a method's fit function: ``fit(cfg, data, init, init_art, ctx) -> FitResult``."""
     from pydantic import BaseModel
 
@@ -83,7 +86,8 @@ def register_method(name: str, config: type, description: str, *, presets: Optio
         raise TypeError(f"method {name!r}: config must be a pydantic model class")
 
     def deco(fn):
-        METHODS.add(name, MethodSpec(name, config, fn, description, dict(presets or {}), tuple(flags), fit_prior))
+        METHODS.add(name, MethodSpec(name, config, fn, description, dict(presets or {}), tuple(flags), fit_prior,
+                                     tuple(kept_from_init)))
         return fn
 
     return deco

@@ -225,6 +225,22 @@ def test_latent_models_and_bidvl_models_do_not_mix_through_init(work, capsys, tm
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()
 
 
+def test_continuing_a_bidvl_model_keeps_its_networks_and_refuses_other_sizes(work, capsys, tmp_path):
+    """--init of a BiDVL model keeps its three networks: a differing size is refused in one line (it was ignored),
+    and the continued artifact's config records the sizes really trained."""
+    for flags, said in ((["--set", "encoder.nef=32"], "--set encoder.nef=32: the --init model's encoder has nef 16"),
+                        (["--nz", "5"], "--nz 5: the --init model's generator has nz 8")):
+        code, _, err = cli(capsys, "fit-prior", "--method", "bidvl", "--init", work["model"], "--data", work["small"],
+                           "-o", tmp_path / "x.safetensors", "--preset", "smoke", "--epochs", "1", *flags)
+        assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "x.safetensors").exists()
+    code, _, err = cli(capsys, "fit-prior", "--method", "bidvl", "--init", work["model"], "--data", work["small"],
+                       "-o", tmp_path / "y.safetensors", "--preset", "smoke", "--epochs", "1", "--quiet")
+    assert code == 0, err
+    cfg = artifacts.load(tmp_path / "y.safetensors").config
+    assert (cfg["generator"]["nz"], cfg["generator"]["ngf"], cfg["encoder"]["nef"], cfg["ebm"]["ndf"]) == (8, 16, 16, 16)
+
+
 def test_unknown_flags_and_sizes_are_one_line_errors(work, capsys, tmp_path):
     code, _, err = cli(capsys, "fit-prior", "--method", "bidvl", "--arch", "digits8", "--data", work["small"],
                        "-o", tmp_path / "x.safetensors")

@@ -166,12 +166,17 @@ def test_init_generator_is_kept_and_recorded_and_a_conflicting_size_is_refused(d
     cli("fit-prior", "--method", "nce", "--preset", "smoke", "--init", gen, "--nz", g["nz"], "--data", train,
         "-o", w / "nz-same.safetensors", "-q")  # the same value is accepted
     for flags, said in ((["--nz", g["nz"] + 8], f"--nz {g['nz'] + 8}: the --init model's generator has nz {g['nz']}"),
-                        (["--set", f"generator.ngf={g['ngf'] * 2}"], f"--set generator.ngf {g['ngf'] * 2}:")):
+                        (["--set", f"generator.ngf={g['ngf'] * 2}"], f"--set generator.ngf={g['ngf'] * 2}:")):
         bad = w / "nz-bad.safetensors"
         r = run_cli(["fit-prior", "--method", "mle", "--preset", "smoke", "--init", str(gen), "--data", str(train),
                      "-o", str(bad), "-q"] + [str(f) for f in flags])
         assert r.code == 2 and said in r.err and len(r.err.strip().splitlines()) == 1, r.err
         assert not bad.exists() and not (w / "nz-bad.ckpt.safetensors").exists()
+    toml = w / "wide.toml"  # a config file's value is named by where it was set, not as an option never passed
+    toml.write_text(f"[generator]\nngf = {g['ngf'] * 2}\n")
+    r = run_cli(["fit-prior", "--method", "nce", "--preset", "smoke", "--init", str(gen), "--data", str(train),
+                 "--config", str(toml), "-o", str(w / "nz-bad.safetensors"), "-q"])
+    assert r.code == 2 and f"{toml}: [generator] ngf = {g['ngf'] * 2}: the --init model's generator has ngf" in r.err
 
 
 def test_fit_prior_nce_non_adaptive_and_langevin_negatives(digits, two_stages):

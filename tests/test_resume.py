@@ -129,3 +129,24 @@ def test_divergence_is_named_and_writes_nothing(small):
     assert "non-finite" in r.stderr and "step size" in r.stderr and "iteration" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_resume_accepts_a_checkpoint_that_recorded_the_asked_generator(small):
+    """Checkpoints written before a run from --init recorded the init's generator (they kept the preset's, e.g.
+    arch "auto") still resume; the finished artifact records the generator really trained."""
+    d = small
+    out, ck = d / "old.safetensors", d / "old.ckpt.safetensors"
+    p = subprocess.Popen(_cmd(["--method", "mle", "--epochs", "3"], d, out), env=ENV)
+    t0 = time.time()
+    while not ck.exists() and time.time() - t0 < 120:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL and not out.exists(), "killed before it finished"
+    art = artifacts.load(ck, "checkpoint")
+    asked = {**art.config, "generator": {**art.config["generator"], "arch": "auto"}}  # as an older release wrote it
+    artifacts.save(ck, "checkpoint", art.tensors, config=asked, meta=art.meta, parents=art.parents)
+    r = subprocess.run(_cmd(["--method", "mle", "--epochs", "3"], d, out) + ["--resume", str(ck)], env=ENV,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert artifacts.load(out).config["generator"]["arch"] == artifacts.load(d / "g.safetensors").meta["model"]["generator"]["arch"] != "auto"

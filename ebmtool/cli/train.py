@@ -19,18 +19,37 @@ def _train(method: str, fields: dict[str, Any], sets, preset, config, data, init
            ck_every: int, ck: Optional[Path], resume: Optional[Path], tensorboard: Optional[Path],
            fit_prior: bool) -> None:
     from ebmtool import stages
-    from ebmtool.config import deep_merge, nested, parse_sets, read_toml, resolve
+    from ebmtool.config import deep_merge, nested, parse_sets, resolve
 
     if method not in METHODS or METHODS[method].fit_prior != fit_prior:
         choices = ", ".join(k for k, m in METHODS.items() if m.fit_prior)
         raise UserError(f"--method: unknown method {method!r} (choose from {choices})")
     flags = deep_merge(nested(fields), parse_sets(sets))
     cfg = resolve(METHODS[method].config, method=method, preset=preset, toml=config, flags=flags)
-    asked = {**read_toml(config).get("generator", {}), **flags.get("generator", {})}
+    asked = explicit(fields, sets, config)
     res = stages.train(method, cfg, str(data), str(output), init_path=_s(init), force=force, quiet=quiet,
                        checkpoint_every=ck_every, checkpoint=_s(ck), resume=_s(resume), tensorboard=_s(tensorboard),
-                       generator_asked=asked)
+                       asked=asked)
     emit(res, as_json, method)
+
+
+def explicit(fields: dict[str, Any], sets, config) -> dict[str, dict[str, tuple[Any, str]]]:
+    """The config fields the user set, by section: {section: {field: (value, how it was set)}} (later wins: TOML,
+    then --set, then options), for the checks a run from --init makes."""
+    from ebmtool.config import parse_sets, read_toml
+
+    out: dict[str, dict[str, tuple[Any, str]]] = {}
+    for section, vals in read_toml(config).items():
+        for f, v in (vals.items() if isinstance(vals, dict) else ()):
+            out.setdefault(section, {})[f] = (v, f"{config}: [{section}] {f} = {v}")
+    for section, vals in parse_sets(sets).items():
+        for f, v in (vals.items() if isinstance(vals, dict) else ()):
+            out.setdefault(section, {})[f] = (v, f"--set {section}.{f}={v}")
+    for key, v in fields.items():
+        if v is not None and "." in key:
+            section, f = key.split(".", 1)
+            out.setdefault(section, {})[f] = (v, f"{OPTION_OF.get(key, key)} {v}")
+    return out
 
 
 # the options of pretrain-generator and fit-prior: (parameter, type, option, config field or None)
@@ -60,6 +79,11 @@ TRAIN_OPTIONS: list[tuple[str, Any, Any, Optional[str]]] = [
 ]
 
 
+def _option_of() -> dict[str, str]:
+    """config field -> the option that sets it (for messages)."""
+    return {f: o.param_decls[0].split("/")[0] for _, _, o, f in TRAIN_OPTIONS + _method_flags() if f is not None}
+
+
 def _method_flags() -> list[tuple[str, Any, Any, Optional[str]]]:
     """The options the registered methods declare (one per option name, shared by the methods that declare it)."""
     seen: dict[str, tuple[str, Any, Any, Optional[str]]] = {}
@@ -68,6 +92,9 @@ def _method_flags() -> list[tuple[str, Any, Any, Optional[str]]]:
             if f.option not in seen:
                 seen[f.option] = (f.param, Optional[f.type], typer.Option(None, *f.option.split(" "), help=f.help), f.field)
     return list(seen.values())
+
+
+OPTION_OF = _option_of()
 
 
 def _training_command(name: str, method: Optional[str], doc: str) -> None:

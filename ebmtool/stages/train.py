@@ -10,12 +10,10 @@ import torch
 
 from ebmtool import artifacts, distributed
 from ebmtool.checkpoint import Checkpointer, open_resume
-from ebmtool.config import GeneratorSpec
 from ebmtool.data import DataConfig, load_images, prepare
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
 from ebmtool.models import load_model, model_tensors
-from ebmtool.models.latent import LatentModel
 from ebmtool.runtime import cpu_name, resolve_device, seed_everything
 from ebmtool.runtime import resolve as resolve_precision
 from ebmtool.training import FitResult, RunContext, TrainData
@@ -42,36 +40,40 @@ def checkpoint_path(out: str) -> Path:
     return p.with_name(p.name.removesuffix(".safetensors") + ".ckpt.safetensors")
 
 
-GENERATOR_FLAGS = {"nz": "--nz", "arch": "--arch"}
-
-
-def keep_init_generator(cfg, init, asked: dict[str, Any]):
-    """The config a run from ``--init`` really uses: the init model's generator (arch, nz, ngf, slope) replaces the
-    config's, so the saved artifact says what was trained. A field the user set explicitly to another value is
-    refused in one line rather than silently ignored."""
-    if not isinstance(getattr(cfg, "generator", None), GeneratorSpec) or not isinstance(init, LatentModel):
-        return cfg  # the method refuses the pairing itself (e.g. bidvl from a latent model)
-    gen = init.generator
-    actual = {"arch": gen.arch, "nz": gen.nz, "ngf": gen.ngf, "slope": gen.slope}
-    for key, value in asked.items():
-        if key in actual and not (key == "arch" and value == "auto") and value != actual[key]:
-            flag = GENERATOR_FLAGS.get(key, f"--set generator.{key}")
-            raise UserError(f"{flag} {value}: the --init model's generator has {key} {actual[key]} and is kept "
-                            "(drop the option, or pass the same value)")
-    return cfg.model_copy(update={"generator": type(cfg.generator)(**actual)})
+def keep_init_structure(cfg, init, sections: tuple[str, ...], asked: dict[str, dict[str, tuple[Any, str]]]):
+    """The config a run from ``--init`` really uses: for each config section the method takes from the init model
+    (``MethodSpec.kept_from_init``: its generator, or BiDVL's three networks), the init's saved values replace the
+    config's, so the new artifact says what was trained. ``asked``: {section: {field: (value, where the user set
+    it)}}; a value that differs from the init's is refused in one line rather than silently ignored. Init models
+    of another family are left to the method, which refuses them with its own message."""
+    spec = init.spec() if hasattr(init, "spec") else {}
+    kept = {}
+    for name in sections:
+        section, saved = getattr(cfg, name, None), spec.get(name)
+        fields = list(type(section).model_fields) if section is not None else []
+        if not isinstance(saved, dict) or not fields or any(f not in saved for f in fields):
+            return cfg  # not a model this method continues: the method says why
+        kept[name] = {f: saved[f] for f in fields}
+    for name, values in kept.items():
+        for f, (value, where) in asked.get(name, {}).items():
+            if f in values and not (f == "arch" and value == "auto") and value != values[f]:
+                raise UserError(f"{where}: the --init model's {name} has {f} {values[f]} and is kept (drop the "
+                                "option, or give the same value)")
+    return cfg.model_copy(update={n: type(getattr(cfg, n))(**v) for n, v in kept.items()})
 
 
 def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str] = None, force: bool = False,
           quiet: bool = False, checkpoint_every: int = 0, checkpoint: Optional[str] = None,
           resume: Optional[str] = None, tensorboard: Optional[str] = None,
-          generator_asked: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+          asked: Optional[dict[str, dict[str, tuple[Any, str]]]] = None) -> dict[str, Any]:
     """Fit ``method`` with the resolved ``cfg`` on ``data_path``; write a model artifact to ``out``.
 
     With ``checkpoint_every`` > 0 (or on SIGINT/SIGTERM) a resumable checkpoint is written to ``checkpoint``
     (default: OUT with suffix .ckpt.safetensors); ``resume`` continues from one. The checkpoint is removed
     once the model artifact is written. ``tensorboard``: a directory for TensorBoard scalars and sample grids
-    per epoch (:mod:`ebmtool.tensorboard`). ``generator_asked``: the generator fields the user set explicitly
-    (flags, --set, TOML); with ``init_path`` they must agree with the init model's generator, which is kept."""
+    per epoch (:mod:`ebmtool.tensorboard`). ``asked``: the config fields the user set explicitly, by section, with
+    where each was set (an option, --set, the TOML file); with ``init_path`` those of the sections the init model
+    fixes must agree with it (:func:`keep_init_structure`)."""
     spec = METHODS[method]
     artifacts.check_output(out, force)
     if hasattr(cfg, "batch_size"):
@@ -95,17 +97,17 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     data = open_training_data(data_path, device)
-    init = init_art = None
+    init = init_art = config_asked = None
     if init_path is not None:
         init, init_art = load_model(init_path, what="--init", device=device)
         init.train()
-        cfg = keep_init_generator(cfg, init, generator_asked or {})
-        config_json = cfg.model_dump(mode="json")
+        cfg = keep_init_structure(cfg, init, spec.kept_from_init, asked or {})
+        config_asked, config_json = config_json, cfg.model_dump(mode="json")
     inputs = {"data_content_sha256": data.content_sha256, "init_sha256": init_art.sha256 if init_art else None}
     if distributed.world().parallel:
         inputs["world_size"] = distributed.world().size
     if resume:
-        resume_art = open_resume(resume, config_json, inputs)
+        resume_art = open_resume(resume, config_json, inputs, also=config_asked)
     ck = Checkpointer(ck_path, checkpoint_every, config_json, resume_art, inputs=inputs)
     prec = resolve_precision(cfg.precision, device)
     if prec.name == "fp16":
