@@ -259,6 +259,8 @@ def model_files(method: str, digit: int, seed: int, prec: str) -> list[Path]:
         return [WORK / f"mle-{tag}-e{e}.safetensors" for e in range(CHUNK, BUDGET["mle"]["epochs"] + 1, CHUNK)]
     if method in ("adaptive-nce", "adaptive-nce-xh"):
         return [WORK / f"{method}-{tag}-k{k}.safetensors" for k in range(1, BUDGET[method]["stages"] + 1)]
+    if method == "pretrain-matched":  # its whole training: the 0-stage generator and the epochs after it
+        return [model_path("pretrain", digit, seed, prec), model_path(method, digit, seed, prec)]
     return [model_path(method, digit, seed, prec)]
 
 
@@ -279,8 +281,9 @@ def rescore() -> None:
             from ebmtool.artifacts import load
 
             wall = f"{sum(float(load(f).meta.get('wall_time_s', 0.0)) for f in files):.1f}"
-            need_wall = wall != r.get("train_wall_s")
-            r["train_wall_s"] = wall
+            b = {k: str(v) for k, v in budget_of(r["method"], len(load_images(parts(int(r["digit"]))["fit"])[0])).items()}
+            need_wall = wall != r.get("train_wall_s") or any(r.get(k) != v for k, v in b.items())
+            r.update({"train_wall_s": wall, **b})
         else:
             need_wall = False
         if not mp.exists() or not (need_scores or need_fid or need_wall):
@@ -296,7 +299,8 @@ def rescore() -> None:
             now = read(RESULTS)
             for q in now:
                 if (q["method"], q["digit"], q["seed"], q["precision"]) == key:
-                    q.update({k: v for k, v in r.items() if v and (not q.get(k) or k == "train_wall_s")})
+                    q.update({k: v for k, v in r.items()
+                              if v and (not q.get(k) or k in ("train_wall_s", "budget", "updates"))})
             write_all(RESULTS, FIELDS, now)
         print("rescored", r["method"], r["digit"], r["seed"], {c: r.get(c) for c in ("auprc_dose", "fid_features")},
               flush=True)
@@ -382,11 +386,9 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict | 
     gen = WORK / f"gen-{tag}.safetensors"
     wall = fit("pretrain", p["fit"], gen, seed, prec, None)
     if method == "pretrain":
-        model, ups = gen, updates(n_fit, BUDGET["pretrain"]["epochs"])
+        model = gen
     elif method == "mle":  # from scratch, in chunks: one curve point per chunk
-        total = BUDGET[method]["epochs"]
-        model, wall = mle_chunks(digit, seed, prec, cpu, total)
-        ups = updates(n_fit, total)
+        model, wall = mle_chunks(digit, seed, prec, cpu, BUDGET[method]["epochs"])
     elif method in ("adaptive-nce", "adaptive-nce-xh"):
         prev, k = str(gen), BUDGET[method]["stages"]
         ep = BUDGET[method]["epochs_per_stage"]
@@ -396,16 +398,26 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict | 
             wall += fit(method, p["fit"], out, seed + 1000 * s, prec, prev, stages=1)
             prev = str(out)
             curve_point(method, digit, seed, prec, out, p, updates(n_fit, ep * s), ep * s, wall, cpu)
-        model, ups = Path(prev), updates(n_fit, k * ep)
+        model = Path(prev)
     else:
         model = WORK / f"{method}-{tag}.safetensors"
         later = seed + 1000 * BUDGET["pretrain"]["epochs"] if method == "pretrain-matched" else seed  # new batches
-        wall = fit(method, p["fit"], model, later, prec, str(gen) if method in FROM_GEN else None)
-        b = BUDGET[method]
-        ups = updates(n_fit, b.get("epochs") or b["stages"] * b["epochs_per_stage"])
+        more = fit(method, p["fit"], model, later, prec, str(gen) if method in FROM_GEN else None)
+        wall = wall + more if method == "pretrain-matched" else more  # its whole training, as LEBM's row
     r = {**evaluate(str(model), p, digit, seed, prec, CHAINS), **fid_row(str(model), digit, seed, p)}
-    budget = f"cpu preset + {BUDGET[method]}" + (" after the 0-stage generator" if method in FROM_GEN else "")
-    return {**common, **r, "budget": budget, "updates": ups, "train_wall_s": f"{wall:.1f}"}
+    return {**common, **r, **budget_of(method, n_fit), "train_wall_s": f"{wall:.1f}"}
+
+
+def budget_of(method: str, n_fit: int) -> dict:
+    """The row's budget text and its updates (rows started from the 0-stage generator count their own updates,
+    except pretrain-matched, which is compared with LEBM by its whole training)."""
+    b = BUDGET[method]
+    epochs = b.get("epochs") or b["stages"] * b["epochs_per_stage"]
+    if method == "pretrain-matched":
+        return {"budget": f"cpu preset + {BUDGET['pretrain']} then {epochs} more epochs (LEBM's updates)",
+                "updates": updates(n_fit, BUDGET["pretrain"]["epochs"] + epochs)}
+    return {"budget": f"cpu preset + {b}" + (" after the 0-stage generator" if method in FROM_GEN else ""),
+            "updates": updates(n_fit, epochs)}
 
 
 def curve_point(method, digit, seed, prec, model, p, ups, epochs, wall, cpu) -> None:

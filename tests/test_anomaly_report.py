@@ -54,9 +54,19 @@ def test_latent_share_and_summary(tmp_path):
           row("mle", 0, 0, 0.7, fid="100", recon=0.69)]
     assert "differ by 0.010 on average" in R.latent_share(rs)
     s = R.summary_table(rs)
-    assert "| LEBM (`mle`) from scratch | 1 | 1–1 | 0.700 | 0.600 | – | 0.500 | – (one seed) | 1 of 1 |" in s
+    assert "| LEBM (`mle`) from scratch | 1 | 1–1 | 0.700 | 0.600 | – | 0.500 | – (one seed) | – | 1 of 1 |" in s
+    assert "barely move" in R.latent_share(rs)
+    assert "barely move" not in R.latent_share([row("mle", 0, 0, 0.7, recon=0.6)])  # said only when true
 
 
-def test_readme_block_is_the_report():
+def test_wins_against_the_update_matched_generator(tmp_path):
+    rs = [row("pca", 0, 0, 0.5, "fp32")]
+    rs += [row("pretrain", 0, s, 0.60) for s in (0, 1)] + [row("pretrain-matched", 0, s, v) for s, v in ((0, 0.70), (1, 0.72))]
+    rs += [row("mle", 0, 0, 0.69), row("mle", 0, 1, 0.71)]
+    assert R.wins_count(rs, "mle") == (1, 1) and R.wins_count(rs, "mle", "pretrain-matched") == (0, 1)
+    assert "| 0.700 | 0.600 | 0.710 | 0.500 | 1 of 1 | 0 of 1 |" in R.summary_table(rs)
+
+
+def test_readme_has_one_generated_results_block():
     text = (REPO / "README.md").read_text()
     assert text.count(R.BEGIN) == 1 and text.count(R.END) == 1
