@@ -309,7 +309,7 @@ def curve_figure(path: str) -> None:
                                 and r["seed"] == seed), 0)) if m == "adaptive-nce" else 0
                 u = [p[0] + off for p in pts]
                 kw = dict(marker="o", ms=3, label=f"{m}" if seed == "0" else None,
-                          color="C0" if m == "mle" else "C1", alpha=1.0 if seed == "0" else 0.5)
+                          color={"mle": "C0", "adaptive-nce": "C1"}.get(m, "C2"), alpha=1.0 if seed == "0" else 0.5)
                 axes[0, j].plot(u, [float(p[1]["auprc_joint"]) for p in pts], **kw)
                 axes[1, j].plot(u, [float(p[1]["mse_normal"]) for p in pts], ls="-", **kw)
                 axes[1, j].plot(u, [float(p[1]["mse_anomalous"]) for p in pts], ls="--", **{**kw, "label": None})
