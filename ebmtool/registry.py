@@ -60,6 +60,21 @@ class Flag:
         return self.option.split("/")[0].lstrip("-").replace("-", "_")
 
 
+@dataclass(frozen=True)
+class Kept:
+    """A config section that a run from ``--init`` takes from the init model instead of the config: its fields are
+    read from the init's saved spec under ``spec_key`` (default: the section's name). ``when``: only if that part
+    of the init has this ``type`` (e.g. an LEBM prior is continued, a Gaussian one is replaced by a new energy);
+    without it the section must be there, or the init is not a model this method continues."""
+
+    section: str
+    spec_key: Optional[str] = None
+    when: Optional[str] = None
+
+
+GENERATOR_KEPT = (Kept("generator"),)
+
+
 @dataclass
 class MethodSpec:
     name: str
@@ -69,8 +84,8 @@ class MethodSpec:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # {preset: overrides of this method}
     flags: tuple[Flag, ...] = ()
     fit_prior: bool = True  # listed under fit-prior --method
-    # config sections a run from --init takes from the init model (matched by field name against its saved spec)
-    kept_from_init: tuple[str, ...] = ("generator",)
+    # config sections a run from --init takes from the init model (see Kept)
+    kept_from_init: tuple[Kept, ...] = GENERATOR_KEPT
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
@@ -78,7 +93,7 @@ METHODS: Registry[MethodSpec] = Registry("method")
 
 def register_method(name: str, config: type, description: str, *, presets: Optional[dict[str, dict]] = None,
                     flags: tuple[Flag, ...] = (), fit_prior: bool = True,
-                    kept_from_init: tuple[str, ...] = ("generator",)):
+                    kept_from_init: tuple[Kept, ...] = GENERATOR_KEPT):
     """Decorator for a method's fit function: ``fit(cfg, data, init, init_art, ctx) -> FitResult``."""
     from pydantic import BaseModel
 

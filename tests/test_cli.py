@@ -172,6 +172,16 @@ def test_init_generator_is_kept_and_recorded_and_a_conflicting_size_is_refused(d
                      "-o", str(bad), "-q"] + [str(f) for f in flags])
         assert r.code == 2 and said in r.err and len(r.err.strip().splitlines()) == 1, r.err
         assert not bad.exists() and not (w / "nz-bad.ckpt.safetensors").exists()
+    # a continued ratio product keeps its network size; from a Gaussian init the size comes from the config
+    hidden = artifacts.load(out).meta["model"]["prior"]["hidden"]
+    r = run_cli(["fit-prior", "--method", "adaptive-nce", "--preset", "smoke", "--init", str(out), "--data",
+                 str(train), "--set", f"energy.hidden={hidden + 3}", "-o", str(w / "nz-bad.safetensors"), "-q"])
+    assert r.code == 2 and f"--set energy.hidden={hidden + 3}: the --init model's energy has hidden {hidden}" in r.err
+    fresh = w / "nz-fresh.safetensors"
+    cli("fit-prior", "--method", "nce", "--preset", "smoke", "--init", gen, "--data", train,
+        "--set", f"energy.hidden={hidden + 3}", "-o", fresh, "-q")
+    assert artifacts.load(fresh).meta["model"]["prior"]["hidden"] == hidden + 3
+    assert artifacts.load(fresh).config["energy"]["hidden"] == hidden + 3
     toml = w / "wide.toml"  # a config file's value is named by where it was set, not as an option never passed
     toml.write_text(f"[generator]\nngf = {g['ngf'] * 2}\n")
     r = run_cli(["fit-prior", "--method", "nce", "--preset", "smoke", "--init", str(gen), "--data", str(train),

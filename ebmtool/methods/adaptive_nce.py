@@ -31,7 +31,7 @@ from pydantic import Field
 
 from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, StageCommon
 from ebmtool.errors import UserError
-from ebmtool.registry import Flag, register_method
+from ebmtool.registry import Flag, Kept, register_method
 from ebmtool import distributed
 from ebmtool.training import FitResult, chain_latents, History, adam, optimizer_step, train_loop
 from ebmtool.models.latent import generator_for, latent_model
@@ -70,6 +70,8 @@ def _prior_from_init(init, cfg, nz, init_art) -> RatioProductPrior:
                     f"not a {init.prior.type_name} prior")
 
 
+# added stages take the ratio network size of the product they join
+NCE_KEPT = (Kept("generator"), Kept("energy", "prior", when="ratio_product"))
 NCE_FLAGS = (Flag("--stages", "stages", int, "adaptive-nce: stages to add"),
              Flag("--epochs-per-stage", "epochs_per_stage", int, "adaptive-nce"),
              Flag("--prior-sampler", "prior_sampler", str, "adaptive-nce: memory | langevin"),
@@ -84,7 +86,7 @@ def _nce_presets(per_stage: dict[str, int]) -> dict[str, dict]:
 
 @register_method("adaptive-nce", AdaptiveNCEConfig,
                  "adaptive multi-stage NCE density-ratio estimation, stage by stage (Xiao & Han 2022)",
-                 presets=_nce_presets({"smoke": 1, "cpu": 5, "paper": 25}), flags=NCE_FLAGS)
+                 presets=_nce_presets({"smoke": 1, "cpu": 5, "paper": 25}), flags=NCE_FLAGS, kept_from_init=NCE_KEPT)
 def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adaptive-nce") -> FitResult:
     gen = generator_for(cfg.generator, data.image_shape, init, init_art and init_art.path)
     prior = _prior_from_init(init, cfg, gen.nz, init_art)
@@ -225,6 +227,6 @@ class NCEConfig(AdaptiveNCEConfig):
 
 
 @register_method("nce", NCEConfig, "single-stage NCE (adaptive-nce with --stages 1)",
-                 presets=_nce_presets({"smoke": 1, "cpu": 5, "paper": 100}), flags=NCE_FLAGS)
+                 presets=_nce_presets({"smoke": 1, "cpu": 5, "paper": 100}), flags=NCE_FLAGS, kept_from_init=NCE_KEPT)
 def fit_nce(cfg, data, init, init_art, ctx) -> FitResult:
     return fit(cfg, data, init, init_art, ctx, method="nce")

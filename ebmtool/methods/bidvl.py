@@ -41,7 +41,7 @@ from ebmtool.config import Langevin, Optim, StageCommon, Strict
 from ebmtool.errors import UserError
 from ebmtool.models.bidvl import BiDVLModel
 from ebmtool.nets.image_ebm import GaussianEncoder, ImageEnergy, ImageGenerator, levels
-from ebmtool.registry import Flag, register_method
+from ebmtool.registry import Flag, Kept, register_method
 from ebmtool.sampling import frozen
 from ebmtool.training import FitResult, adam, optimizer_step, train_loop
 
@@ -126,7 +126,7 @@ def model_for(cfg: BiDVLConfig, image_shape, init, init_art) -> BiDVLModel:
                  "(Kan et al. 2022)",
                  flags=(Flag("--basic-ratio", "basic_ratio", float, "bidvl: r' (0.05 at 32x32, 0.1 at 64x64)"),
                         Flag("--offset/--no-offset", "offset", bool, "bidvl: offset (default) or not-offset variant")),
-                 kept_from_init=("generator", "encoder", "ebm"),
+                 kept_from_init=(Kept("generator"), Kept("encoder"), Kept("ebm")),
                  presets={"smoke": {"ebm": {"ndf": 16}, "encoder": {"nef": 16}},
                           "cpu": {"ebm": {"ndf": 32}, "encoder": {"nef": 32}},
                           "paper": {"epochs": 600, "generator": {"nz": 100, "ngf": 48}, "encoder": {"nef": 48},

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, TrainCommon
 from ebmtool.errors import UserError
-from ebmtool.registry import register_method
+from ebmtool.registry import Kept, register_method
 from ebmtool.training import FitResult, chain_latents, adam, optimizer_step, train_loop
 from ebmtool.models.latent import generator_for, latent_model
 from ebmtool.priors import EnergyTiltedPrior, GaussianPrior
@@ -30,6 +30,7 @@ class MLEConfig(TrainCommon):
 
 
 @register_method("mle", MLEConfig, "LEBM: maximum likelihood with prior and posterior short-run Langevin (Pang et al. 2020)",
+                 kept_from_init=(Kept("generator"), Kept("energy", "prior", when="energy")),
                  presets={"smoke": {"opt_e": {"lr": 2e-4}}, "cpu": {"opt_e": {"lr": 2e-4}}, "paper": {"epochs": 200}})
 def fit(cfg: MLEConfig, data, init, init_art, ctx) -> FitResult:
     gen = generator_for(cfg.generator, data.image_shape, init, init_art and init_art.path)

@@ -14,6 +14,7 @@ from ebmtool.data import DataConfig, load_images, prepare
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
 from ebmtool.models import load_model, model_tensors
+from ebmtool.registry import Kept
 from ebmtool.runtime import cpu_name, resolve_device, seed_everything
 from ebmtool.runtime import resolve as resolve_precision
 from ebmtool.training import FitResult, RunContext, TrainData
@@ -40,20 +41,23 @@ def checkpoint_path(out: str) -> Path:
     return p.with_name(p.name.removesuffix(".safetensors") + ".ckpt.safetensors")
 
 
-def keep_init_structure(cfg, init, sections: tuple[str, ...], asked: dict[str, dict[str, tuple[Any, str]]]):
+def keep_init_structure(cfg, init, sections: tuple[Kept, ...], asked: dict[str, dict[str, tuple[Any, str]]]):
     """The config a run from ``--init`` really uses: for each config section the method takes from the init model
-    (``MethodSpec.kept_from_init``: its generator, or BiDVL's three networks), the init's saved values replace the
-    config's, so the new artifact says what was trained. ``asked``: {section: {field: (value, where the user set
-    it)}}; a value that differs from the init's is refused in one line rather than silently ignored. Init models
-    of another family are left to the method, which refuses them with its own message."""
+    (``MethodSpec.kept_from_init``: its generator, a continued prior's energy, BiDVL's three networks), the init's
+    saved values replace the config's, so the new artifact says what was trained. ``asked``: {section: {field:
+    (value, where the user set it)}}; a value that differs from the init's is refused in one line rather than
+    silently ignored. Init models of another family are left to the method, which refuses them itself."""
     spec = init.spec() if hasattr(init, "spec") else {}
     kept = {}
-    for name in sections:
-        section, saved = getattr(cfg, name, None), spec.get(name)
+    for k in sections:
+        section, saved = getattr(cfg, k.section, None), spec.get(k.spec_key or k.section)
         fields = list(type(section).model_fields) if section is not None else []
-        if not isinstance(saved, dict) or not fields or any(f not in saved for f in fields):
-            return cfg  # not a model this method continues: the method says why
-        kept[name] = {f: saved[f] for f in fields}
+        if (not isinstance(saved, dict) or not fields or any(f not in saved for f in fields)
+                or (k.when is not None and saved.get("type") != k.when)):
+            if k.when is None:
+                return cfg  # not a model this method continues: the method says why
+            continue  # the init has no such part: this run builds it from the config
+        kept[k.section] = {f: saved[f] for f in fields}
     for name, values in kept.items():
         for f, (value, where) in asked.get(name, {}).items():
             if f in values and not (f == "arch" and value == "auto") and value != values[f]:
