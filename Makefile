@@ -6,13 +6,17 @@ EBM    := $(VENV)/bin/ebmtool
 STAMP  := $(VENV)/.ebmtool-installed
 DEMO   ?= demo
 
-.PHONY: all install test demo bench bench-speed bench-anomaly clean help
+.PHONY: all install test demo bench bench-speed bench-anomaly bench-anomaly-v3 bench-anomaly-v3-paper bench-threads clean help
 all: help
 help:
 	@echo "make demo   - set up .venv if missing and run the main job on scikit-learn's digits (< 3 min)"
-	@echo "make test   - set up .venv if missing and run the test suite"
+	@echo "make test   - set up .venv if missing, ruff check, and run the test suite"
 	@echo "make bench  - ground-truth and speed benchmarks (QUICK=1 for a short run; not part of the tests)"
-	@echo "make bench-anomaly - hold-one-digit MNIST anomaly benchmark (resumes; rows in benchmarks/results/)"
+	@echo "make bench-anomaly-v3 - the papers' MNIST protocol (70,000 images, 28x28; resumes; MNIST_ROOT = the IDX folder)"
+	@echo "make bench-anomaly-v3-paper - the same at the papers' budget (~70k updates per row; a CUDA GPU)"
+	@echo "make bench-anomaly - hold-one-digit MNIST anomaly benchmark v2 (10,000 images, 32x32)"
+	@echo "make bench-threads - --threads auto against a fixed count, idle and with a core busy"
+	@echo "make wheelhouse - wheels of every dependency but torch for an offline GPU node (WHEEL_PYTHON=3.12 WHEEL_PLATFORM=...)"
 
 # torch and torchvision are installed together (the CUDA wheels run on the CPU; see README).
 $(STAMP): pyproject.toml
@@ -25,6 +29,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m ruff check ebmtool tests benchmarks recipes
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
@@ -39,6 +44,32 @@ bench-speed: $(STAMP)
 
 bench-anomaly: $(STAMP)
 	$(PY) benchmarks/anomaly_mnist.py
+
+bench-anomaly-v3: $(STAMP)
+	$(PY) benchmarks/anomaly_mnist_v3.py --seeds 0 1 2 --digits 1 4 5 7 9
+	$(PY) benchmarks/anomaly_mnist_v3.py --seeds 0 --digits 0 2 3 6 8
+
+bench-anomaly-v3-paper: $(STAMP)
+	$(PY) benchmarks/anomaly_mnist_v3.py --budget paper --device cuda --seeds 0 1 2 --digits 1 4 5 7 9
+
+bench-threads: $(STAMP)
+	$(PY) benchmarks/threads.py $(if $(QUICK),--quick)
+
+# A GPU node with no internet whose Python already holds torch (issue 22): every other dependency as a wheel, plus
+# ebmtool's own, in wheelhouse/cpXY-PLATFORM/ (ignored; copy it with the repository). Empty = this machine's; e.g.
+#   make wheelhouse WHEEL_PYTHON=3.12 WHEEL_PLATFORM=manylinux_2_28_x86_64   (docs/gpu_node_readme_section.md)
+WHEEL_PYTHON      ?=
+WHEEL_PLATFORM    ?=
+WHEEL_EXTRAS      ?= dev
+WHEEL_TORCH       ?= 2.11.0
+WHEEL_TORCHVISION ?= 0.26.0
+WHEELHOUSE        ?=
+WHEEL_PY          ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+.PHONY: wheelhouse
+wheelhouse:
+	$(WHEEL_PY) scripts/wheelhouse.py $(if $(WHEEL_PYTHON),--python-version $(WHEEL_PYTHON)) \
+	  $(if $(WHEEL_PLATFORM),--platform $(WHEEL_PLATFORM)) --extras '$(WHEEL_EXTRAS)' \
+	  --torch $(WHEEL_TORCH) --torchvision $(WHEEL_TORCHVISION) $(if $(WHEELHOUSE),-d $(WHEELHOUSE))
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

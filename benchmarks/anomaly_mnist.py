@@ -39,9 +39,6 @@ the file are skipped, so the table fills in over several sessions.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
-import fcntl
 import os
 import sys
 import time
@@ -52,6 +49,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ebmtool import stages  # noqa: E402
 from ebmtool.stages.evaluate import score_terms  # noqa: E402
@@ -60,9 +58,9 @@ from ebmtool.data import DataConfig, load_images  # noqa: E402
 from ebmtool.eval import scores as S  # noqa: E402
 from ebmtool.eval.anomaly import binary_labels, metrics, pca_scores  # noqa: E402
 from ebmtool.methods import METHODS  # noqa: E402
-from ebmtool import runtime  # noqa: E402
 from ebmtool.models import load_model  # noqa: E402
 from ebmtool.runtime import resolve as resolve_precision  # noqa: E402
+from bench_csv import append, cpu_name, locked, read, write_all  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "anomaly_mnist_v2.csv"
 CURVE = ROOT / "benchmarks" / "results" / "anomaly_mnist_curve.csv"
@@ -101,57 +99,6 @@ FIELDS = (["protocol", "method", "digit", "seed", "precision", "budget", "update
     "torch", "threads"])
 CURVE_FIELDS = ["protocol", "method", "digit", "seed", "precision", "updates", "epochs"] + SCORE_COLS + [
     "mse_normal", "mse_anomalous", "train_wall_s", "cpu"]
-
-
-def cpu_name() -> str:
-    return f"{runtime.cpu_name()} ({torch.get_num_threads()} threads)"
-
-
-def read(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
-@contextlib.contextmanager
-def locked(path: Path):
-    """One writer at a time (several benchmark processes share the CSVs)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def append(path: Path, fields: list[str], row: dict) -> None:
-    with locked(path):
-        _append(path, fields, row)
-
-
-def _append(path: Path, fields: list[str], row: dict) -> None:
-    if path.exists():
-        with open(path) as f:
-            header = f.readline().strip().split(",")
-        if header != fields:  # rows of an older column set: rewrite once with the new header (new cells empty)
-            write_all(path, fields, read(path))
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, restval="")
-        if new:
-            w.writeheader()
-        w.writerow(row)
-
-
-def write_all(path: Path, fields: list[str], rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, restval="", extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def parts(digit: int) -> dict[str, str]:

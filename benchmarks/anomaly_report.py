@@ -200,7 +200,6 @@ def fid_table(rs) -> str:
 def wins_table(rs, score: str = "joint") -> str:
     """Per EBM row: on how many digits its mean AUPRC beats PCA and the 0-stage generator by more than the
     larger of the two rows' seed std (digits with at least 2 seeds of both)."""
-    digits = sorted({int(r["digit"]) for r in rs})
     out = ["| model | digits with ≥ 2 seeds | beats PCA by > std | beats the 0-stage generator by > std | "
            "beats both |", "| --- | --- | --- | --- | --- |"]
     for m in [m for m in LATENT if m not in ("pretrain", "pretrain-matched") and any(r["method"] == m for r in rs)]:

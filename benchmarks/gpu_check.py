@@ -1,4 +1,8 @@
-"""One command that exercises every CUDA path of ebmtool (issue 17). Needs a CUDA machine and the repository.
+"""One command that exercises every CUDA path of ebmtool (issue 17). Needs a CUDA machine, the repository and
+ebmtool's dependencies importable by the Python that runs it (torch, torchvision, pydantic, typer, pytest, ...): the
+checks run with that same Python (``sys.executable``), never .venv's. On a GPU node with no internet whose Python holds
+its own torch, install the rest from the wheelhouse (``make wheelhouse``; docs/gpu_node_readme_section.md) and run
+``PYTHONPATH=SITE python3 benchmarks/gpu_check.py``; a missing package is one line naming it, exit 2.
 
     .venv/bin/python benchmarks/gpu_check.py            # < 5 min on one H200; table + benchmarks/results/gpu_check.json
     .venv/bin/python benchmarks/gpu_check.py --dry-run  # on any machine: the checks it would run, nothing run
@@ -104,7 +108,8 @@ def checks(n_gpus: int | None) -> list[Check]:
 def first_repo_frame(text: str) -> str | None:
     """The last traceback frame inside the repository (file:line), or None."""
     frames = re.findall(r'File "([^"]+)", line (\d+)', text)
-    mine = [(f, n) for f, n in frames if f.startswith(str(ROOT)) and "/.venv/" not in f]
+    mine = [(f, n) for f, n in frames if f.startswith(str(ROOT)) and not any(d in f for d in ("/.venv/", "/wheelhouse/",
+                                                                                                "/site-packages/"))]
     if not mine:
         return None
     f, n = mine[-1]
@@ -176,6 +181,34 @@ def print_table(rows: list[tuple[Check, dict[str, Any]]]) -> None:
         print(f"{c.name:{w}}  {r['status']:8} {r.get('seconds', ''):>6}  {summary(r) if r['status'] != 'planned' else c.what}")
 
 
+# import name -> the package to install; ebmtool.cli last, for anything its imports need beyond these
+PACKAGES = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "pydantic": "pydantic", "typer": "typer",
+            "rich": "rich", "safetensors": "safetensors", "pytorch_fid": "pytorch-fid", "sklearn": "scikit-learn",
+            "scipy": "scipy", "PIL": "pillow", "matplotlib": "matplotlib", "pytest": "pytest"}
+
+
+def missing_package() -> str | None:
+    """The first dependency the checks need that this Python cannot import, named as a package, or None."""
+    import importlib
+
+    for mod, pkg in PACKAGES.items():
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            if e.name is None:  # present but broken (a binary built for another numpy, say)
+                return f"{pkg} (import failed: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__})"
+            top = e.name.split(".")[0]
+            return pkg if top == mod else f"{top} (needed by {pkg})"
+    sys.path.insert(0, str(ROOT))
+    try:
+        importlib.import_module("ebmtool.cli")
+    except ImportError as e:
+        return f"{(e.name or '?').split('.')[0]} (needed by ebmtool)"
+    finally:
+        sys.path.remove(str(ROOT))
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="list the checks and their commands; run nothing")
@@ -189,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_worker(args.worker, Path(args.work))
     n_gpus = None
     if not args.dry_run:
+        missing = missing_package()
+        if missing:
+            print(f"gpu_check: missing package {missing} (install the wheelhouse: see README)", file=sys.stderr)
+            return 2
         import torch
 
         if not torch.cuda.is_available():
@@ -215,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {c.name}: {' '.join(shlex.quote(a) for a in c.command(Path('WORK')))}")
         return 0
 
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(ROOT), COLUMNS="200")
+    # the repository first, then the caller's PYTHONPATH (a wheelhouse --target on a node without internet)
+    pythonpath = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=pythonpath, COLUMNS="200")
     rows: list[tuple[Check, dict[str, Any]]] = []
     status: dict[str, str] = {}
     t0 = time.perf_counter()

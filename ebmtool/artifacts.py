@@ -97,6 +97,26 @@ def check_output(path: str | os.PathLike, force: bool) -> Path:
     return p
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (the same resolved path, or the same inode through a link)."""
+    pa, pb = Path(a), Path(b)
+    if pa.resolve() == pb.resolve():
+        return True
+    try:
+        return pa.exists() and pb.exists() and os.path.samefile(pa, pb)
+    except OSError:
+        return False
+
+
+def check_distinct(outputs: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:
+    """Refuse an output that names one of the inputs (writing it, even with --force, would replace that input).
+    Both are {option: path or None}; the message names the two options. Call before work."""
+    for o_opt, o in outputs.items():
+        for i_opt, i in inputs.items():
+            if o is not None and i is not None and same_file(o, i):
+                raise UserError(f"{o_opt} {o}: must differ from the input file ({i_opt} {i})")
+
+
 def save(
     path: str | os.PathLike,
     kind: str,
@@ -107,7 +127,8 @@ def save(
     parents: Iterable[Artifact | Mapping[str, Any]] = (),
     force: bool = True,
 ) -> Path:
-    """Write an artifact atomically. Refuses non-finite floating tensors (nothing non-finite is ever written)."""
+    """Write an artifact atomically. Refuses non-finite floating tensors (nothing non-finite is ever written).
+    Without ``force`` a file that appears at ``path`` while this one is written is not replaced (no-clobber)."""
     from safetensors.torch import save_file
 
     if kind not in KINDS:
@@ -133,15 +154,16 @@ def save(
 
     if not world().is_main:  # under torchrun only rank 0 writes; every rank ran the checks above
         return p
-    with atomic_write(p) as tmp:
+    with atomic_write(p, overwrite=force) as tmp:
         save_file(clean, tmp, metadata=md)
     return p
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike):
+def atomic_write(path: str | os.PathLike, overwrite: bool = True):
     """Yield a temporary path in the same folder; on success it replaces ``path`` (readable as a normal file),
-    on any error it is removed: no half-written output ever appears under ``path``.
+    on any error it is removed: no half-written output ever appears under ``path``. ``overwrite`` False: a file
+    already at ``path`` (say, written meanwhile by another run) is kept and the write is refused in one line.
 
     Under torchrun only rank 0 writes: other ranks get a scratch path that is discarded, so every rank runs
     the same code and only one copy of each file reaches the disk."""
@@ -157,11 +179,31 @@ def atomic_write(path: str | os.PathLike):
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, p)
+        if overwrite:
+            os.replace(tmp, p)
+        else:
+            _link_new(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _link_new(tmp: str, p: Path) -> None:
+    """Move ``tmp`` to ``p`` only if nothing is there: a hard link fails atomically on an existing name (where the
+    file system has no hard links, a check just before the rename)."""
+    try:
+        os.link(tmp, p)
+    except FileExistsError:
+        raise UserError(f"{p}: output exists (it appeared while this was being written; pass --force to "
+                        "overwrite)") from None
+    except OSError:
+        if p.exists():
+            raise UserError(f"{p}: output exists (it appeared while this was being written; pass --force to "
+                            "overwrite)") from None
+        os.replace(tmp, p)
+        return
+    os.unlink(tmp)
 
 
 def _umask() -> int:
@@ -236,4 +278,35 @@ def load(path: str | os.PathLike, kind: str | Iterable[str] | None = None, *, wh
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise UserError(f"{p}: tensor {name!r} holds non-finite values")
+    _check_meta(p, k, meta, tensors)
     return Artifact(p, k, tensors, config, meta, parents, md.get("ebmtool.version", ""))
+
+
+def _is_image_shape(v: Any) -> bool:
+    return (isinstance(v, list) and len(v) == 3
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in v))
+
+
+def _check_meta(p: Path, kind: str, meta: dict[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
+    """Metadata must not contradict the tensors: an image artifact's ``n`` and ``image_shape`` are those of its
+    ``images`` tensor; a model's ``image_shape`` (and its spec's) is [channels, height, width]."""
+    images = tensors.get("images")
+    if kind in ("dataset", "samples", "reconstructions") and images is not None and images.ndim == 4:
+        n, shape = meta.get("n"), meta.get("image_shape")
+        if "n" in meta and (not isinstance(n, int) or isinstance(n, bool) or n != images.shape[0]):
+            raise UserError(f"{p}: meta n = {json.dumps(n)} contradicts tensor 'images' ({images.shape[0]} images)")
+        if "image_shape" in meta and shape != list(images.shape[1:]):
+            raise UserError(f"{p}: meta image_shape {json.dumps(shape)} contradicts tensor 'images' "
+                            f"({' x '.join(map(str, images.shape[1:]))} images)")
+    if kind == "model":
+        spec = meta.get("model")
+        shapes = [("image_shape", meta["image_shape"])] if "image_shape" in meta else []
+        if isinstance(spec, dict) and "image_shape" in spec:
+            shapes.append(("model.image_shape", spec["image_shape"]))
+        for field_, v in shapes:
+            if not _is_image_shape(v):
+                raise UserError(f"{p}: meta {field_} {json.dumps(v)} is not [channels, height, width] (3 positive "
+                                "integers)")
+        if len(shapes) == 2 and shapes[0][1] != shapes[1][1]:
+            raise UserError(f"{p}: meta image_shape {json.dumps(shapes[0][1])} contradicts the model spec's "
+                            f"image_shape {json.dumps(shapes[1][1])}")

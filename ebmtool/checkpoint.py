@@ -85,6 +85,36 @@ class Checkpointer:
     interrupted: Optional[int] = None
     inputs: dict[str, Any] = field(default_factory=dict)  # content hashes of --data / --init
     _resumed: bool = field(default=False, repr=False)
+    # the identity (device, inode, size, mtime) of the checkpoint file this run may replace: the one it wrote last,
+    # or the one found at the start when it resumes it (or was given --force); None: no file of its own
+    _mine: Optional[tuple[int, int, int, int]] = field(default=None, repr=False)
+
+    # --- ownership of the checkpoint file -------------------------------------------------------
+    def _identity(self) -> Optional[tuple[int, int, int, int]]:
+        try:
+            st = self.path.stat() if self.path is not None else None
+        except FileNotFoundError:
+            return None
+        return None if st is None else (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def claim(self, existing: bool) -> None:
+        """At the start of a run: ``existing`` True lets it replace the checkpoint file found now (the one it
+        resumes, or any with --force); otherwise a file at ``path`` belongs to another run."""
+        self._mine = self._identity() if existing else None
+
+    def owns_file(self) -> bool:
+        """Whether the file at ``path`` is this run's (written by it, or claimed at the start)."""
+        now = self._identity()
+        return now is not None and now == self._mine
+
+    def _check_own(self) -> None:
+        """Refuse to replace a checkpoint that another run wrote since this one started (or last saved); the
+        ranks agree (rank 0 looks at the file), so every rank stops together."""
+        now = self._identity()
+        foreign = distributed.world().is_main and now is not None and now != self._mine
+        if distributed.any_rank(foreign):
+            raise UserError(f"{self.path}: a checkpoint written by another run appeared while this run was training; "
+                            "not overwriting it (give this run its own -o or --checkpoint)")
 
     # --- tracking -----------------------------------------------------------------------------
     def track(self, **objs: Any) -> None:
@@ -141,9 +171,13 @@ class Checkpointer:
         else:
             tensors["rng.torch"] = torch.get_rng_state()
             tensors.update(cuda_rng_tensors())
+        # the metadata's JSON sorts its keys: the run's order of metrics is kept in "order"
         meta = {"iteration": iteration, "structure": structure, "state": state or {}, "inputs": self.inputs,
-                "history": {"steps": history.steps, "epochs": history.epochs}}
+                "history": {"steps": history.steps, "epochs": history.epochs,
+                            "order": {"steps": list(history.steps), "epochs": list(history.epochs)}}}
+        self._check_own()
         artifacts.save(self.path, "checkpoint", tensors, config=self.config, meta=meta, force=True)
+        self._mine = self._identity()
 
     # --- restore --------------------------------------------------------------------------------
     def restore(self, *names: str) -> None:
@@ -181,8 +215,11 @@ class Checkpointer:
             torch.set_rng_state(art.tensors["rng.torch"])
         if "rng.torch.ranks" not in art.tensors:
             restore_cuda_rng(art.tensors)
-        history.steps = {k: list(v) for k, v in art.meta["history"]["steps"].items()}
-        history.epochs = {k: list(v) for k, v in art.meta["history"]["epochs"].items()}
+        saved = art.meta["history"]
+        order = saved.get("order") if isinstance(saved.get("order"), dict) else {}
+        for part in ("steps", "epochs"):  # the run's order of metrics (a checkpoint without "order": as stored)
+            values, first = saved[part], [k for k in order.get(part, []) if k in saved[part]]
+            setattr(history, part, {k: list(values[k]) for k in first + [k for k in values if k not in first]})
 
     # --- signals --------------------------------------------------------------------------------
     def install_signal_handlers(self):

@@ -67,14 +67,16 @@ class Langevin(Strict):
         (t^2/2) grad + t eps at t = sqrt(s)). The one place a convention is converted."""
         return math.sqrt(self.step_size) if self.convention == "xiao-han" else self.step_size
 
-    def override(self, steps: Optional[int] = None, step_size: Optional[float] = None) -> "Langevin":
-        """This chain with ``--steps`` / ``--step-size`` where given (``--step-size`` is read in this chain's
-        convention)."""
-        return self.model_copy(update={k: v for k, v in (("steps", steps), ("step_size", step_size)) if v is not None})
+    def override(self, steps: Optional[int] = None, step_size: Optional[float] = None,
+                 noise: Optional[bool] = None) -> "Langevin":
+        """This chain with ``--steps`` / ``--step-size`` / ``--noise|--no-noise`` where given (``--step-size`` is
+        read in this chain's convention)."""
+        return self.model_copy(update={k: v for k, v in (("steps", steps), ("step_size", step_size), ("noise", noise))
+                                       if v is not None})
 
 
 class GeneratorSpec(Strict):
-    arch: Literal["auto", "digits8", "mnist32", "svhn32", "cifar32", "celeba64"] = "auto"
+    arch: Literal["auto", "digits8", "mnist28", "mnist28conv", "mnist32", "svhn32", "cifar32", "celeba64"] = "auto"
     nz: int = Field(100, ge=1)
     ngf: int = Field(64, ge=1)
     slope: float = Field(0.2, ge=0)
@@ -106,10 +108,13 @@ def _device_name(v: str) -> str:
     return v
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "tf32")  # the one list of --precision choices (runtime resolves them)
+
+
 class StageCommon(Strict):
     seed: int = 0
     device: Annotated[str, AfterValidator(_device_name)] = Field("auto", description=DEVICE_FORMS)
-    precision: Literal["auto", "fp32", "bf16", "fp16", "tf32"] = Field(
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
         "fp32", description="fp32 (exact, default) | auto (reduced only where native) | bf16 | fp16 | tf32")
 
 
@@ -230,17 +235,44 @@ def nested_defaults(cls: type[BaseModel]) -> dict[str, Any]:
 
 
 def resolve(
-    cls: type[M], *, method: str, preset: str | None, toml: str | Path | None, flags: dict[str, Any]
+    cls: type[M], *, method: str, preset: str | None, toml: str | Path | None, flags: dict[str, Any],
+    toml_values: Optional[dict[str, Any]] = None, toml_name: str | Path | None = None,
 ) -> M:
-    """defaults < preset < TOML < flags."""
+    """defaults < preset < TOML < flags (``toml_values``: the TOML file ``toml_name`` already read)."""
+    name = toml if toml is not None else toml_name
     return build(
         cls,
         nested_defaults(cls),
         preset_overrides(preset, method, cls),
-        read_toml(toml),
+        read_toml(toml) if toml_values is None else toml_values,
         {k: v for k, v in flags.items() if v is not None},
-        where=f"{method} config" if toml is None else f"{method} config ({toml})",
+        where=f"{method} config" if name is None else f"{method} config ({name})",
     )
+
+
+def resolve_typed(cls: type[M], *, method: str, preset: str | None, toml: str | Path | None,
+                  options: dict[str, tuple[Any, str]], sets: Optional[list[str]]
+                  ) -> tuple[M, dict[str, dict[str, tuple[Any, str]]]]:
+    """Resolve a config once from what the user typed: ``options`` {config field: (value or None, option name)},
+    ``--set`` items and the ``--config`` TOML file (each read once). Returns the config (defaults < preset < TOML <
+    options < --set) and the fields the user set, by section: {section: {field: (value, how it was set)}}, in the
+    same order of precedence, for the checks a run from ``--init`` makes."""
+    toml_vals, set_vals = read_toml(toml), parse_sets(sets)
+    opt_vals = nested({k: v for k, (v, _) in options.items()})
+    cfg = resolve(cls, method=method, preset=preset, toml=None, flags=deep_merge(opt_vals, set_vals),
+                  toml_values=toml_vals, toml_name=toml)
+    asked: dict[str, dict[str, tuple[Any, str]]] = {}
+    for section, vals in toml_vals.items():
+        for f, v in (vals.items() if isinstance(vals, dict) else ()):
+            asked.setdefault(section, {})[f] = (v, f"{toml}: [{section}] {f} = {v}")
+    for key, (v, opt) in options.items():
+        if v is not None and "." in key:
+            section, f = key.split(".", 1)
+            asked.setdefault(section, {})[f] = (v, f"{opt} {v}")
+    for section, vals in set_vals.items():
+        for f, v in (vals.items() if isinstance(vals, dict) else ()):
+            asked.setdefault(section, {})[f] = (v, f"--set {section}.{f}={v}")
+    return cfg, asked
 
 
 def parse_sets(items: Optional[list[str]]) -> dict[str, Any]:

@@ -67,8 +67,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="demo")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", default="auto", help="CPU threads: N or auto (the CPUs idle at the start, at most "
+                    "the physical cores; as `ebmtool --threads`)")
     args = ap.parse_args()
     try:
+        from ebmtool.runtime import set_threads
+
+        n, why = set_threads(args.threads)
+        print(f"ebmtool demo: {n} thread(s) ({why})", file=sys.stderr)
         res = run(Path(args.out), args.seed, quiet=False)
     except UserError as e:
         print(f"ebmtool demo: error: {e}", file=sys.stderr)

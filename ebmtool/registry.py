@@ -86,6 +86,9 @@ class MethodSpec:
     fit_prior: bool = True  # listed under fit-prior --method
     # config sections a run from --init takes from the init model (see Kept)
     kept_from_init: tuple[Kept, ...] = GENERATOR_KEPT
+    # whether the model tracked for checkpoints is the whole model at every epoch end (``--snapshots``); adaptive
+    # NCE adds a stage's ratio only when the stage ends
+    snapshots: bool = True
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
@@ -93,7 +96,7 @@ METHODS: Registry[MethodSpec] = Registry("method")
 
 def register_method(name: str, config: type, description: str, *, presets: Optional[dict[str, dict]] = None,
                     flags: tuple[Flag, ...] = (), fit_prior: bool = True,
-                    kept_from_init: tuple[Kept, ...] = GENERATOR_KEPT):
+                    kept_from_init: tuple[Kept, ...] = GENERATOR_KEPT, snapshots: bool = True):
     """Decorator for a method's fit function: ``fit(cfg, data, init, init_art, ctx) -> FitResult``."""
     from pydantic import BaseModel
 
@@ -102,7 +105,7 @@ def register_method(name: str, config: type, description: str, *, presets: Optio
 
     def deco(fn):
         METHODS.add(name, MethodSpec(name, config, fn, description, dict(presets or {}), tuple(flags), fit_prior,
-                                     tuple(kept_from_init)))
+                                     tuple(kept_from_init), snapshots))
         return fn
 
     return deco

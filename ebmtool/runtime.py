@@ -26,7 +26,7 @@ import torch
 from ebmtool import distributed
 from ebmtool.errors import UserError
 
-CHOICES = ("auto", "fp32", "bf16", "fp16", "tf32")
+from ebmtool.config import PRECISIONS as CHOICES  # noqa: E402  (the one list of choices)
 
 
 def cpu_flags() -> set[str]:
@@ -148,3 +148,111 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU threads: --threads auto (docs/performance.md, "Threads on a busy machine")
+# ------------------------------------------------------------------------------------------------
+_AUTO_THREADS: Optional[tuple[int, str]] = None
+
+
+def usable_cpus() -> int:
+    """The logical CPUs this process may run on (its affinity mask; a container's cpuset)."""
+    try:
+        import os
+
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        import os
+
+        return os.cpu_count() or 1
+
+
+def physical_cores() -> int:
+    """Physical cores among the usable CPUs (SMT siblings counted once), from /proc/cpuinfo where there is one."""
+    n = usable_cpus()
+    try:
+        import os
+
+        allowed = os.sched_getaffinity(0)
+        cores, proc, phys = set(), None, "0"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key, val = key.strip(), val.strip()
+                if key == "processor":
+                    proc = int(val)
+                elif key == "physical id":
+                    phys = val
+                elif key == "core id" and proc in allowed:
+                    cores.add((phys, val))
+        return max(1, min(n, len(cores))) if cores else n
+    except (AttributeError, OSError, ValueError):
+        return n
+
+
+def busy_cpus(interval: float = 0.2) -> float:
+    """How many CPUs other work keeps busy right now: the non-idle share of /proc/stat's CPU time over
+    ``interval`` seconds (this process sleeps meanwhile, so it is not counted) times the online CPUs; where
+    there is no /proc/stat, the 1-minute load average."""
+    import os
+    import time
+
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+        return sum(v[:8]), idle
+
+    try:
+        t0, i0 = read()
+        time.sleep(interval)
+        t1, i1 = read()
+        total = t1 - t0
+        online = os.cpu_count() or 1
+        return 0.0 if total <= 0 else online * (1 - (i1 - i0) / total)
+    except (OSError, ValueError, IndexError):
+        try:
+            return float(os.getloadavg()[0])
+        except (AttributeError, OSError):
+            return 0.0
+
+
+def auto_threads() -> tuple[int, str]:
+    """``--threads auto``: the CPUs that are idle when the command starts (rounded), at least 1 and never more
+    than the physical cores; under torchrun, divided among the ranks of this node. Measured once per process.
+    Why: torch's intra-op pool splits every operation into equal parts, so one thread that shares its core with
+    another process makes every operation wait for it (2 threads with one core busy ran 40x slower than 1)."""
+    global _AUTO_THREADS
+    if _AUTO_THREADS is None:
+        import os
+
+        usable, phys = usable_cpus(), physical_cores()
+        busy = busy_cpus()
+        idle = max(0.0, usable - busy)
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        n = max(1, min(phys, int(idle + 0.5)) // max(1, ranks))
+        _AUTO_THREADS = (n, f"auto: {usable} usable CPUs ({phys} physical cores), {busy:.1f} busy at start"
+                            + (f", {ranks} ranks on this node" if ranks > 1 else ""))
+    return _AUTO_THREADS
+
+
+def set_threads(spec: str | int | None) -> tuple[int, str]:
+    """Apply ``--threads`` (an integer, or "auto"/None: ``OMP_NUM_THREADS`` where the user set it, else
+    :func:`auto_threads`); returns (threads, why)."""
+    import os
+
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if (spec is None or str(spec).strip().lower() == "auto") and omp.isdigit() and int(omp) >= 1:
+        n, why = int(omp), "auto: OMP_NUM_THREADS is set"
+    elif spec is None or str(spec).strip().lower() == "auto":
+        n, why = auto_threads()
+    else:
+        try:
+            n, why = int(spec), "requested"
+        except ValueError:
+            raise UserError(f"--threads: expected a whole number or auto, got {spec!r}") from None
+        if n < 1:
+            raise UserError(f"--threads {n}: must be at least 1 (or auto)")
+    torch.set_num_threads(n)
+    return n, why

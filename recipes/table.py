@@ -392,7 +392,7 @@ def t_lebm1(ctx: Ctx) -> str:
     spec = papers.LEBM_T1
     lines, fids = render_generation(ctx, spec, [("mle (LEBM)", "mle"), ("pretrain-generator (SRI, N(0, I) prior)", "pretrain")],
                                     {"mse": 4, "fid": 2})
-    head = [f"# LEBM (Pang et al. 2020) Table 1 — test MSE and sample FID", "",
+    head = ["# LEBM (Pang et al. 2020) Table 1 — test MSE and sample FID", "",
             f"Paper numbers: {spec['source']}. ebmtool rows: `fit-prior --method mle` and its "
             "warm start, measured here.", ""]
     return "\n".join(head + lines + notes(ctx, [MSE_NOTE, WARM_NOTE], fids, ["svhn", "cifar10", "celeba"])) + "\n"

@@ -18,6 +18,8 @@ import pytest
 import torch
 
 torch.set_num_threads(1)  # the CI machines are small and shared: one intra-op thread is much faster there
+# and the same for every CLI command the tests run (in-process ones would otherwise apply --threads auto)
+os.environ.setdefault("EBMTOOL_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 # The MNIST test set's IDX files: $MNIST_ROOT, by default ../shared/data/mnist beside the repository (CI clones);

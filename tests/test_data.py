@@ -187,10 +187,10 @@ def test_mnist_errors(tmp_path):
         prepare(DataConfig(dataset="mnist", split="test"))
     with pytest.raises(UserError, match="does not exist"):
         prepare(DataConfig(dataset="mnist", root=str(tmp_path / "nope"), split="test"))
-    with pytest.raises(UserError, match="has no MNIST test file"):
+    with pytest.raises(UserError, match="no MNIST test file"):
         prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="test"))
     _write_split(tmp_path, "test", 3, seed=0, gz=False)
-    with pytest.raises(UserError, match="has no MNIST train file"):
+    with pytest.raises(UserError, match="no MNIST train file"):
         prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="train"))
     # images and labels that disagree in length
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(5, np.uint8))
@@ -205,3 +205,56 @@ def test_digits_refuse_a_test_split_instead_of_ignoring_it(tmp_path):
     out = tmp_path / "d.safetensors"
     r = run_cli(["data", "prepare", "--dataset", "digits", "--split", "test", "-o", out])
     assert r.code == 2 and len(r.err_lines) == 1 and "single split" in r.err and not out.exists()
+
+
+# train+test: the 70,000-image protocol of the papers (protocol v3), on a tiny hand-made IDX set
+# ----------------------------------------------------------------------------------------------------------
+def _both_splits(tmp_path):
+    tr = _write_split(tmp_path, "train", 60, seed=3, gz=True)
+    te = _write_split(tmp_path, "test", 25, seed=4, gz=False)
+    return tr, te
+
+
+def test_train_plus_test_concatenates_training_images_first(tmp_path):
+    (tri, trl), (tei, tel) = _both_splits(tmp_path)
+    t, meta = prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="train+test"))
+    assert t["images"].shape == (85, 1, 28, 28) and meta["split"] == "train+test" and meta["n"] == 85
+    assert np.array_equal(t["images"][:60, 0].numpy(), tri) and np.array_equal(t["images"][60:, 0].numpy(), tei)
+    assert np.array_equal(t["labels"].numpy(), np.concatenate([trl, tel]).astype(np.int64))
+    assert "train first, then test" in meta["source"]
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_train_plus_test_protocol_parts(tmp_path, k):
+    """The v3 split: disjoint parts, the proportions, every K in the test part, the same bytes on two calls."""
+    _both_splits(tmp_path)
+    full, _ = prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="train+test"))
+    labels = full["labels"]
+    got = {}
+    for part in ("train", "test", "fit", "calibration"):
+        t, meta = prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="train+test", anomaly_protocol=k,
+                                     part=part))
+        again, _ = prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="train+test", anomaly_protocol=k,
+                                      part=part))
+        assert torch.equal(t["images"], again["images"]) and meta["content_sha256"] == artifacts.tensor_sha256(
+            again["images"], again["labels"])
+        got[part] = t
+    train, test = protocol_split(labels, k)
+    assert not set(train.tolist()) & set(test.tolist())
+    n_normal, n_k = int((labels != k).sum()), int((labels == k).sum())
+    assert len(train) == round(0.8 * n_normal) and len(test) == n_normal - len(train) + n_k
+    assert int((labels[test] == k).sum()) == n_k and int((labels[train] == k).sum()) == 0
+    assert torch.equal(got["train"]["images"], full["images"][train])
+    assert torch.equal(got["test"]["images"], full["images"][test])
+    assert len(got["fit"]["labels"]) + len(got["calibration"]["labels"]) == len(train)
+
+
+def test_train_plus_test_names_the_missing_training_file(tmp_path):
+    """A folder with only the test files: one line naming the missing file and the folder, exit 2, no output."""
+    from conftest import run_cli
+
+    _write_split(tmp_path, "test", 5, seed=0, gz=True)
+    out = tmp_path / "d.safetensors"
+    r = run_cli(["data", "prepare", "--dataset", "mnist", "--root", tmp_path, "--split", "train+test", "-o", out])
+    assert r.code == 2 and len(r.err_lines) == 1 and not out.exists()
+    assert "train-images-idx3-ubyte" in r.err and str(tmp_path) in r.err

@@ -12,10 +12,8 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 from conftest import REPO

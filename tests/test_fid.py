@@ -261,7 +261,7 @@ def test_statistics_file_validation(tmp_path, image_files, extractor):
     st = F.reference_statistics(plain, extractor, None)
     assert st.n is None and "extractor not recorded" in st.description
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
-    with pytest.raises(UserError, match="not a readable .npz"):
+    with pytest.raises(UserError, match=r"is not a \.npz statistics file \(not a zip archive"):
         F.reference_statistics(tmp_path / "junk.npz", extractor, None)
 
 

@@ -20,7 +20,6 @@ from ebmtool.methods import METHODS
 from ebmtool.models import LatentModel, load_model, model_tensors
 from ebmtool.training import RunContext, TrainData
 from ebmtool.nets.generators import Generator
-from ebmtool.nets.mlp import EnergyMLP
 from ebmtool.priors import EnergyTiltedPrior, GaussianPrior, RatioProductPrior, prior_from_spec
 
 
@@ -94,7 +93,7 @@ def test_log_joint_formula():
     score = m.anomaly_score(x, steps=2)
     torch.manual_seed(1)
     z_post = m.infer(x, Langevin(steps=2, step_size=0.1)).checked()
-    assert torch.allclose(score, -m.log_joint(x, z_post))  # -log p(x, z) at the posterior sample (DESIGN §5)
+    assert torch.allclose(score, -m.log_joint(x, z_post))  # -log p(x, z) at the posterior sample (docs/design.md §5)
 
 
 @pytest.mark.parametrize("make_prior", [
@@ -170,7 +169,7 @@ def _linear_case(n: int = 800):
 
 
 def test_adaptive_nce_later_stage_ratio_is_far_from_constant():
-    """DESIGN §4 trap: stage k's negatives are stage k-1's posterior samples (read buffer); stage k's own
+    """docs/design.md §4 trap: stage k's negatives are stage k-1's posterior samples (read buffer); stage k's own
     posterior samples go to the write buffer. If they shared one buffer, after an epoch r_k would classify q_k
     against q_k and learn log r_k ~ const (this test then fails: std ~0.03-0.2, mean gap ~0, see below)."""
     from ebmtool.methods.adaptive_nce import AdaptiveNCEConfig, fit

@@ -115,7 +115,7 @@ def test_anomaly_cli_every_score(tmp_path, digits_ds, normals_only, mle_model):
             torch.testing.assert_close(t["scores"], t["terms.tilt"] + t["terms.base"])
     assert out["joint"]["score"] == "joint" and out["typicality"]["calibration_mean_joint"] is not None
     r = run_cli(["anomaly", "--model", mle_model, "--data", digits_ds, "--anomaly-class", "1", "--score", "typicality"])
-    assert r.code == 2 and r.err_lines == [l for l in r.err_lines if "--calibrate" in l] and len(r.err_lines) == 1
+    assert r.code == 2 and r.err_lines == [ln for ln in r.err_lines if "--calibrate" in ln] and len(r.err_lines) == 1
     r = run_cli(["anomaly", "--model", mle_model, "--data", digits_ds, "--anomaly-class", "1", "--calibrate", digits_ds])
     assert r.code == 2 and len(r.err_lines) == 1 and "typicality" in r.err
 

@@ -44,6 +44,28 @@ def _say(msg: str, code: int) -> None:
         print(f"ebmtool[rank {w.rank}]: {msg}", file=sys.stderr)
 
 
+def hoist_threads(args: list[str]) -> list[str]:
+    """``--threads N`` is an option of ``ebmtool`` itself; given after the command (``ebmtool inspect --threads 1
+    F``) it is moved before it, so it is honoured wherever the user typed it."""
+    name = _command_name(args)
+    if name is None:
+        return args
+    head, tail = args[: args.index(name)], args[args.index(name):]
+    out, moved, i = [], [], 0
+    while i < len(tail):
+        a = tail[i]
+        if a == "--threads" and i + 1 < len(tail):
+            moved += tail[i: i + 2]
+            i += 2
+            continue
+        if a.startswith("--threads="):
+            moved.append(a)
+        else:
+            out.append(a)
+        i += 1
+    return head + moved + out
+
+
 def _command_name(args: list[str]) -> Optional[str]:
     """The subcommand in argv (skipping the global --threads N)."""
     it = iter(args)
@@ -58,7 +80,7 @@ def _command_name(args: list[str]) -> Optional[str]:
 def main(argv: Optional[list[str]] = None) -> None:
     from ebmtool import distributed
 
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = hoist_threads(sys.argv[1:] if argv is None else list(argv))
     ok = False
     try:
         if distributed.launched_by_torchrun():

@@ -26,17 +26,17 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _common(threads: Optional[int] = typer.Option(
-        None, "--threads", min=1, envvar="EBMTOOL_THREADS",
-        help="CPU threads for torch's intra-op pool (default: torch's choice; on a busy shared machine 1 can be "
-             "several times faster than 2)"),
+def _common(threads: str = typer.Option(
+        "auto", "--threads", envvar="EBMTOOL_THREADS",
+        help="CPU threads for torch's intra-op pool: N, or auto (default: the CPUs idle when the command starts, "
+             "at most the physical cores; a thread that shares its core with another program slows every "
+             "operation). Accepted before or after the command."),
         version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
                                      help="print the installed version and exit")) -> None:
-    """Options for every command: ebmtool [--threads N] [--version] COMMAND ..."""
-    if threads is not None:
-        import torch
+    """Options for every command: ebmtool [--threads N|auto] [--version] COMMAND ..."""
+    from ebmtool.runtime import set_threads
 
-        torch.set_num_threads(threads)
+    set_threads(threads)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Dataset artifacts.")
@@ -57,9 +57,10 @@ DeviceOpt = typer.Option(None, "--device", help="auto|cpu|cuda|cuda:N|mps")
 PrecisionOpt = typer.Option(None, "--precision", help="fp32 (default, exact) | auto (reduced only where native) | bf16 | fp16 | tf32")
 EvalPrecisionOpt = typer.Option("fp32", "--precision", help="fp32 (default) | auto | bf16 | fp16 | tf32")
 ModelOpt = typer.Option(..., "--model", help="model artifact")
-EvalBatchOpt = typer.Option(500, "--batch-size", min=1)
-EvalSeedOpt = typer.Option(0, "--seed")
-EvalDeviceOpt = typer.Option("auto", "--device")
+EvalBatchOpt = typer.Option(500, "--batch-size", min=1, help="images run through the model at a time")
+EvalSeedOpt = typer.Option(0, "--seed", help="random seed: the same seed, inputs and device give the same result "
+                           "(under torchrun each rank draws its own stream from it)")
+EvalDeviceOpt = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU) | cpu | cuda | cuda:N | mps")
 PresetOpt = typer.Option(None, "--preset", help="smoke | cpu | paper (see `ebmtool presets`)")
 ConfigOpt = typer.Option(None, "--config", help="TOML file with config values (flags override it)")
 SetOpt = typer.Option(None, "--set", help="any config field, e.g. --set posterior.steps=30 (repeatable)")
@@ -67,7 +68,9 @@ CkEveryOpt = typer.Option(0, "--checkpoint-every", help="write a resumable check
 CkOpt = typer.Option(None, "--checkpoint", help="checkpoint file (default: OUTPUT with .ckpt.safetensors)")
 ResumeOpt = typer.Option(None, "--resume", help="continue from a checkpoint written by the same command")
 TensorBoardOpt = typer.Option(None, "--tensorboard", help="DIR: TensorBoard scalars and a sample grid per epoch "
-                              "(needs pip install -e '.[tensorboard]')")
+                              "(needs pip install -e '.\\[tensorboard]')")
+SnapshotsOpt = typer.Option(None, "--snapshots", help="DIR: the model at each epoch end as DIR/epoch-NNN.safetensors "
+                            "(learning curves; not for adaptive-nce/nce, whose stages are separate models)")
 ScaleOpt = typer.Option(None, "--scale", min=1, help="upscale the PNG grid by this whole factor, nearest neighbour "
                         "(default: the least giving >= 256 px on the short side)")
 

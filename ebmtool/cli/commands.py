@@ -15,6 +15,8 @@ from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
 
 STEP_HELP = "Langevin step size s, read in the model's chain convention (lebm: s; xiao-han: the sampler runs at sqrt(s))"
+NoiseOpt = typer.Option(None, "--noise/--no-noise", help="posterior chain with (default: the model's) or without "
+                        "Langevin noise (--no-noise: gradient ascent to a near-MAP z, the papers' anomaly code)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -23,7 +25,7 @@ def data_prepare(
     dataset: str = typer.Option(..., "--dataset", help="digits | mnist | svhn | cifar10 | celeba | synthetic"),
     output: Path = OutOpt,
     root: Optional[str] = typer.Option(None, "--root", help="folder with the dataset's standard files"),
-    split: str = typer.Option("train", "--split", help="train | test"),
+    split: str = typer.Option("train", "--split", help="train | test | train+test (both, training images first)"),
     download: bool = typer.Option(False, "--download", help="let torchvision download into --root (needs internet)"),
     exclude_class: Optional[int] = typer.Option(None, "--exclude-class"),
     only_class: Optional[int] = typer.Option(None, "--only-class"),
@@ -51,7 +53,7 @@ def data_prepare(
 @app.command("sample")
 def sample(
     model: Path = ModelOpt,
-    n: int = typer.Option(64, "-n", help="number of samples"),
+    n: int = typer.Option(64, "-n", help="number of samples (at most 1,000,000, all held in memory)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="samples artifact"),
     grid: Optional[Path] = typer.Option(None, "--grid", help="PNG grid of the samples"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="prior Langevin steps (default: the model's)"),
@@ -89,6 +91,7 @@ def reconstruct(
     grid: Optional[Path] = typer.Option(None, "--grid", help="PNG of (real | reconstructed) pairs"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="posterior Langevin steps"),
     step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help=STEP_HELP),
+    noise: Optional[bool] = NoiseOpt,
     batch_size: int = EvalBatchOpt,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="first N images only"),
     scale: Optional[int] = ScaleOpt,
@@ -103,7 +106,7 @@ def reconstruct(
     from ebmtool import stages
 
     res = stages.reconstruct(str(model), str(data), out=_s(output), grid=_s(grid), steps=steps, step_size=step_size,
-                             batch_size=batch_size, limit=limit, seed=seed, device=device, force=force,
+                             noise=noise, batch_size=batch_size, limit=limit, seed=seed, device=device, force=force,
                              precision=precision, scale=scale, quiet=quiet)
     emit(res, as_json, "reconstruction")
 
@@ -121,8 +124,9 @@ def anomaly(
                               "typicality (needs --calibrate) | complexity (joint in bits - PNG bits) | dose (needs --calibrate); see README"),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="held-out normal images (dataset artifact, "
                                              "e.g. data prepare --part calibration) for --score typicality|dose"),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="posterior Langevin steps"),
     step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help=STEP_HELP),
+    noise: Optional[bool] = NoiseOpt,
     batch_size: int = EvalBatchOpt,
     seed: int = EvalSeedOpt,
     device: str = EvalDeviceOpt,
@@ -147,7 +151,7 @@ def anomaly(
         if not positive:
             raise UserError("--labels-positive: empty list")
     res = stages.anomaly(str(model), str(data), positive=positive, ood_path=_s(ood_data), out=_s(output),
-                         steps=steps, step_size=step_size, batch_size=batch_size, seed=seed, device=device,
+                         steps=steps, step_size=step_size, noise=noise, batch_size=batch_size, seed=seed, device=device,
                          force=force, pr_png=_s(pr_curve), precision=precision, score=score,
                          calibrate=_s(calibrate), quiet=quiet)
     emit(res, as_json, "anomaly")
@@ -162,6 +166,7 @@ def fid(
     batch_size: int = typer.Option(50, "--batch-size", min=1),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="where reference statistics are cached"),
     device: str = EvalDeviceOpt,
+    precision: str = EvalPrecisionOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
@@ -170,7 +175,7 @@ def fid(
     from ebmtool.distributed import world
 
     res = stages.fid(str(samples), str(ref), inception_weights=_s(inception_weights), features=_s(features),
-                     batch_size=batch_size, cache_dir=_s(cache_dir), device=device,
+                     batch_size=batch_size, cache_dir=_s(cache_dir), device=device, precision=precision,
                      quiet=quiet)
     if not world().is_main:  # under torchrun rank 0 reports for all
         return
@@ -192,17 +197,19 @@ def train_features(
                                  help="stop after this many epochs without a better validation accuracy"),
     seed: int = EvalSeedOpt,
     device: str = EvalDeviceOpt,
+    precision: str = typer.Option("fp32", "--precision", help="fp32 (default) | auto | bf16 | tf32 (fp16 is "
+                                  "refused: training in fp16 needs loss scaling)"),
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="DIR: TensorBoard scalars per epoch, the "
-                                               "training loss and validation accuracy (needs pip install -e '.[tensorboard]')"),
+                                               "training loss and validation accuracy (needs pip install -e '.\\[tensorboard]')"),
 ):
     """Train a LeNet-style classifier whose dense layer is a dataset-specific FID feature space (early stopping)."""
     from ebmtool import stages
 
     res = stages.train_features(str(data), str(output), epochs=epochs, seed=seed, patience=patience, device=device,
-                                force=force, quiet=quiet, tensorboard=_s(tensorboard))
+                                precision=precision, force=force, quiet=quiet, tensorboard=_s(tensorboard))
     emit(res, as_json, "features")
 
 

@@ -10,46 +10,28 @@ from typing import Any, List, Optional
 import typer
 
 from ebmtool.cli.app import (CkEveryOpt, CkOpt, ConfigOpt, DeviceOpt, ForceOpt, JsonOpt, OutOpt, PrecisionOpt,
-                                 PresetOpt, QuietOpt, ResumeOpt, SeedOpt, SetOpt, TensorBoardOpt, _s, app, emit)
+                                 PresetOpt, QuietOpt, ResumeOpt, SeedOpt, SetOpt, SnapshotsOpt, TensorBoardOpt, _s, app,
+                                 emit)
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
 
 
 def _train(method: str, fields: dict[str, Any], sets, preset, config, data, init, output, force, quiet, as_json,
            ck_every: int, ck: Optional[Path], resume: Optional[Path], tensorboard: Optional[Path],
-           fit_prior: bool) -> None:
+           snapshots: Optional[Path], fit_prior: bool) -> None:
     from ebmtool import stages
-    from ebmtool.config import deep_merge, nested, parse_sets, resolve
+    from ebmtool.config import resolve_typed
 
-    if method not in METHODS or METHODS[method].fit_prior != fit_prior:
+    spec = METHODS.get(method)
+    if spec is None or spec.fit_prior != fit_prior:
         choices = ", ".join(k for k, m in METHODS.items() if m.fit_prior)
         raise UserError(f"--method: unknown method {method!r} (choose from {choices})")
-    flags = deep_merge(nested(fields), parse_sets(sets))
-    cfg = resolve(METHODS[method].config, method=method, preset=preset, toml=config, flags=flags)
-    asked = explicit(fields, sets, config)
-    res = stages.train(method, cfg, str(data), str(output), init_path=_s(init), force=force, quiet=quiet,
+    cfg, asked = resolve_typed(spec.config, method=method, preset=preset, toml=config, sets=sets,
+                               options={f: (v, OPTION_OF.get(f, f)) for f, v in fields.items()})
+    res = stages.train(spec, cfg, str(data), str(output), init_path=_s(init), force=force, quiet=quiet,
                        checkpoint_every=ck_every, checkpoint=_s(ck), resume=_s(resume), tensorboard=_s(tensorboard),
-                       asked=asked)
+                       snapshots=_s(snapshots), asked=asked)
     emit(res, as_json, method)
-
-
-def explicit(fields: dict[str, Any], sets, config) -> dict[str, dict[str, tuple[Any, str]]]:
-    """The config fields the user set, by section: {section: {field: (value, how it was set)}} (later wins: TOML,
-    then --set, then options), for the checks a run from --init makes."""
-    from ebmtool.config import parse_sets, read_toml
-
-    out: dict[str, dict[str, tuple[Any, str]]] = {}
-    for section, vals in read_toml(config).items():
-        for f, v in (vals.items() if isinstance(vals, dict) else ()):
-            out.setdefault(section, {})[f] = (v, f"{config}: [{section}] {f} = {v}")
-    for section, vals in parse_sets(sets).items():
-        for f, v in (vals.items() if isinstance(vals, dict) else ()):
-            out.setdefault(section, {})[f] = (v, f"--set {section}.{f}={v}")
-    for key, v in fields.items():
-        if v is not None and "." in key:
-            section, f = key.split(".", 1)
-            out.setdefault(section, {})[f] = (v, f"{OPTION_OF.get(key, key)} {v}")
-    return out
 
 
 # the options of pretrain-generator and fit-prior: (parameter, type, option, config field or None)
@@ -60,10 +42,13 @@ TRAIN_OPTIONS: list[tuple[str, Any, Any, Optional[str]]] = [
                                           "or a model to continue or add stages to)"), None),
     ("preset", Optional[str], PresetOpt, None),
     ("config", Optional[Path], ConfigOpt, None),
-    ("epochs", Optional[int], typer.Option(None, "--epochs"), "epochs"),
-    ("batch_size", Optional[int], typer.Option(None, "--batch-size"), "batch_size"),
+    ("epochs", Optional[int], typer.Option(None, "--epochs", help="passes over the data (default: the preset's; "
+                                           "adaptive-nce/nce count --epochs-per-stage instead)"), "epochs"),
+    ("batch_size", Optional[int], typer.Option(None, "--batch-size", help="images per optimiser step (under torchrun: "
+                                               "the global batch, split across ranks; default: the preset's)"),
+     "batch_size"),
     ("arch", Optional[str], typer.Option(None, "--arch", help="generator architecture: auto (by image size) | digits8 "
-                                         "| mnist32 | svhn32 | cifar32 | celeba64"), "generator.arch"),
+                                         "| mnist28 | mnist28conv | mnist32 | svhn32 | cifar32 | celeba64"), "generator.arch"),
     ("nz", Optional[int], typer.Option(None, "--nz", help="latent dimension"), "generator.nz"),
     ("seed", Optional[int], SeedOpt, "seed"),
     ("device", Optional[str], DeviceOpt, "device"),
@@ -73,6 +58,7 @@ TRAIN_OPTIONS: list[tuple[str, Any, Any, Optional[str]]] = [
     ("checkpoint", Optional[Path], CkOpt, None),
     ("resume", Optional[Path], ResumeOpt, None),
     ("tensorboard", Optional[Path], TensorBoardOpt, None),
+    ("snapshots", Optional[Path], SnapshotsOpt, None),
     ("force", bool, ForceOpt, None),
     ("quiet", bool, QuietOpt, None),
     ("as_json", bool, JsonOpt, None),
@@ -109,7 +95,8 @@ def _training_command(name: str, method: Optional[str], doc: str) -> None:
     def command(**kw: Any) -> None:
         _train(kw.pop("method", method), {f: kw.pop(p) for p, f in fields.items()}, kw["sets"], kw["preset"],
                kw["config"], kw["data"], kw["init"], kw["output"], kw["force"], kw["quiet"], kw["as_json"],
-               kw["checkpoint_every"], kw["checkpoint"], kw["resume"], kw["tensorboard"], fit_prior=method is None)
+               kw["checkpoint_every"], kw["checkpoint"], kw["resume"], kw["tensorboard"], kw["snapshots"],
+               fit_prior=method is None)
 
     command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(p, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t) for p, t, o, _ in opts])

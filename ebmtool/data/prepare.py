@@ -21,7 +21,9 @@ CALIBRATION_FRACTION = 0.1  # of the training part: --part calibration (the rest
 class DataConfig(Strict):
     dataset: Literal["digits", "mnist", "svhn", "cifar10", "celeba", "synthetic"]
     root: Optional[str] = None
-    split: Literal["train", "test"] = "train"
+    split: Literal["train", "test", "train+test"] = Field(
+        "train", description="train | test | train+test (both files, training images first: the 70,000-image MNIST "
+                             "of the anomaly papers' protocol)")
     download: bool = False
     exclude_class: Optional[int] = None
     only_class: Optional[int] = None
@@ -71,9 +73,24 @@ def calibration_split(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[n_cal:].sort().values, perm[:n_cal].sort().values
 
 
+def load_split(dataset: str, root, split: str, download: bool, show: bool):
+    """A source's split; ``train+test`` is the training split followed by the test split (in that order, so an
+    index below the training set's length is a training image), each source's loader called once per file set."""
+    if split != "train+test":
+        return SOURCES[dataset](root, split, download, show)
+    parts = [SOURCES[dataset](root, s, download, show) for s in ("train", "test")]
+    keys = set(parts[0][2]) & set(parts[1][2])
+    if parts[0][0].shape[1:] != parts[1][0].shape[1:]:
+        raise UserError(f"{dataset}: train images are {tuple(parts[0][0].shape[1:])} but test images "
+                        f"{tuple(parts[1][0].shape[1:])}")
+    return (torch.cat([parts[0][0], parts[1][0]]), torch.cat([parts[0][1], parts[1][1]]),
+            {k: torch.cat([parts[0][2][k], parts[1][2][k]]) for k in keys},
+            f"{parts[0][3]} + {parts[1][3]} (train first, then test)")
+
+
 def prepare(cfg: DataConfig, quiet: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The dataset's tensors and metadata; ``quiet=False``: download messages and a progress bar on stderr."""
-    images, labels, extra, source = SOURCES[cfg.dataset](cfg.root, cfg.split, cfg.download, not quiet)
+    images, labels, extra, source = load_split(cfg.dataset, cfg.root, cfg.split, cfg.download, not quiet)
     classes_all = sorted(int(c) for c in labels.unique())
     idx = torch.arange(len(labels), device=labels.device)
     for k in (cfg.exclude_class, cfg.only_class, cfg.anomaly_protocol):
@@ -118,20 +135,31 @@ def load_images(path, what: str = "--data") -> tuple[torch.Tensor, torch.Tensor,
     """Open a dataset or samples artifact: float images in [-1, 1] (N, C, H, W), labels (or -1), the artifact."""
     art = artifacts.load(path, ("dataset", "samples", "reconstructions"), what=what)
     art.require("images")
-    x = art.tensors["images"]
-    if x.ndim != 4:
-        raise UserError(f"{art.path}: images must be N x C x H x W, got shape {tuple(x.shape)}")
+    xf, labels = as_images(art.tensors["images"], art.tensors.get("labels"), str(art.path))
+    return xf, labels, art
+
+
+def as_images(x: torch.Tensor, labels: Optional[torch.Tensor] = None,
+              where: str = "images") -> tuple[torch.Tensor, torch.Tensor]:
+    """Check images held in memory (or read from an artifact) and bring them to the form every stage uses.
+
+    x: (N, C, H, W) uint8 in [0, 255], or float in [-1, 1]; labels: (N,) integers or None (-1 for each image).
+    Returns (images: (N, C, H, W) float32 in [-1, 1], labels: (N,) int64). ``where`` names them in the one-line
+    error of a wrong input."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise UserError(f"{where}: images must be N x C x H x W, got shape {tuple(getattr(x, 'shape', ()))}")
     if len(x) == 0:
-        raise UserError(f"{art.path}: holds no images")
+        raise UserError(f"{where}: holds no images")
     if x.dtype == torch.uint8:
         xf = x.float().div_(127.5).sub_(1.0)
     elif x.is_floating_point():
         if x.min() < -1 or x.max() > 1:
-            raise UserError(f"{art.path}: float images must lie in [-1, 1] (found {float(x.min()):.3g}..{float(x.max()):.3g})")
+            raise UserError(f"{where}: float images must lie in [-1, 1] (found {float(x.min()):.3g}..{float(x.max()):.3g})")
         xf = x.float()
     else:
-        raise UserError(f"{art.path}: images have dtype {x.dtype}; expected uint8 or float")
-    labels = art.tensors.get("labels", torch.full((len(x),), -1, dtype=torch.long, device=x.device))
+        raise UserError(f"{where}: images have dtype {x.dtype}; expected uint8 or float")
+    if labels is None:
+        labels = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
     if len(labels) != len(x):
-        raise UserError(f"{art.path}: {len(labels)} labels for {len(x)} images")
-    return xf, labels.long(), art
+        raise UserError(f"{where}: {len(labels)} labels for {len(x)} images")
+    return xf, labels.long()

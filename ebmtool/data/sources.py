@@ -91,7 +91,8 @@ def load_mnist(root, split, download, show=False) -> Loaded:
         cands = [r / n, r / (n + ".gz"), r / "MNIST" / "raw" / n, r / "MNIST" / "raw" / (n + ".gz")]
         hit = next((c for c in cands if c.exists()), None)
         if hit is None:
-            raise UserError(f"--root: {r} has no MNIST {split} file {n}[.gz] (pass --download on a machine with internet)")
+            raise UserError(f"--root: no MNIST {split} file {n}[.gz] in {r} (nor in {r / 'MNIST' / 'raw'}); "
+                            "pass --download on a machine with internet")
         found.append(hit)
     with tempfile.TemporaryDirectory() as tmp:
         staged = []

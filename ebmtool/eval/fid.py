@@ -23,6 +23,7 @@ The pieces live in :mod:`ebmtool.eval.frechet`, :mod:`ebmtool.eval.features` and
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,12 +133,17 @@ def load_statistics(path: str | os.PathLike, extractor: FeatureExtractor | None 
         raise UserError(f"{p}: reference statistics file not found")
     if p.is_dir():
         raise UserError(f"{p}: reference statistics path is a folder, expected a .npz")
+    if not zipfile.is_zipfile(p):  # np.load would try it as a pickle and talk about allow_pickle
+        raise UserError(f"{p}: is not a .npz statistics file (not a zip archive of arrays; expected mu and sigma, "
+                        "as written by pytorch-fid --save-stats or numpy.savez)")
     try:
         with np.load(p, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{p}: not a readable .npz statistics file ({msg[:200]})") from None
+        if "pickle" in msg:
+            msg = "it holds Python objects, which are never loaded; expected numeric arrays mu and sigma"
+        raise UserError(f"{p}: is not a .npz statistics file ({msg[:200]})") from None
     missing = [k for k in ("mu", "sigma") if k not in data]
     if missing:
         raise UserError(f"{p}: statistics file lacks {', '.join(missing)} (has {', '.join(sorted(data)) or 'nothing'})")
@@ -256,12 +262,14 @@ class FIDResult:
     cache_path: str | None = None
     warnings: list[str] = field(default_factory=list)
     classifier_accuracy: float | None = None  # --features: the classifier's held-out accuracy
+    precision: str = "fp32"  # the feature extractor's (--precision)
 
     def protocol_line(self) -> str:
         n_ref = self.n_ref if self.n_ref is not None else "unknown"
         return (
             f"FID {self.value:.4f} | extractor {self.extractor}, {self.feature_dim}-d | weights {self.weights} | "
             f"samples {self.samples}, n={self.n_samples} | reference {self.reference}, n={n_ref} | resize {self.resize}"
+            + (f" | precision {self.precision}" if self.precision != "fp32" else "")
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -154,15 +154,17 @@ def energy_profile_png(steps: Sequence[int], log_probs: np.ndarray, path: str):
 
 def pr_curve_png(y: np.ndarray, scores: np.ndarray, path: str, *, title: str = "anomaly detection (anomaly = 1)"):
     """Precision-recall and ROC curves side by side, each with the random baseline (precision = fraction of
-    anomalies; TPR = FPR)."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+    anomalies; TPR = FPR). The PR legend gives the AUPRC of ``anomaly``'s table (the papers' trapezoidal
+    ``auc(recall, precision)``, :func:`ebmtool.eval.anomaly.metrics`) and, named as such, the average precision."""
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
     y, scores = np.asarray(y), np.asarray(scores, float)
     base = float(np.mean(y == 1))
     precision, recall, _ = precision_recall_curve(y, scores)
     fpr, tpr, _ = roc_curve(y, scores)
     fig, (pr, roc) = new_figure(ncols=2, size=(4.6, 4.2))
-    pr.step(recall, precision, where="post", label=f"score (AUPRC {average_precision_score(y, scores):.3f})")
+    pr.step(recall, precision, where="post", label=f"score (AUPRC {auc(recall, precision):.3f}, average precision "
+                                                   f"{average_precision_score(y, scores):.3f})")
     pr.axhline(base, color="0.35", linestyle="--", linewidth=1, label=f"random (AUPRC {base:.3f})")
     pr.set(xlabel="recall (fraction of anomalies found)", ylabel="precision (fraction flagged that are anomalies)",
            title="precision-recall", xlim=(0, 1), ylim=(0, 1.01))

@@ -86,7 +86,8 @@ def _nce_presets(per_stage: dict[str, int]) -> dict[str, dict]:
 
 @register_method("adaptive-nce", AdaptiveNCEConfig,
                  "adaptive multi-stage NCE density-ratio estimation, stage by stage (Xiao & Han 2022)",
-                 presets=_nce_presets({"smoke": 1, "cpu": 5, "paper": 25}), flags=NCE_FLAGS, kept_from_init=NCE_KEPT)
+                 presets=_nce_presets({"smoke": 1, "cpu": 5, "paper": 25}), flags=NCE_FLAGS, kept_from_init=NCE_KEPT,
+                 snapshots=False)
 def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adaptive-nce") -> FitResult:
     gen = generator_for(cfg.generator, data.image_shape, init, init_art and init_art.path)
     prior = _prior_from_init(init, cfg, gen.nz, init_art)
@@ -227,6 +228,7 @@ class NCEConfig(AdaptiveNCEConfig):
 
 
 @register_method("nce", NCEConfig, "single-stage NCE (adaptive-nce with --stages 1)",
-                 presets=_nce_presets({"smoke": 1, "cpu": 5, "paper": 100}), flags=NCE_FLAGS, kept_from_init=NCE_KEPT)
+                 presets=_nce_presets({"smoke": 1, "cpu": 5, "paper": 100}), flags=NCE_FLAGS, kept_from_init=NCE_KEPT,
+                 snapshots=False)
 def fit_nce(cfg, data, init, init_art, ctx) -> FitResult:
     return fit(cfg, data, init, init_art, ctx, method="nce")

@@ -14,7 +14,7 @@ import torch
 
 from ebmtool.config import Langevin
 from ebmtool.errors import UserError
-from ebmtool.models.base import Model, SampleOutput, register_model
+from ebmtool.models.base import Model, SampleOutput, check_spec, register_model
 from ebmtool.nets.image_ebm import GaussianEncoder, ImageEnergy, ImageGenerator
 from ebmtool.sampling import langevin
 
@@ -82,24 +82,31 @@ class BiDVLModel(Model):
         N(0, I) prior whose ELBO is the lower level's VAE term ||G(h_q) - v||^2 + KL(q(h|v) || N(0, I))."""
         return -(v - self.generator(h)).pow(2).flatten(1).sum(1) - 0.5 * h.pow(2).sum(1)
 
-    def reconstruct(self, x: torch.Tensor, *, steps=None, step_size=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def reconstruct(self, x: torch.Tensor, *, steps=None, step_size=None, noise=None) -> tuple[torch.Tensor, torch.Tensor]:
         """G(mu(x)): decode the mean of q(h|x) (Sec. 5.2's test reconstructions). With ``steps`` / ``step_size``
         (``--steps``/``--step-size``) h is refined from mu(x) by noise-free Langevin steps on :meth:`log_joint`
         (defaults: POSTERIOR_CHAIN, 20 steps of s = 0.1); ``steps`` 0 is the encoder alone."""
         with _eval_mode(self):
             with torch.no_grad():
                 h, _logvar = self.encoder(x)  # (B, nz): the mean of q(h|x)
-            if steps is not None or step_size is not None:
-                ch = POSTERIOR_CHAIN.override(steps, step_size)
+            if steps is not None or step_size is not None or noise is not None:
+                ch = POSTERIOR_CHAIN.override(steps, step_size, noise)
                 h = langevin(lambda z: self.log_joint(x, z), h, ch.steps, ch.effective_step_size(), noise=ch.noise,
                              freeze=[self], what="posterior Langevin on log p(x, h)").checked()
             with torch.no_grad():
                 return self.generator(h), h
 
-    def anomaly_score(self, x: torch.Tensor, *, steps=None, step_size=None) -> torch.Tensor:
+    def score_chain(self, steps=None, step_size=None, noise=None):
+        if steps is None and step_size is None and noise is None:
+            return {"inference": "encoder mean"}
+        ch = POSTERIOR_CHAIN.override(steps, step_size, noise)
+        return {"inference": "encoder mean + Langevin on log p(x, h)", **ch.model_dump(),
+                "effective_step_size": ch.effective_step_size()}
+
+    def anomaly_score(self, x: torch.Tensor, *, steps=None, step_size=None, noise=None) -> torch.Tensor:
         """E_psi(x), shape (B,): low on the training distribution, so higher = more anomalous (Sec. 5.3 uses -E)."""
-        if steps is not None or step_size is not None:
-            raise UserError(f"--steps/--step-size: a {self.method} model's anomaly score is its image energy E(x), "
+        if steps is not None or step_size is not None or noise is not None:
+            raise UserError(f"--steps/--step-size/--noise: a {self.method} model's anomaly score is its image energy E(x), "
                             "which runs no chain")
         with _eval_mode(self), torch.no_grad():
             return self.ebm(x)
@@ -111,5 +118,10 @@ class BiDVLModel(Model):
 
     @classmethod
     def from_spec(cls, spec):
-        return cls(ImageEnergy(**spec["ebm"]), GaussianEncoder(**spec["encoder"]), ImageGenerator(**spec["generator"]),
-                   spec["image_shape"], refine=Langevin.stored(**spec["refine"]), method=spec.get("method", "bidvl"))
+        ebm, enc, gen = ImageEnergy(**spec["ebm"]), GaussianEncoder(**spec["encoder"]), ImageGenerator(**spec["generator"])
+        shape = check_spec(spec["image_shape"], {})
+        parts = {"encoder.nz": (enc.nz, gen.nz), "image_shape width": (shape[2], shape[1])}
+        for name, net in (("ebm", ebm), ("encoder", enc), ("generator", gen)):
+            parts[f"{name}.channels"], parts[f"{name}.size"] = (net.channels, shape[0]), (net.size, shape[1])
+        return cls(ebm, enc, gen, check_spec(shape, parts), refine=Langevin.stored(**spec["refine"]),
+                   method=spec.get("method", "bidvl"))

@@ -6,7 +6,7 @@ import torch
 
 from ebmtool import artifacts
 from ebmtool.errors import UserError
-from ebmtool.models.base import MODELS, Model
+from ebmtool.models.base import MODELS, Model, SpecError
 
 
 def model_tensors(model: Model) -> dict[str, torch.Tensor]:
@@ -21,6 +21,8 @@ def load_model(path, what: str = "--model", device: str | torch.device = "cpu") 
         raise UserError(f"{art.path}: model artifact has no valid model spec")
     try:
         model = MODELS[spec["type"]].from_spec(spec)
+    except SpecError as e:  # parts that contradict each other (prior.nz against generator.nz, ...)
+        raise UserError(f"{art.path}: model spec is invalid: {e}") from None
     except (KeyError, TypeError, ValueError, RuntimeError, ArithmeticError) as e:  # e.g. a size < 1 in the spec
         first = str(e).splitlines()[0] if str(e) else ""
         raise UserError(f"{art.path}: model spec is invalid ({type(e).__name__}: {first})") from None

@@ -16,7 +16,7 @@ from torch import nn
 
 from ebmtool.config import GeneratorSpec, Langevin
 from ebmtool.errors import UserError
-from ebmtool.models.base import Model, SampleOutput, bottom, register_model
+from ebmtool.models.base import Model, SampleOutput, bottom, check_spec, register_model
 from ebmtool.nets.encoders import encoder_from_spec
 from ebmtool.nets.generators import Generator, resolve_arch
 from ebmtool.priors import JointPrior, Prior, prior_from_spec
@@ -77,23 +77,30 @@ class LatentModel(Model):
             x = self.generator(bottom(z))
         return SampleOutput(x, z, traj)
 
-    def reconstruct(self, x, *, steps=None, step_size=None):
-        # an explicit chain (--steps/--step-size) refines an encoder's z instead of being ignored
-        refine = steps is not None or step_size is not None
-        z = self.infer(x, self.inference.override(steps, step_size), refine=refine).checked()
+    def reconstruct(self, x, *, steps=None, step_size=None, noise=None):
+        # an explicit chain (--steps/--step-size/--noise) refines an encoder's z instead of being ignored
+        refine = steps is not None or step_size is not None or noise is not None
+        z = self.infer(x, self.inference.override(steps, step_size, noise), refine=refine).checked()
         with torch.no_grad():
             return self.generator(bottom(z)), z
 
-    def anomaly_score(self, x, *, steps=None, step_size=None):
+    def anomaly_score(self, x, *, steps=None, step_size=None, noise=None):
         """-log p(x, z) at a posterior sample z (docs/design.md §5): higher = more anomalous."""
-        return sum(self.score_terms(x, steps=steps, step_size=step_size).values())
+        return sum(self.score_terms(x, steps=steps, step_size=step_size, noise=noise).values())
 
-    def score_terms(self, x, *, steps=None, step_size=None):
+    def score_chain(self, steps=None, step_size=None, noise=None):
+        if self.encoder is not None and steps is None and step_size is None and noise is None:
+            return {"inference": "encoder"}
+        ch = self.inference.override(steps, step_size, noise)
+        return {"inference": "encoder + posterior Langevin" if self.encoder is not None else "posterior Langevin",
+                **ch.model_dump(), "effective_step_size": ch.effective_step_size()}
+
+    def score_terms(self, x, *, steps=None, step_size=None, noise=None):
         """-log p(x, z) at one posterior sample z, up to constants, as three (B,) terms that sum to it:
         ``recon`` = ||x - g(z)||^2 / (2 sigma^2) (= -log p(x|z)), ``tilt`` = -f(z) (or -sum_k log r_k(z)),
         ``base`` = -log p0(z) (||z||^2/2 under N(0, I))."""
-        refine = steps is not None or step_size is not None
-        z = self.infer(x, self.inference.override(steps, step_size), refine=refine).checked()
+        refine = steps is not None or step_size is not None or noise is not None
+        z = self.infer(x, self.inference.override(steps, step_size, noise), refine=refine).checked()
         with torch.no_grad():
             return {"recon": -self.log_lik(x, z), "tilt": -self.prior.tilt(z), "base": -self.prior.base_log_prob(z)}
 
@@ -113,11 +120,18 @@ class LatentModel(Model):
         g = Generator(**spec["generator"])
         if not 0 < float(spec["sigma"]) < float("inf"):
             raise ValueError(f"sigma must be a positive number, got {spec['sigma']!r}")
-        return cls(g, prior_from_spec(spec["prior"]), spec["sigma"], spec["image_shape"],
+        prior = prior_from_spec(spec["prior"])
+        encoder = encoder_from_spec(spec["encoder"]) if spec.get("encoder") else None
+        shape = check_spec(spec["image_shape"], {})
+        parts = {"prior.nz": (prior.nz, g.nz), "generator.channels": (g.channels, shape[0]),
+                 f"the {g.arch} generator's image size": (g.size, shape[1]), "image_shape width": (shape[2], shape[1])}
+        if encoder is not None and hasattr(encoder, "dims"):
+            parts["encoder.dims"] = (list(encoder.dims), list(getattr(prior, "dims", [prior.nz])))
+            parts["encoder.image_shape"] = (list(encoder.image_shape), list(shape))
+        check_spec(shape, parts)
+        return cls(g, prior, spec["sigma"], shape,
                    inference=Langevin.stored(**spec["inference"]), sampling=Langevin.stored(**spec["sampling"]),
-                   sampler=spec.get("sampler", "langevin"),
-                   encoder=encoder_from_spec(spec["encoder"]) if spec.get("encoder") else None,
-                   method=spec.get("method", "?"))
+                   sampler=spec.get("sampler", "langevin"), encoder=encoder, method=spec.get("method", "?"))
 
 
 

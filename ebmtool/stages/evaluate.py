@@ -3,6 +3,8 @@ runs the model's verb in batches (sharded across torchrun ranks) and writes one 
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any, Optional
 
 import torch
@@ -18,6 +20,31 @@ from ebmtool.images import save_grid, to_uint8
 from ebmtool.models import LatentModel, Model, SampleOutput, bottom, hierarchical_sample, load_model
 from ebmtool.runtime import resolve as resolve_precision
 from ebmtool.runtime import resolve_device, seed_everything
+
+
+# sample -n: at most this many samples per command (FID takes 50,000). All of them are held in memory together
+# (float images while drawing, then uint8), so a larger n is refused up front, as is one the machine cannot hold.
+MAX_SAMPLES = 1_000_000
+
+
+def _check_n(n: int) -> None:
+    if n < 1:
+        raise UserError("-n: the number of samples must be at least 1")
+    if n > MAX_SAMPLES:
+        raise UserError(f"-n {n}: at most {MAX_SAMPLES:,} samples per command (they are all held in memory; "
+                        "draw several files with different --seed for more)")
+
+
+def _check_memory(n: int, image_shape) -> None:
+    """Refuse an -n whose images (float32 while drawn, then uint8: 5 bytes a value) exceed this machine's RAM."""
+    need = 5 * n * math.prod(int(v) for v in image_shape)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return
+    if total > 0 and need > total:
+        raise UserError(f"-n {n}: {n} images of {'x'.join(map(str, image_shape))} need about {need / 2**30:.1f} GiB "
+                        f"of memory, more than this machine's {total / 2**30:.1f} GiB; use a smaller -n")
 
 
 def _precision(name: str, device: torch.device):
@@ -56,6 +83,20 @@ def _latent_tensors(z, prefix: str = "latents") -> dict[str, torch.Tensor]:
     return {prefix: z}
 
 
+def draw_samples(model: Model, n: int, *, steps: Optional[int] = None, step_size: Optional[float] = None,
+                 sampler: Optional[str] = None, batch_size: int = 500, device: torch.device,
+                 quiet: bool = True) -> SampleOutput:
+    """``n`` prior samples of an open model, ``batch_size`` chains at a time (under torchrun each rank draws its
+    share, gathered in order). images: (n, C, H, W) float in [-1, 1]; latents: (n, d) (a tuple for multi-layer
+    priors); both on the CPU. The in-memory core of :func:`sample` and :func:`ebmtool.sample`."""
+    def draw(idx):
+        r = model.sample(len(idx), steps=steps, step_size=step_size, sampler=sampler)
+        return r.images, r.latents
+
+    return SampleOutput(*batched(draw, torch.arange(n, device="cpu"), batch_size, device, show=not quiet,
+                                 what="sample"))
+
+
 def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional[str] = None,
            steps: Optional[int] = None, step_size: Optional[float] = None, sampler: Optional[str] = None,
            trajectory_every: int = 0, trajectory_png: Optional[str] = None, seed: int = 0, device: str = "auto",
@@ -64,8 +105,8 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     """Prior samples decoded, drawn ``batch_size`` chains at a time (one group with a trajectory)."""
     if out is None and grid is None:
         raise UserError("sample: give -o FILE.safetensors and/or --grid FILE.png")
-    if n < 1:
-        raise UserError("-n: the number of samples must be at least 1")
+    _check_n(n)
+    artifacts.check_distinct({"-o": out, "--grid": grid, "--trajectory-png": trajectory_png}, {"--model": model_path})
     for p in (out, grid, trajectory_png):
         if p is not None:
             artifacts.check_output(p, force)
@@ -76,6 +117,7 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     dev = resolve_device(device)
     seed_everything(seed, per_rank=True)
     model, art = load_model(model_path, device=dev)
+    _check_memory(n, model.image_shape)
     if sampler == "sir" and not getattr(getattr(model, "prior", None), "supports_sir", False):
         raise UserError(f"--sampler sir: not available for a {model.method} model")
     if layer_resample is not None:
@@ -84,12 +126,9 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
         with _precision(precision, dev):
             res = hierarchical_sample(model, n, layer_resample, group=8, steps=steps, step_size=step_size, sampler=sampler)
     elif not trajectory_every:  # batches of chains, each rank its share (gathered by batched)
-        def draw(idx):
-            r = model.sample(len(idx), steps=steps, step_size=step_size, sampler=sampler)
-            return r.images, r.latents
-
         with _precision(precision, dev):
-            res = SampleOutput(*batched(draw, torch.arange(n, device="cpu"), batch_size, dev, show=not quiet, what="sample"))
+            res = draw_samples(model, n, steps=steps, step_size=step_size, sampler=sampler, batch_size=batch_size,
+                               device=dev, quiet=quiet)
     else:
         W = distributed.world()
         shard = W.parallel and n >= W.size  # each rank draws its share; images and latents are gathered
@@ -104,7 +143,10 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     images = to_uint8(res.images.float().cpu())
     tensors = {"images": images, **_latent_tensors(res.latents if not isinstance(res.latents, torch.Tensor) else res.latents.cpu())}
     meta: dict[str, Any] = {"n": n, "image_shape": list(images.shape[1:]), "model_method": model.method,
-                            "steps": steps, "step_size": step_size, "sampler": sampler, "layer_resample": layer_resample}
+                            "steps": steps, "step_size": step_size, "sampler": sampler, "layer_resample": layer_resample,
+                            "chain": model.sampling.override(steps, step_size).model_dump()
+                            if hasattr(model, "sampling") and not getattr(model.prior, "is_base", False) else None,
+                            "seed": seed, "precision": precision, "device": dev.type}
     if res.trajectory is not None:
         tr = res.trajectory
         tensors["trajectory.steps"] = torch.tensor(tr.steps, device="cpu")
@@ -127,11 +169,13 @@ def _check_fits(model: Model, x: torch.Tensor, data_path: str) -> None:
         raise UserError(f"{data_path}: images are {tuple(x.shape[1:])} but the model makes {tuple(model.image_shape)}")
 
 
-def _open(model_path: str, data_path: str, outputs, seed: int, device: str, force: bool,
-          limit: Optional[int] = None):
-    """The opening of every stage that runs a model on a dataset: refuse existing outputs, pick the device,
-    seed each rank, open the model and the images (first ``limit``), check that they fit."""
-    for p in outputs:
+def _open(model_path: str, data_path: str, outputs: dict[str, Optional[str]], seed: int, device: str, force: bool,
+          limit: Optional[int] = None, inputs: Optional[dict[str, Optional[str]]] = None):
+    """The opening of every stage that runs a model on a dataset: refuse outputs that exist or name an input
+    ({option: path}; ``inputs``: those besides --model and --data), pick the device, seed each rank, open the model
+    and the images (first ``limit``), check that they fit."""
+    artifacts.check_distinct(outputs, {"--model": model_path, "--data": data_path, **(inputs or {})})
+    for p in outputs.values():
         if p is not None:
             artifacts.check_output(p, force)
     dev = resolve_device(device)
@@ -144,18 +188,34 @@ def _open(model_path: str, data_path: str, outputs, seed: int, device: str, forc
     return dev, model, art, x, labels, data_art
 
 
+def reconstruct_images(model: Model, x: torch.Tensor, *, steps: Optional[int] = None,
+                       step_size: Optional[float] = None, noise: Optional[bool] = None, batch_size: int = 500,
+                       device: torch.device, quiet: bool = True) -> tuple[torch.Tensor, Any]:
+    """Reconstructions of images by an open model (posterior chain or encoder), ``batch_size`` at a time.
+    x: (N, C, H, W) float in [-1, 1]. Returns (images: (N, C, H, W) float32 in [-1, 1], latents: the posterior
+    samples, (N, d) or a tuple for multi-layer priors, None for a model without latents), on the CPU. The in-memory
+    core of :func:`reconstruct` and :func:`ebmtool.reconstruct`."""
+    xhat, z = batched(lambda b: model.reconstruct(b, steps=steps, step_size=step_size, noise=noise), x,
+                      batch_size, device, show=not quiet, what="reconstruct")
+    return xhat.float(), z
+
+
 def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, grid: Optional[str] = None,
-                steps: Optional[int] = None, step_size: Optional[float] = None, batch_size: int = 500,
-                limit: Optional[int] = None, seed: int = 0, device: str = "auto", force: bool = False,
-                precision: str = "fp32", scale: Optional[int] = None, quiet: bool = False) -> dict[str, Any]:
-    dev, model, art, x, labels, data_art = _open(model_path, data_path, (out, grid), seed, device, force, limit)
+                steps: Optional[int] = None, step_size: Optional[float] = None, noise: Optional[bool] = None,
+                batch_size: int = 500, limit: Optional[int] = None, seed: int = 0, device: str = "auto",
+                force: bool = False, precision: str = "fp32", scale: Optional[int] = None,
+                quiet: bool = False) -> dict[str, Any]:
+    """Posterior reconstructions and their per-image MSE; the chain that made them is recorded (``chain``)."""
+    dev, model, art, x, labels, data_art = _open(model_path, data_path, {"-o": out, "--grid": grid}, seed, device,
+                                                 force, limit)
     with _precision(precision, dev):
-        xhat, z = batched(lambda b: model.reconstruct(b, steps=steps, step_size=step_size), x, batch_size, dev,
-                          show=not quiet, what="reconstruct")
-    xhat = xhat.float()
+        xhat, z = reconstruct_images(model, x, steps=steps, step_size=step_size, noise=noise, batch_size=batch_size,
+                                     device=dev, quiet=quiet)
     per = (xhat - x).pow(2).flatten(1).mean(1)
     res = {"mse": float(per.mean()), "rmse": float(per.mean().sqrt()), "n": len(x),
-           "pixel_range": "[-1, 1]", "model_method": model.method}
+           "pixel_range": "[-1, 1]", "model_method": model.method,
+           "chain": model.score_chain(steps, step_size, noise), "seed": seed, "precision": precision,
+           "device": dev.type}
     if out is not None:
         artifacts.save(out, "reconstructions", {"images": to_uint8(xhat), "mse": per, "labels": labels,
                                                 **_latent_tensors(z)},
@@ -168,12 +228,15 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
 
 
 def score_terms(model: Model, x: torch.Tensor, *, steps: Optional[int] = None, step_size: Optional[float] = None,
-                batch_size: int = 500, device: torch.device, quiet: bool = True) -> dict[str, torch.Tensor]:
-    """The terms of the model's anomaly score for every image (see :mod:`ebmtool.eval.scores`), each (N,) float64."""
+                noise: Optional[bool] = None, batch_size: int = 500, device: torch.device,
+                quiet: bool = True) -> dict[str, torch.Tensor]:
+    """The terms of the model's anomaly score for every image (see :mod:`ebmtool.eval.scores`), each (N,) float64.
+    ``steps`` / ``step_size`` / ``noise`` override the model's posterior chain (``noise=False``: the noise-free,
+    near-MAP chain of the papers' anomaly code)."""
     names: list[str] = []
 
     def fn(b):
-        t = model.score_terms(b, steps=steps, step_size=step_size)
+        t = model.score_terms(b, steps=steps, step_size=step_size, noise=noise)
         names[:] = list(t)
         return tuple(t.values())
 
@@ -181,25 +244,52 @@ def score_terms(model: Model, x: torch.Tensor, *, steps: Optional[int] = None, s
     return {k: v.double() for k, v in zip(names, vals)}
 
 
+def check_score(score: str, calibrated: bool) -> None:
+    """Refuse, before any work, an unknown score, a calibration set the score does not use, or a calibrated score
+    without one."""
+    if score not in S.SCORES:
+        raise UserError(f"--score: unknown score {score!r} (choose from {', '.join(S.SCORES)})")
+    if calibrated and score not in S.CALIBRATED:
+        raise UserError(f"--calibrate: only the {' and '.join(S.CALIBRATED)} scores use it (got --score {score})")
+    if score in S.CALIBRATED and not calibrated:
+        S.score(score, {}, calibration=None)  # raises the one-line error
+
+
+def score_images(model: Model, x: torch.Tensor, *, score: str = "joint", calibration: Optional[torch.Tensor] = None,
+                 steps: Optional[int] = None, step_size: Optional[float] = None, noise: Optional[bool] = None,
+                 batch_size: int = 500, device: torch.device, quiet: bool = True):
+    """The label-free anomaly score ``score`` (:data:`ebmtool.eval.scores.SCORES`) of every image; higher = more
+    anomalous. x: (N, C, H, W) float in [-1, 1] on the CPU; calibration: (M, C, H, W) float in [-1, 1], held-out
+    normals (``typicality`` and ``dose`` need them). Returns (scores: (N,) float64, terms: {name: (N,) float64},
+    calibration terms: {name: (M,) ndarray} or None). The in-memory core of :func:`anomaly` and
+    :func:`ebmtool.score`."""
+    check_score(score, calibration is not None)
+    kw = dict(steps=steps, step_size=step_size, noise=noise, batch_size=batch_size, device=device, quiet=quiet)
+    terms = score_terms(model, x, **kw)
+    cal_terms = None
+    if calibration is not None:
+        cal_terms = {k: v.numpy() for k, v in score_terms(model, calibration, **kw).items()}
+    what = f"{model.method} model" if isinstance(model, LatentModel) else f"a {model.method} model"
+    scores = torch.from_numpy(S.score(score, {k: v.numpy() for k, v in terms.items()}, images=to_uint8(x),
+                                      calibration=cal_terms, model=what))
+    return scores, terms, cal_terms
+
+
 def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = None, ood_path: Optional[str] = None,
             quiet: bool = False,
             out: Optional[str] = None, steps: Optional[int] = None, step_size: Optional[float] = None,
-            batch_size: int = 500, seed: int = 0, device: str = "auto", force: bool = False,
+            noise: Optional[bool] = None, batch_size: int = 500, seed: int = 0, device: str = "auto", force: bool = False,
             pr_png: Optional[str] = None, precision: str = "fp32", score: str = "joint",
             calibrate: Optional[str] = None) -> dict[str, Any]:
     """Anomaly / OOD evaluation with the label-free score ``score`` (:data:`ebmtool.eval.scores.SCORES`).
     ``calibrate``: a dataset of held-out normals, the reference of ``typicality`` and ``dose``."""
     if (positive is None) == (ood_path is None):
         raise UserError("anomaly: give exactly one of --anomaly-class/--labels-positive or --ood-data")
-    if score not in S.SCORES:
-        raise UserError(f"--score: unknown score {score!r} (choose from {', '.join(S.SCORES)})")
-    if calibrate is not None and score not in S.CALIBRATED:
-        raise UserError(f"--calibrate: only the {' and '.join(S.CALIBRATED)} scores use it (got --score {score})")
-    if score in S.CALIBRATED and calibrate is None:
-        S.score(score, {}, calibration=None)  # raises the one-line error
+    check_score(score, calibrate is not None)
     if pr_png is not None:
         figure_format(pr_png)  # a wrong extension is refused before any work, not after scoring
-    dev, model, art, x, labels, data_art = _open(model_path, data_path, (out, pr_png), seed, device, force)
+    dev, model, art, x, labels, data_art = _open(model_path, data_path, {"-o": out, "--pr-curve": pr_png}, seed,
+                                                 device, force, inputs={"--ood-data": ood_path, "--calibrate": calibrate})
     parents = [art, data_art]
     if ood_path is not None:
         xo, _, ood_art = load_images(ood_path, what="--ood-data")
@@ -209,7 +299,7 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
         parents.append(ood_art)
     else:
         y = binary_labels(labels, positive)
-    cal_terms = None
+    xc = None
     if calibrate is not None:
         xc, lc, cal_art = load_images(calibrate, what="--calibrate")
         _check_fits(model, xc, calibrate)
@@ -218,21 +308,19 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
             raise UserError(f"--calibrate {calibrate}: holds images of the anomaly class {bad[0]}; calibrate on "
                             "held-out normals only (data prepare --part calibration)")
         parents.append(cal_art)
-    kw = dict(steps=steps, step_size=step_size, batch_size=batch_size, device=dev, quiet=quiet)
     with _precision(precision, dev):
-        terms = score_terms(model, x, **kw)
-        if calibrate is not None:
-            cal_terms = {k: v.numpy() for k, v in score_terms(model, xc, **kw).items()}
-    what = f"{model.method} model" if isinstance(model, LatentModel) else f"a {model.method} model"
-    scores = torch.from_numpy(S.score(score, {k: v.numpy() for k, v in terms.items()}, images=to_uint8(x),
-                                      calibration=cal_terms, model=what))
+        scores, terms, cal_terms = score_images(model, x, score=score, calibration=xc, steps=steps,
+                                                step_size=step_size, noise=noise, batch_size=batch_size, device=dev,
+                                                quiet=quiet)
     cal_mean = float(S.joint(cal_terms).mean()) if cal_terms is not None else None
     m = metrics(y, scores)
     base = ("-log p(x, z) at posterior samples" if isinstance(model, LatentModel)
             else getattr(model, "score_name", "anomaly score"))
     res = {**m.as_dict(), "model_method": model.method, "score": score, "score_description": base if score == "joint"
            else f"{score} (from {base})", "calibration_mean_joint": cal_mean,
-           "anomaly_classes": positive, "ood_data": ood_path}
+           "anomaly_classes": positive, "ood_data": ood_path,
+           "chain": model.score_chain(steps, step_size, noise) if isinstance(model, LatentModel) else None,
+           "seed": seed, "precision": precision, "device": dev.type}
     if out is not None:
         tensors = {"scores": scores.double(), "labels": y, **{f"terms.{k}": v for k, v in terms.items()},
                    **{f"calibration.terms.{k}": torch.from_numpy(v) for k, v in (cal_terms or {}).items()}}

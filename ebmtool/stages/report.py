@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 from ebmtool import artifacts
 from ebmtool.errors import UserError
+from ebmtool.runtime import resolve as resolve_precision
 from ebmtool.runtime import resolve_device
 
 
@@ -23,41 +25,58 @@ def plot(path: str, out: str, force: bool = False, scale: Optional[int] = None) 
     upscaling of an image grid."""
     from ebmtool.eval.plots import plot_artifact
 
+    artifacts.check_distinct({"-o": out}, {"PATH": path})
     artifacts.check_output(out, force)
     return {"output": str(out), "drew": plot_artifact(artifacts.load(path), str(out), scale=scale)}
 
 
 def fid(samples: str, ref: str, *, inception_weights: Optional[str] = None, features: Optional[str] = None,
-        batch_size: int = 50, cache_dir: Optional[str] = None, device: str = "auto", quiet: bool = False):
+        batch_size: int = 50, cache_dir: Optional[str] = None, device: str = "auto", precision: str = "fp32",
+        quiet: bool = False):
     """Frechet distance between samples and a reference, in pytorch-fid's InceptionV3 pool3 features or in the
     features of a classifier from :func:`train_features`; returns :class:`ebmtool.eval.fid.FIDResult`. ``quiet``: no
-    progress bar over the feature extraction."""
+    progress bar over the feature extraction. ``precision``: the feature extractor runs under it (the statistics
+    and the distance stay float64); the result records it."""
     from ebmtool.eval import fid as F
 
     if features is not None and inception_weights is not None:
         raise UserError("give --features or --inception-weights, not both")
-    dev = str(resolve_device(device))
+    torch_dev = resolve_device(device)
+    prec = resolve_precision(precision, torch_dev)
+    dev = str(torch_dev)
     ex = F.ClassifierExtractor(features, device=dev) if features is not None else \
         F.InceptionExtractor(weights_path=inception_weights, device=dev)
-    return F.fid(samples, ref, ex, batch_size=batch_size, cache_dir=cache_dir or F.default_cache_dir(),
-                 progress=not quiet)
+    cache = Path(cache_dir) if cache_dir else F.default_cache_dir()
+    if prec.name != "fp32":  # reduced-precision reference statistics are cached apart from the exact ones
+        cache = cache / prec.name
+    with prec.context(torch_dev):
+        res = F.fid(samples, ref, ex, batch_size=batch_size, cache_dir=cache, progress=not quiet)
+    res.precision = prec.name
+    return res
 
 
 def train_features(data: str, out: str, *, epochs: int = 30, seed: int = 0, patience: int = 2, device: str = "auto",
-                   force: bool = False, quiet: bool = False, tensorboard: Optional[str] = None) -> dict[str, Any]:
+                   precision: str = "fp32", force: bool = False, quiet: bool = False,
+                   tensorboard: Optional[str] = None) -> dict[str, Any]:
     """Train the LeNet-style classifier whose dense layer is a dataset-specific FID feature space (early
     stopping on a validation split). ``tensorboard``: a directory for the per-epoch training loss and validation
-    accuracy (scalars ``train-features/loss``, ``train-features/val_accuracy``)."""
+    accuracy (scalars ``train-features/loss``, ``train-features/val_accuracy``). ``precision``: the classifier's
+    forward passes run under it (fp16 is refused: training in fp16 needs loss scaling); the artifact records it."""
     from ebmtool.eval import fid as F
 
+    artifacts.check_distinct({"-o": out}, {"--data": data})
+    torch_dev = resolve_device(device)
+    prec = resolve_precision(precision, torch_dev)
+    if prec.name == "fp16":
+        raise UserError("--precision fp16: training in fp16 needs loss scaling, which ebmtool does not do; use bf16")
     tb = None
     if tensorboard is not None:
         from ebmtool.tensorboard import TensorBoardLogger
 
         tb = TensorBoardLogger(tensorboard)  # one line before any work when the package is missing
     try:
-        res = F.train_features(data, out, epochs, seed, patience=patience, device=str(resolve_device(device)),
-                               force=force, progress=not quiet,
+        res = F.train_features(data, out, epochs, seed, patience=patience, device=str(torch_dev),
+                               precision=prec, force=force, progress=not quiet,
                                on_epoch=None if tb is None else (lambda e, means: tb.log_epoch("train-features", e, means)))
     finally:
         if tb is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -10,11 +11,11 @@ import torch
 
 from ebmtool import artifacts, distributed
 from ebmtool.checkpoint import Checkpointer, open_resume
-from ebmtool.data import DataConfig, load_images, prepare
+from ebmtool.data import DataConfig, as_images, load_images, prepare
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
-from ebmtool.models import load_model, model_tensors
-from ebmtool.registry import Kept
+from ebmtool.models import Model, load_model, model_tensors
+from ebmtool.registry import Kept, MethodSpec
 from ebmtool.runtime import cpu_name, resolve_device, seed_everything
 from ebmtool.runtime import resolve as resolve_precision
 from ebmtool.training import FitResult, RunContext, TrainData
@@ -66,41 +67,102 @@ def keep_init_structure(cfg, init, sections: tuple[Kept, ...], asked: dict[str, 
     return cfg.model_copy(update={n: type(getattr(cfg, n))(**v) for n, v in kept.items()})
 
 
-def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str] = None, force: bool = False,
+class Snapshots:
+    """``--snapshots DIR``: the model as it stands at each epoch end, ``DIR/epoch-NNN.safetensors`` (epochs counted
+    from the run's start, resumed runs included), with the epoch's means; a file already there is refused unless
+    ``force`` (it was made by another run)."""
+
+    def __init__(self, folder: str, cfg, data, method: str, force: bool):
+        self.dir, self.cfg, self.data, self.method, self.force = Path(folder), cfg, data, method, force
+        self.t0 = time.perf_counter()
+
+    def save(self, epoch: int, model, means: dict[str, float]) -> None:
+        if not distributed.world().is_main:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        out = self.dir / f"epoch-{epoch + 1:03d}.safetensors"
+        artifacts.check_output(str(out), self.force)
+        meta = {"model": model.spec(), "method": self.method, "image_shape": list(self.data.image_shape),
+                "data_content_sha256": self.data.content_sha256, "n_train": len(self.data.x), "epoch": epoch + 1,
+                "epoch_means": means, "wall_time_s": round(time.perf_counter() - self.t0, 2), "cpu": cpu_name()}
+        artifacts.save(str(out), "model", model_tensors(model), config=self.cfg, meta=meta,
+                       parents=[self.data.parent], force=True)
+
+
+def train(method: "str | MethodSpec", cfg, data_path: str, out: str, *, init_path: Optional[str] = None, force: bool = False,
           quiet: bool = False, checkpoint_every: int = 0, checkpoint: Optional[str] = None,
-          resume: Optional[str] = None, tensorboard: Optional[str] = None,
+          resume: Optional[str] = None, tensorboard: Optional[str] = None, snapshots: Optional[str] = None,
           asked: Optional[dict[str, dict[str, tuple[Any, str]]]] = None) -> dict[str, Any]:
-    """Fit ``method`` with the resolved ``cfg`` on ``data_path``; write a model artifact to ``out``.
+    """The stage of ``pretrain-generator`` and ``fit-prior``: :func:`fit` on the dataset artifact ``data_path``,
+    writing the model artifact ``out``; returns the run's summary."""
+    return fit(method, cfg, data_path, out, init_path=init_path, force=force, quiet=quiet,
+               checkpoint_every=checkpoint_every, checkpoint=checkpoint, resume=resume, tensorboard=tensorboard,
+               snapshots=snapshots, asked=asked)[1]
+
+
+def tensor_training_data(images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> TrainData:
+    """The in-memory twin of :func:`open_training_data`: images (N, C, H, W) uint8 in [0, 255] or float in [-1, 1],
+    labels (N,) or None. Their content hash is the one ``data prepare`` records (``content_sha256``), so a model
+    trained on a dataset artifact continues on the same tensors; the lineage names no file (``path`` None)."""
+    x, y = as_images(images, labels, "data")
+    sha = artifacts.tensor_sha256(images, y)
+    return TrainData(x, y, sha, {"path": None, "sha256": sha, "kind": "tensors"})
+
+
+def fit(method: "str | MethodSpec", cfg, data: "str | TrainData", out: Optional[str] = None, *, init_path: Optional[str] = None,
+        force: bool = False, quiet: bool = False, checkpoint_every: int = 0, checkpoint: Optional[str] = None,
+        resume: Optional[str] = None, tensorboard: Optional[str] = None, snapshots: Optional[str] = None,
+        asked: Optional[dict[str, dict[str, tuple[Any, str]]]] = None) -> tuple[Model, dict[str, Any]]:
+    """Fit ``method`` with the resolved ``cfg`` on ``data`` (a dataset artifact's path, or :class:`TrainData` from
+    :func:`tensor_training_data`); write a model artifact to ``out`` when given. Returns (the model, the summary).
 
     With ``checkpoint_every`` > 0 (or on SIGINT/SIGTERM) a resumable checkpoint is written to ``checkpoint``
     (default: OUT with suffix .ckpt.safetensors); ``resume`` continues from one. The checkpoint is removed
     once the model artifact is written. ``tensorboard``: a directory for TensorBoard scalars and sample grids
-    per epoch (:mod:`ebmtool.tensorboard`). ``asked``: the config fields the user set explicitly, by section, with
+    per epoch (:mod:`ebmtool.tensorboard`). ``snapshots``: a directory that receives the model as it stands at each
+    epoch end, ``epoch-NNN.safetensors`` (model artifacts, for learning curves). ``asked``: the config fields the user set explicitly, by section, with
     where each was set (an option, --set, the TOML file); with ``init_path`` those of the sections the init model
     fixes must agree with it (:func:`keep_init_structure`)."""
-    spec = METHODS[method]
-    artifacts.check_output(out, force)
+    spec = method if isinstance(method, MethodSpec) else METHODS[method]  # the registry entry, or its name
+    method = spec.name
+    if out is not None:
+        artifacts.check_output(out, force)
     if hasattr(cfg, "batch_size"):
         distributed.check_batch_size(cfg.batch_size)
     if checkpoint_every < 0:
         raise UserError("--checkpoint-every must be >= 0")
-    ck_path = Path(checkpoint) if checkpoint else checkpoint_path(out)
-    if ck_path.resolve() == Path(out).resolve():
-        raise UserError(f"--checkpoint {ck_path}: must differ from the output file")
+    ck_path = Path(checkpoint) if checkpoint else (checkpoint_path(out) if out is not None else None)
+    if ck_path is None and checkpoint_every:
+        raise UserError("--checkpoint-every: give an output file or a checkpoint file to write checkpoints to")
     config_json = cfg.model_dump(mode="json")
     resume_art = None
-    # an existing checkpoint is only overwritten when it is the one being resumed (or with --force)
-    resuming_it = resume is not None and Path(resume).resolve() == ck_path.resolve()
-    if ck_path.exists() and not resuming_it and not force:
-        raise UserError(f"{ck_path}: a checkpoint of an earlier run exists (continue it with --resume {ck_path}, or pass --force)")
-    artifacts.check_output(ck_path, True)
+    data_path = str(data) if not isinstance(data, TrainData) else None
+    artifacts.check_distinct({"-o": out}, {"--data": data_path, "--init": init_path, "--resume": resume})
+    resuming_it = False
+    if ck_path is not None:
+        artifacts.check_distinct({"--checkpoint": ck_path}, {"--data": data_path, "--init": init_path})
+        if out is not None and ck_path.resolve() == Path(out).resolve():
+            raise UserError(f"--checkpoint {ck_path}: must differ from the output file")
+        # an existing checkpoint is only overwritten when it is the one being resumed (or with --force)
+        resuming_it = resume is not None and Path(resume).resolve() == ck_path.resolve()
+        if ck_path.exists() and not resuming_it and not force:
+            raise UserError(f"{ck_path}: a checkpoint of an earlier run exists (continue it with --resume {ck_path}, "
+                            "or pass --force)")
+        artifacts.check_output(ck_path, True)
     if tensorboard is not None:
         from ebmtool.tensorboard import require
 
         require()  # one line before any work when the package is missing
+    if snapshots is not None:
+        if not spec.snapshots:
+            raise UserError(f"--snapshots: a {method} run adds each stage's ratio only at the stage's end; save one "
+                            "model per stage instead (--init the previous one with --stages 1)")
+        if Path(snapshots).exists() and not Path(snapshots).is_dir():
+            raise UserError(f"--snapshots {snapshots}: exists and is not a folder")
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    data = open_training_data(data_path, device)
+    data = (replace(data, x=data.x.to(device)) if isinstance(data, TrainData)
+            else open_training_data(str(data), device))
     init = init_art = config_asked = None
     if init_path is not None:
         init, init_art = load_model(init_path, what="--init", device=device)
@@ -113,6 +175,7 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
     if resume:
         resume_art = open_resume(resume, config_json, inputs, also=config_asked)
     ck = Checkpointer(ck_path, checkpoint_every, config_json, resume_art, inputs=inputs)
+    ck.claim(resuming_it or force)  # the checkpoint file this run may replace: the one it resumes, or with --force
     prec = resolve_precision(cfg.precision, device)
     if prec.name == "fp16":
         raise UserError("--precision fp16: training in fp16 needs loss scaling, which ebmtool does not do; use bf16 "
@@ -124,9 +187,18 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
         from ebmtool.tensorboard import TensorBoardLogger
 
         tb = TensorBoardLogger(tensorboard)
-        ctx.on_epoch = lambda label, epoch, means: tb.log_epoch(label, epoch, means, ck.objects.get("model"))
+    snap = Snapshots(snapshots, cfg, data, method, force) if snapshots is not None else None
+
+    def on_epoch(label: str, epoch: int, means: dict[str, float]) -> None:
+        if tb is not None:
+            tb.log_epoch(label, epoch, means, ck.objects.get("model"))
+        if snap is not None:
+            snap.save(epoch, ck.objects["model"], means)
+
+    ctx.on_epoch = on_epoch if (tb is not None or snap is not None) else None
     t0 = time.perf_counter()
-    handlers = ck.install_signal_handlers()  # Ctrl-C / SIGTERM: checkpoint at the next iteration boundary
+    # Ctrl-C / SIGTERM: checkpoint at the next iteration boundary (in memory, with nowhere to write: Python's own)
+    handlers = ck.install_signal_handlers() if ck.path is not None else {}
     try:
         res: FitResult = spec.fit(cfg, data, init, init_art, ctx)
     finally:
@@ -144,8 +216,16 @@ def train(method: str, cfg, data_path: str, out: str, *, init_path: Optional[str
         "precision": prec.name, "precision_reason": prec.reason, **res.meta,
     }
     parents = [data.parent] + ([init_art.as_parent()] if init_art is not None else [])
-    artifacts.save(out, "model", tensors, config=cfg, meta=meta, parents=parents, force=True)
-    if ck.path is not None and ck.path.exists() and distributed.world().is_main:
-        ck.path.unlink()
-    return {"output": str(out), "method": method, "wall_time_s": round(wall, 2), **res.history.summary(),
-            **{k: v for k, v in res.meta.items() if k != "data_content_sha256"}}
+    # -o did not exist at the start (or --force was given): a file there now was written meanwhile by another run,
+    # which keeps it; this run refuses rather than replace it (its own checkpoint, if it wrote one, stays)
+    if out is not None and distributed.any_rank(not force and distributed.world().is_main and Path(out).exists()):
+        kept = f"; this run's checkpoint {ck.path} is kept" if ck.owns_file() else ""
+        raise UserError(f"{out}: output appeared while this run was training (another run wrote it); not "
+                        f"overwriting it without --force{kept}")
+    if out is not None:
+        artifacts.save(out, "model", tensors, config=cfg, meta=meta, parents=parents,
+                       force=force or not distributed.world().is_main)  # rank 0 alone writes and checks
+    if ck.path is not None and distributed.world().is_main and ck.owns_file():
+        ck.path.unlink()  # only this run's own checkpoint (or the one it resumed), never another run's
+    return model, {"output": None if out is None else str(out), "method": method, "wall_time_s": round(wall, 2),
+                   **res.history.summary(), **{k: v for k, v in res.meta.items() if k != "data_content_sha256"}}

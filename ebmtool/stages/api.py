@@ -1,0 +1,154 @@
+"""The Python API: the few calls a researcher writes in a notebook (docs/api.md), re-exported by :mod:`ebmtool`
+itself (``ebmtool.load_model``, ``ebmtool.sample``, ``ebmtool.reconstruct``, ``ebmtool.score``,
+``ebmtool.fit_prior``). Their names and signatures are stable (tests/test_api_docs.py runs every example of
+docs/api.md).
+
+Each call is a thin shell over the in-memory core of a CLI stage (:func:`~ebmtool.stages.evaluate.draw_samples`,
+:func:`~ebmtool.stages.evaluate.reconstruct_images`, :func:`~ebmtool.stages.evaluate.score_images`,
+:func:`~ebmtool.stages.train.fit`), so the CLI and the API run the same code. Images travel as tensors: in,
+(N, C, H, W) uint8 in [0, 255] or float in [-1, 1]; out, (N, C, H, W) float32 in [-1, 1] on the CPU. Every
+mistake raises :class:`~ebmtool.errors.UserError` with one line that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from ebmtool.config import deep_merge, nested, resolve
+from ebmtool.data import as_images
+from ebmtool.errors import UserError
+from ebmtool.methods import METHODS
+from ebmtool.models import Model
+from ebmtool.models import load_model as open_model
+from ebmtool.runtime import resolve_device, seed_everything
+from ebmtool.stages.evaluate import _check_fits, _precision, draw_samples, reconstruct_images, score_images
+from ebmtool.stages.train import fit, tensor_training_data
+
+__all__ = ["load_model", "sample", "reconstruct", "score", "fit_prior"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _device(model: Model) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _images(model: Model, images: torch.Tensor, where: str = "images") -> torch.Tensor:
+    """uint8 or [-1, 1] float (N, C, H, W) -> float32 in [-1, 1] on the CPU, checked against the model's shape."""
+    x, _ = as_images(images, None, where)
+    _check_fits(model, x, where)
+    return x.cpu()
+
+
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Model:
+    """Open a model artifact (any method: ``pretrain``, ``mle``, ``adaptive-nce``, ``joint-*``, ``bidvl``).
+
+    path: a ``.safetensors`` model artifact (``fit-prior -o``, ``pretrain-generator -o`` or :func:`fit_prior`).
+    device: "cpu" | "cuda" | "cuda:N" | "mps" | "auto".
+    Returns the model (a :class:`torch.nn.Module` in eval mode on ``device``), rebuilt from its saved spec.
+    """
+    model, _ = open_model(path, what="model", device=resolve_device(str(device)))
+    return model
+
+
+def sample(model: Model, n: int, *, steps: Optional[int] = None, step_size: Optional[float] = None,
+           sampler: Optional[str] = None, seed: Optional[int] = None, batch_size: int = 500,
+           precision: str = "fp32") -> torch.Tensor:
+    """Draw ``n`` images: latents from the model's prior (its Langevin chain, SIR or exact), decoded.
+
+    model: from :func:`load_model` or :func:`fit_prior`. steps / step_size: override the prior chain (the step
+    size read in the chain's convention); sampler: "langevin" | "sir" (ratio-product priors). seed: seed torch
+    first (None: draw from the global generator as it stands). batch_size: chains run at a time.
+    Returns images: (n, C, H, W) float32 in [-1, 1], on the CPU.
+    """
+    if n < 1:
+        raise UserError("n: the number of samples must be at least 1")
+    dev = _device(model)
+    if seed is not None:
+        seed_everything(seed)
+    with _precision(precision, dev):
+        res = draw_samples(model, n, steps=steps, step_size=step_size, sampler=sampler, batch_size=batch_size,
+                           device=dev)
+    return res.images.float()
+
+
+def reconstruct(model: Model, images: torch.Tensor, *, steps: Optional[int] = None,
+                step_size: Optional[float] = None, noise: Optional[bool] = None, seed: Optional[int] = None,
+                batch_size: int = 500, precision: str = "fp32") -> torch.Tensor:
+    """Reconstruct images through the model's posterior: z ~ p(z|x) (short-run Langevin, or the encoder), x' = g(z).
+
+    images: (N, C, H, W) uint8 in [0, 255] or float in [-1, 1], the model's image shape. steps / step_size /
+    noise: override the posterior chain (with an encoder: refine its sample by that chain). seed: as in
+    :func:`sample`.
+    Returns images: (N, C, H, W) float32 in [-1, 1], on the CPU.
+    """
+    x = _images(model, images)
+    dev = _device(model)
+    if seed is not None:
+        seed_everything(seed)
+    with _precision(precision, dev):
+        xhat, _ = reconstruct_images(model, x, steps=steps, step_size=step_size, noise=noise,
+                                     batch_size=batch_size, device=dev)
+    return xhat
+
+
+def score(model: Model, images: torch.Tensor, *, kind: str = "joint", calibration: Optional[torch.Tensor] = None,
+          steps: Optional[int] = None, step_size: Optional[float] = None, noise: Optional[bool] = None,
+          seed: Optional[int] = None, batch_size: int = 500,
+          precision: str = "fp32") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Label-free anomaly scores, higher = more anomalous (docs/design.md §5).
+
+    images: (N, C, H, W) uint8 in [0, 255] or float in [-1, 1]. kind: "joint" (-log p(x, z) at a posterior
+    sample, the papers' score) | "recon" | "prior" | "typicality" | "dose" | "complexity". calibration:
+    (M, C, H, W) held-out normal images, which "typicality" and "dose" need. steps / step_size / noise: override
+    the posterior chain (``noise=False``: the papers' noise-free chain). seed: as in :func:`sample`.
+    Returns (scores: (N,) float64, terms: {"recon", "tilt", "base"} -> (N,) float64 for a latent model, whose sum
+    is the "joint" score; {"score"} for a BiDVL model), on the CPU.
+    """
+    x = _images(model, images)
+    xc = _images(model, calibration, "calibration") if calibration is not None else None
+    dev = _device(model)
+    if seed is not None:
+        seed_everything(seed)
+    with _precision(precision, dev):
+        scores, terms, _ = score_images(model, x, score=kind, calibration=xc, steps=steps, step_size=step_size,
+                                        noise=noise, batch_size=batch_size, device=dev)
+    return scores, terms
+
+
+def fit_prior(method: str, data: Union[PathLike, torch.Tensor], labels: Optional[torch.Tensor] = None, *,
+              init: Optional[PathLike] = None, preset: Optional[str] = None,
+              overrides: Optional[Mapping[str, Any]] = None, out: Optional[PathLike] = None, force: bool = False,
+              quiet: bool = True) -> Model:
+    """Fit a model by ``method`` ("mle", "adaptive-nce", "nce", "joint-mle", "joint-vi", "bidvl"; "pretrain": a
+    generator under N(0, I)), exactly as ``ebmtool fit-prior`` does.
+
+    data: a dataset artifact's path (``ebmtool data prepare``), or images (N, C, H, W) uint8 in [0, 255] or float
+    in [-1, 1]; labels: (N,) integers for image tensors (optional; a dataset artifact holds its own). init: a model
+    artifact to start from (a pretrained generator; a model to continue or add stages to). preset: "smoke" | "cpu"
+    | "paper" (``ebmtool presets``). overrides: config fields, dotted or nested, over the preset
+    (``{"epochs": 5, "generator.nz": 16}`` = ``--set epochs=5 --set generator.nz=16``). out: also write the model
+    artifact there (refused if it exists, unless ``force``); nothing is written without it. quiet: no progress.
+    Returns the model, in eval mode, on the config's device.
+    """
+    if method not in METHODS:
+        raise UserError(f"method: unknown method {method!r} (choose from {', '.join(METHODS)})")
+    flags: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        flags = deep_merge(flags, nested({key: value}))
+    cfg = resolve(METHODS[method].config, method=method, preset=preset, toml=None, flags=flags)
+    asked = {section: {f: (v, f"overrides[{section}.{f}] = {v!r}") for f, v in vals.items()}
+             for section, vals in flags.items() if isinstance(vals, dict)}
+    if isinstance(data, torch.Tensor):
+        source: Any = tensor_training_data(data, labels)
+    elif labels is not None:
+        raise UserError("labels: give them with image tensors only (a dataset artifact holds its own)")
+    else:
+        source = os.fspath(data)
+    model, _ = fit(method, cfg, source, None if out is None else os.fspath(out),
+                   init_path=None if init is None else os.fspath(init), force=force, quiet=quiet, asked=asked)
+    return model.eval()

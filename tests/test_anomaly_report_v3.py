@@ -1,0 +1,69 @@
+"""benchmarks/anomaly_report_v3.py on hand-made CSVs: verdicts against the published cells, the floor below which
+no score's AUPRC can fall, the lineage's practices from the curve, and the README block."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import anomaly_report_v3 as R  # noqa: E402
+from bench_csv import write_all  # noqa: E402
+
+
+def row(method, digit, seed, auprc, **kw):
+    return {"protocol": "v3", "method": method, "digit": str(digit), "seed": str(seed), "precision": "fp32",
+            "auprc_joint": str(auprc), "n_test": "1000", "n_anomalous": "400", "cpu": "test cpu (1 threads)",
+            "budget": "b", "updates": "10", "threads": "1", "train_cpu_s": "60", **kw}
+
+
+def test_verdicts_use_twice_the_larger_std():
+    assert R.verdict("0.630±0.017", [0.60]) == "within 2 std"      # 0.03 <= 2 x 0.017
+    assert R.verdict("0.630±0.017", [0.55]) == "below"
+    assert R.verdict("0.463±0.009", [0.50, 0.56]) == "within 2 std"  # our seed std 0.042 is the larger
+    assert R.verdict("0.463±0.009", [0.60, 0.61]) == "above"
+    assert R.verdict("0.463±0.009", []) == "–"
+
+
+def test_worst_auprc_is_the_inverted_ranking():
+    from ebmtool.eval.anomaly import metrics
+
+    y = np.r_[np.zeros(600), np.ones(400)]
+    rng = np.random.default_rng(0)
+    worst = R.worst_auprc(1000, 400)
+    assert all(metrics(y, rng.normal(size=1000)).auprc >= worst for _ in range(20))
+    assert worst == pytest.approx(metrics(y, -np.arange(1000.0)).auprc)
+
+
+def test_report_tables_and_practices(tmp_path):
+    res, curve = tmp_path / "r.csv", tmp_path / "c.csv"
+    write_all(res, list(row("mle", 4, 0, 0).keys()) + ["auprc_recon_weight1"], [
+        row("mle", 4, 0, 0.60, auprc_recon_weight1="0.70"), row("mle", 4, 1, 0.64, auprc_recon_weight1="0.66"),
+        row("pretrain", 4, 0, 0.30)])
+    write_all(curve, ["method", "digit", "seed", "epoch", "auprc_joint"],
+              [{"method": "mle", "digit": "4", "seed": "0", "epoch": str(e), "auprc_joint": str(v)}
+               for e, v in ((1, 0.5), (2, 0.7), (3, 0.6))])
+    text = R.report(res, curve)
+    assert "| **ebmtool: LEBM (`mle`) from scratch** | – | 0.620 ± 0.028 (2) |" in text
+    assert "0.630±0.017 vs 0.620: within 2 std" in text and "1 of 1 measured" in text
+    # practices: last-epochs mean 0.6 and best 0.7 against the final curve point 0.6; recon weight 1: +0.06 mean
+    assert "moves AUPRC by +0.000 on average" in text and "moves AUPRC by +0.100 on average (from +0.100 to +0.100, 1 runs)" in text
+    assert "moves AUPRC by +0.060 on average (from +0.020 to +0.100, 2 runs)" in text
+    # the published ABP cell (0.138) is below the floor of a 1000/400 test part
+    assert "ABP on digit 4 (0.138 <" in text
+
+
+def test_readme_block_is_replaced(tmp_path, monkeypatch):
+    res = tmp_path / "r.csv"
+    write_all(res, list(row("mle", 4, 0, 0).keys()), [row("mle", 4, 0, 0.6)])
+    monkeypatch.setattr(R, "RESULTS", res)
+    monkeypatch.setattr(R, "CURVE", tmp_path / "none.csv")
+    md = tmp_path / "README.md"
+    md.write_text(f"intro\n{R.BEGIN}\nOLD-BLOCK\n{R.END}\nrest\n")
+    R.update_readme(md)
+    text = md.read_text()
+    assert "OLD-BLOCK" not in text and text.startswith("intro") and text.endswith("rest\n") and "0.600 (1)" in text
