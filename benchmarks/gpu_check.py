@@ -5,13 +5,13 @@ its own torch, install the rest from the wheelhouse (``make wheelhouse``; docs/g
 ``PYTHONPATH=SITE python3 benchmarks/gpu_check.py``; a missing package is one line naming it, exit 2.
 
     .venv/bin/python benchmarks/gpu_check.py            # < 5 min on one H200; table + benchmarks/results/gpu_check.json
-    .venv/bin/python benchmarks/gpu_check.py --dry-run  # on any machine: the checks it would run, nothing run
+    .venv/bin/python benchmarks/gpu_check.py --dry-run  # with ebmtool importable, on any machine: the checks, nothing run
 
 Each check is a subprocess with its own timeout, so one failure does not stop the others; a failure is one line
 naming the command and the first repository file:line of its traceback (or ebmtool's one-line error). Checks:
 
 * ``pytest-cuda``          the test subset marked ``cuda`` (``pytest -m cuda``; skipped on machines without CUDA);
-* ``pretrain``, ``fit-<method>``  every method's ``--preset smoke --device cuda`` on scikit-learn's digits;
+* ``pretrain``, ``fit-<method>``  every registered method's ``--preset smoke --device cuda`` on scikit-learn's digits;
 * ``precision-auto``       ``--precision auto`` picks bf16 where ``torch.cuda.is_bf16_supported()``, else fp32;
 * ``precision-step``       one LEBM training step (svhn32 and cifar32 generators, batch 100) in fp32, tf32 and
                            bf16: relative error of the parameter gradients and of the update against fp32, and it/s;
@@ -64,6 +64,19 @@ class Check:
         return [PY, str(Path(__file__).resolve()), "--worker", str(self.worker), "--work", str(work)]
 
 
+# the methods whose smoke run starts from the pretrained generator (--init); every other one starts from scratch
+FROM_PRETRAIN = ("mle", "adaptive-nce", "nce")
+
+
+def fit_methods() -> list[str]:
+    """Every method ``fit-prior --method`` takes, from ebmtool's method registry (one ``fit-<method>`` check each)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from ebmtool.methods import METHODS
+
+    return [k for k, m in METHODS.items() if m.fit_prior]
+
+
 def checks(n_gpus: int | None) -> list[Check]:
     d, g = "{work}/digits.safetensors", "{work}/pretrain.safetensors"
     out: list[Check] = [
@@ -74,8 +87,8 @@ def checks(n_gpus: int | None) -> list[Check]:
         Check("pretrain", "pretrain-generator --preset smoke --device cuda", 60,
               EBM + ["pretrain-generator", "--data", d, "-o", g] + SMOKE, needs=["data"]),
     ]
-    for m, init in (("mle", True), ("adaptive-nce", True), ("nce", True), ("joint-mle", False), ("joint-vi", False),
-                    ("bidvl", False)):
+    for m in fit_methods():
+        init = m in FROM_PRETRAIN
         out.append(Check(f"fit-{m}", f"fit-prior --method {m} --preset smoke --device cuda", 60,
                          EBM + ["fit-prior", "--method", m, "--data", d, *(["--init", g] if init else []),
                                 "-o", f"{{work}}/{m}.safetensors"] + SMOKE, needs=["pretrain"] if init else ["data"]))
@@ -233,7 +246,12 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         n_gpus = torch.cuda.device_count()
-    plan = checks(n_gpus)
+    try:
+        plan = checks(n_gpus)
+    except ImportError as e:  # --dry-run reads the methods from ebmtool's registry, which needs ebmtool's dependencies
+        print(f"gpu_check: missing package {(e.name or '?').split('.')[0]} (needed by ebmtool, whose methods it lists)",
+              file=sys.stderr)
+        return 2
     names = {c.name for c in plan}
     if args.only:
         unknown = [n for n in args.only if n not in names]

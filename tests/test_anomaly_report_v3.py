@@ -41,8 +41,9 @@ def test_worst_auprc_is_the_inverted_ranking():
 
 def test_report_tables_and_practices(tmp_path):
     res, curve = tmp_path / "r.csv", tmp_path / "c.csv"
-    write_all(res, list(row("mle", 4, 0, 0).keys()) + ["auprc_recon_weight1"], [
-        row("mle", 4, 0, 0.60, auprc_recon_weight1="0.70"), row("mle", 4, 1, 0.64, auprc_recon_weight1="0.66"),
+    write_all(res, list(row("mle", 4, 0, 0).keys()) + ["auprc_recon_weight1", "auprc_joint_second_permutation"], [
+        row("mle", 4, 0, 0.60, auprc_recon_weight1="0.70", auprc_joint_second_permutation="0.90"),
+        row("mle", 4, 1, 0.64, auprc_recon_weight1="0.66"),
         row("pretrain", 4, 0, 0.30)])
     write_all(curve, ["method", "digit", "seed", "epoch", "auprc_joint"],
               [{"method": "mle", "digit": "4", "seed": "0", "epoch": str(e), "auprc_joint": str(v)}
@@ -53,6 +54,7 @@ def test_report_tables_and_practices(tmp_path):
     # practices: last-epochs mean 0.6 and best 0.7 against the final curve point 0.6; recon weight 1: +0.06 mean
     assert "moves AUPRC by +0.000 on average" in text and "moves AUPRC by +0.100 on average (from +0.100 to +0.100, 1 runs)" in text
     assert "moves AUPRC by +0.060 on average (from +0.020 to +0.100, 2 runs)" in text
+    assert "second permutation" in text and "moves AUPRC by +0.300 on average (from +0.300 to +0.300, 1 runs)" in text
     # the published ABP cell (0.138) is below the floor of a 1000/400 test part
     assert "ABP on digit 4 (0.138 <" in text
 

@@ -164,11 +164,16 @@ PAPERS = ["Pang et al. 2020", "Xiao & Han 2022", "Cui, Wu & Han 2023", "Kan et a
 SHORTHAND = re.compile(r"seed 0\d\d|\(seed \d|seeds'|seed's|seed method|the seeds\b", re.IGNORECASE)
 
 
-def test_fit_prior_help_names_the_papers():
+def test_fit_prior_help_names_the_papers_and_every_method():
+    from ebmtool.methods import METHODS
+
     r = run_cli(["fit-prior", "--help"]).ok()
     text = " ".join(r.out.split())
     for paper in PAPERS:
         assert paper in text, paper
+    for k, m in METHODS.items():  # one line per method, from its registered description
+        if m.fit_prior:
+            assert f"{k}: {' '.join(m.description.split())}" in text, k
     assert not SHORTHAND.search(r.out)
 
 

@@ -258,3 +258,22 @@ def test_train_plus_test_names_the_missing_training_file(tmp_path):
     r = run_cli(["data", "prepare", "--dataset", "mnist", "--root", tmp_path, "--split", "train+test", "-o", out])
     assert r.code == 2 and len(r.err_lines) == 1 and not out.exists()
     assert "train-images-idx3-ubyte" in r.err and str(tmp_path) in r.err
+
+
+def test_second_test_permutation_reproduces_the_original_loaders_leak(tmp_path):
+    """--test-permutation second: the test normals come from a second draw, so about 80% of them were trained on
+    (the ground truth of the original loader); the default keeps the parts disjoint."""
+    labels = torch.arange(5000) % 10
+    train, test = protocol_split(labels, 3, "second")
+    same_train, _ = protocol_split(labels, 3)
+    assert torch.equal(train, same_train)  # the training part is the same in both
+    normals_in_test = set(test[labels[test] != 3].tolist())
+    shared = len(normals_in_test & set(train.tolist())) / len(normals_in_test)
+    assert 0.75 < shared < 0.85
+    assert int((labels[test] == 3).sum()) == 500
+    _both_splits(tmp_path)
+    t, meta = prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="train+test", anomaly_protocol=3,
+                                 part="test", test_permutation="second"))
+    assert meta["protocol"]["test_permutation"] == "second"
+    with pytest.raises(ValueError, match="--test-permutation needs --anomaly-protocol"):
+        DataConfig(dataset="digits", test_permutation="second")

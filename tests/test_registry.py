@@ -3,14 +3,16 @@ and the registry refuses duplicates and wrong types."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 from torch import nn
 
-from conftest import run_sub
+from conftest import REPO, run_sub
 from ebmtool import artifacts
 from ebmtool.registry import Flag, Registry, register_method
 
@@ -57,3 +59,29 @@ def test_the_registry_refuses_duplicates_and_wrong_types():
     with pytest.raises(TypeError, match="pydantic model class"):
         register_method("bad", dict, "not a config")
     assert Flag("--non-adaptive/--adaptive", "non_adaptive", bool, "").param == "non_adaptive"
+
+
+def _by_path(name: str, path: Path):
+    """The module at ``path`` (a test module, or a script under benchmarks/), imported once under ``name``."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_every_registered_method_has_a_golden_run_and_a_gpu_check():
+    """The two lists of runs that are kept by hand (their hashes and timeouts are per run): a method added to
+    ebmtool/methods/ must get a run in tests/test_golden.py's RUNS (and its hashes) and a fit-<method> check in
+    benchmarks/gpu_check.py (which reads the registry)."""
+    from ebmtool.methods import METHODS
+
+    golden = {method for method, _, _ in _by_path("test_golden", REPO / "tests" / "test_golden.py").RUNS.values()}
+    gpu = {c.name.removeprefix("fit-") for c in _by_path("gpu_check", REPO / "benchmarks" / "gpu_check.py").checks(1)
+           if c.name.startswith("fit-")}
+    ours = [k for k, m in METHODS.items() if m.fit_prior and m.fit.__module__.startswith("ebmtool.")]
+    assert ours
+    missing = [f"{k}: no run in tests/test_golden.py RUNS" for k in ours if k not in golden]
+    missing += [f"{k}: no fit-{k} check in benchmarks/gpu_check.py" for k in ours if k not in gpu]
+    assert not missing, "; ".join(missing)

@@ -33,6 +33,9 @@ def data_prepare(
     part: Optional[str] = typer.Option(None, "--part", help="train | test part of the anomaly protocol; fit | calibration split train 90/10 (calibration: held-out normals for anomaly --calibrate)"),
     size: Optional[int] = typer.Option(None, "--size", help="resize to SIZE x SIZE"),
     limit: Optional[int] = typer.Option(None, "--limit", help="keep the first N images"),
+    test_permutation: str = typer.Option("same", "--test-permutation", help="same (default): test = the rest of the "
+                                         "one permutation | second: the original loader's second draw, most test "
+                                         "normals are training images (to measure that practice only)"),
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -44,7 +47,8 @@ def data_prepare(
 
     cfg = build(DataConfig, nested(dict(dataset=dataset, root=root, split=split, download=download,
                                         exclude_class=exclude_class, only_class=only_class,
-                                        anomaly_protocol=anomaly_protocol, part=part, size=size, limit=limit)),
+                                        anomaly_protocol=anomaly_protocol, part=part, size=size, limit=limit,
+                                        test_permutation=test_permutation)),
                 where="data prepare")
     emit(stages.data_prepare(cfg, str(output), force, quiet=quiet), as_json, "dataset")
 

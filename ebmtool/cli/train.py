@@ -107,10 +107,6 @@ def _training_command(name: str, method: Optional[str], doc: str) -> None:
 
 _training_command("pretrain-generator", "pretrain",
                   "Train a generator under N(0, I) with short-run posterior Langevin (the \"0 stages\" model).")
-_training_command("fit-prior", None, """Fit a latent-space EBM prior (and its generator) by the method of one of four papers.
-
-mle: Learning Latent Space Energy-Based Prior Model (LEBM, Pang et al. 2020).
-adaptive-nce, nce: Adaptive Multi-stage Density Ratio Estimation for Learning Latent Space EBMs (Xiao & Han 2022).
-joint-mle, joint-vi: Learning Joint Latent Space EBM Prior Model for Multi-layer Generator (Cui, Wu & Han 2023).
-bidvl: Bi-level Doubly Variational Learning for Energy-based Latent Variable Models (BiDVL, Kan et al. 2022).
-`ebmtool methods` describes each method.""")
+_training_command("fit-prior", None, "\n".join(
+    ["Fit a latent-space EBM prior (and its generator) by one of the registered methods (`ebmtool methods`):", ""]
+    + [f"{k}: {m.description.rstrip('.')}." for k, m in METHODS.items() if m.fit_prior]))

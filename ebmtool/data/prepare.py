@@ -33,6 +33,10 @@ class DataConfig(Strict):
                           "normals held out from fitting for `anomaly --calibrate`")
     size: Optional[int] = Field(None, ge=4, le=512)
     limit: Optional[int] = Field(None, ge=1)
+    test_permutation: Literal["same", "second"] = Field(
+        "same", description="same: the test part is the rest of the one permutation (disjoint from train); second: "
+                            "the protocol's original loader, which draws a second permutation for the test part, so "
+                            "most test normals are training images (for measuring that practice, never a headline)")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -44,21 +48,31 @@ class DataConfig(Strict):
             raise ValueError("--anomaly-protocol cannot be combined with --exclude-class/--only-class")
         if self.exclude_class is not None and self.only_class is not None:
             raise ValueError("--exclude-class and --only-class are exclusive")
+        if self.test_permutation != "same" and self.anomaly_protocol is None:
+            raise ValueError("--test-permutation needs --anomaly-protocol K")
         return self
 
 
-def protocol_split(labels: torch.Tensor, anomaly_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+def protocol_split(labels: torch.Tensor, anomaly_class: int, test_permutation: str = "same"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The hold-one-class protocol (docs/design.md §5), computed once with a fixed seed.
 
     Normals (label != K) are permuted with a fixed generator and split 80/20. Returns the indices of the
     training part (80% of normals) and of the test part (the other 20% of normals + every image of class K).
-    The two parts are disjoint by construction (no training image leaks into the test set).
+    The two parts are disjoint by construction (no training image is in the test set).
+
+    ``test_permutation="second"`` reproduces the protocol's original loader (Zenati et al., arXiv:1802.06222),
+    which draws the test part's normals from a second permutation of the same generator: about 80% of them are
+    then training images. Only for measuring what that practice is worth.
     """
     normal = torch.nonzero(labels != anomaly_class).squeeze(1)
     anomal = torch.nonzero(labels == anomaly_class).squeeze(1)
-    perm = normal[torch.randperm(len(normal), generator=torch.Generator(device="cpu").manual_seed(PROTOCOL_SEED), device="cpu")]
+    g = torch.Generator(device="cpu").manual_seed(PROTOCOL_SEED)
+    perm = normal[torch.randperm(len(normal), generator=g, device="cpu")]
     n_train = int(round(PROTOCOL_TRAIN_FRACTION * len(normal)))
     train = perm[:n_train].sort().values
+    if test_permutation == "second":
+        perm = normal[torch.randperm(len(normal), generator=g, device="cpu")]
     test = torch.cat([perm[n_train:], anomal]).sort().values
     return train, test
 
@@ -101,7 +115,7 @@ def prepare(cfg: DataConfig, quiet: bool = True) -> tuple[dict[str, torch.Tensor
     if cfg.only_class is not None:
         idx = idx[labels == cfg.only_class]
     if cfg.anomaly_protocol is not None:
-        train, test = protocol_split(labels, cfg.anomaly_protocol)
+        train, test = protocol_split(labels, cfg.anomaly_protocol, cfg.test_permutation)
         fit, cal = calibration_split(train)
         idx = {"train": train, "test": test, "fit": fit, "calibration": cal}[cfg.part]
     if cfg.limit is not None:
@@ -126,7 +140,7 @@ def prepare(cfg: DataConfig, quiet: bool = True) -> tuple[dict[str, torch.Tensor
     }
     if cfg.anomaly_protocol is not None:
         meta["protocol"] = {"anomaly_class": cfg.anomaly_protocol, "part": cfg.part, "seed": PROTOCOL_SEED,
-                            "train_fraction": PROTOCOL_TRAIN_FRACTION,
+                            "train_fraction": PROTOCOL_TRAIN_FRACTION, "test_permutation": cfg.test_permutation,
                             **({"calibration_fraction": CALIBRATION_FRACTION} if cfg.part in ("fit", "calibration") else {})}
     return tensors, meta
 
