@@ -35,6 +35,7 @@ model's saved score terms).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -54,7 +55,7 @@ from ebmtool.artifacts import load  # noqa: E402
 from ebmtool.config import resolve  # noqa: E402
 from ebmtool.data import DataConfig, load_images  # noqa: E402
 from ebmtool.eval import scores as S  # noqa: E402
-from ebmtool.errors import UserError  # noqa: E402
+from ebmtool.errors import DivergenceError, UserError  # noqa: E402
 from ebmtool.eval.anomaly import binary_labels, metrics, pca_scores  # noqa: E402
 from ebmtool.methods import METHODS  # noqa: E402
 from ebmtool.models import load_model  # noqa: E402
@@ -132,23 +133,39 @@ def parts(digit: int) -> dict[str, str]:
 
 def fit(method: str, data: str, out: Path, seed: int, prec: str, init: str | None, snapshots: Path | None) -> float:
     """Train one model with its budget; the model as it stands after each epoch goes to ``snapshots``. Returns
-    the training wall seconds (a model trained earlier: its recorded time; an interrupted run: continued). The
-    process CPU seconds it took are kept beside the model (``.cpu_s``): wall time counts the waits a busy machine
-    adds, CPU time what the row costs."""
+    the training wall seconds. The process CPU seconds are kept beside the model (``.cpu_s``; wall time counts the
+    waits a busy machine adds, CPU time what the row costs). An interrupted run resumes from its checkpoint, and
+    the seconds of its earlier segments (``.partial.json``) are added, so a row counts its whole training."""
+    import json
+
     if out.exists():
-        return float(load(out).meta.get("wall_time_s", 0.0))
+        t = out.with_suffix(".wall_s")
+        return float(t.read_text()) if t.exists() else float(load(out).meta.get("wall_time_s", 0.0))
+    partial = out.with_suffix(".partial.json")
     m = METHOD_OF.get(method, method)
     cfg = resolve(METHODS[m].config, method=m, preset=PRESET, toml=None,
                   flags={**BUDGET[method], "seed": seed, "precision": prec, "device": DEVICE.type})
     ck = stages.checkpoint_path(str(out))
     if snapshots is not None and not ck.exists() and snapshots.exists():
         shutil.rmtree(snapshots)  # left by a run killed without a checkpoint: it starts again
+    before = json.loads(partial.read_text()) if ck.exists() and partial.exists() else {"wall": 0.0, "cpu": 0.0}
     t0, c0 = time.perf_counter(), time.process_time()
-    stages.train(m, cfg, data, str(out), init_path=init, quiet=True, resume=str(ck) if ck.exists() else None,
-                 snapshots=str(snapshots) if snapshots is not None else None)
-    cpu = time.process_time() - c0
-    out.with_suffix(".cpu_s").write_text(f"{cpu:.1f}\n")
-    return time.perf_counter() - t0
+
+    def spent() -> dict:
+        return {"wall": before["wall"] + time.perf_counter() - t0, "cpu": before["cpu"] + time.process_time() - c0}
+
+    try:
+        stages.train(m, cfg, data, str(out), init_path=init, quiet=True, resume=str(ck) if ck.exists() else None,
+                     snapshots=str(snapshots) if snapshots is not None else None)
+    except BaseException:
+        if ck.exists():  # interrupted with a checkpoint: its next run continues, and counts this segment too
+            partial.write_text(json.dumps(spent()))
+        raise
+    total = spent()
+    out.with_suffix(".cpu_s").write_text(f"{total['cpu']:.1f}\n")
+    out.with_suffix(".wall_s").write_text(f"{total['wall']:.1f}\n")
+    partial.unlink(missing_ok=True)
+    return total["wall"]
 
 
 def chain_length(model, xc: torch.Tensor, prec: str) -> int:
@@ -224,7 +241,7 @@ def curve(method: str, digit: int, seed: int, prec: str, points: list[tuple[int,
         yy = y[idx]
         append(CURVE, CURVE_FIELDS, {
             "protocol": PROTOCOL, "method": method, "digit": digit, "seed": seed, "precision": prec, "epoch": epoch,
-            "updates": epoch * (n_fit // 100), "n_curve": len(idx), "score_steps": steps, "cpu": cpu,
+            "updates": epoch * math.ceil(n_fit / 100), "n_curve": len(idx), "score_steps": steps, "cpu": cpu,
             **{f"auprc_{s}": f"{metrics(yy, S.score(s, t)).auprc:.4f}" for s in ("joint", "recon", "prior")}})
 
 
@@ -250,8 +267,9 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict:
                 "random_auprc": f"{m.n_anomalous / m.n:.4f}", "train_wall_s": f"{time.perf_counter() - t0:.1f}"}
     tag = f"d{digit}-s{seed}-{prec}"
     gen, gen_snaps = WORK / f"pretrain-{tag}.safetensors", WORK / f"pretrain-{tag}.snapshots"
-    gen_wall = fit("pretrain", p["fit"], gen, seed, prec, None, gen_snaps)
-    points = snapshots_of(gen_snaps)
+    if method in ("pretrain", "pretrain-matched", "adaptive-nce"):  # the rows built on the 0-stage generator
+        gen_wall = fit("pretrain", p["fit"], gen, seed, prec, None, gen_snaps)
+        points = snapshots_of(gen_snaps)
     if method == "pretrain":
         model, wall, epochs = gen, gen_wall, GEN_EPOCHS
     elif method == "pretrain-matched":
@@ -275,6 +293,9 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict:
     if method in ("mle", "adaptive-nce", "joint-mle") and digit in PUBLISHED:
         row["auprc_joint_second_permutation"] = second_permutation(model, p, digit, seed, prec, int(row["score_steps"]))
     curve(method, digit, seed, prec, points, int(row["score_steps"]), p, cpu)
+    if WORK.name.endswith("_paper"):  # ~150 snapshots of 5 MB per run: their curve rows are written, drop them
+        for f in {mp.parent for _, mp in points if mp.parent != WORK}:
+            shutil.rmtree(f, ignore_errors=True)
     budget = (f"{PRESET} preset + {NET['generator']}; " +
               {"pretrain": f"{GEN_EPOCHS} epochs", "pretrain-matched": f"{GEN_EPOCHS} + {EPOCHS - GEN_EPOCHS} epochs",
                "adaptive-nce": f"{GEN_EPOCHS}-epoch generator + {STAGES} stages x "
@@ -282,9 +303,10 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict:
                   method, f"{EPOCHS} epochs from scratch"))
     trained = [model] if method in ("mle", "joint-mle") else [gen] + [mp for _, mp in points if mp.parent == WORK] + (
         [model] if method == "pretrain-matched" else [])
-    cpu = sum(float(f.with_suffix(".cpu_s").read_text()) for f in set(trained) if f.with_suffix(".cpu_s").exists())
-    return {**common, **row, "budget": budget, "updates": epochs * (n_fit // 100), "epochs": epochs,
-            "train_wall_s": f"{wall:.1f}", "train_cpu_s": f"{cpu:.1f}"}
+    have = [f.with_suffix(".cpu_s") for f in set(trained)]
+    cpu = f"{sum(float(f.read_text()) for f in have):.1f}" if all(f.exists() for f in have) else ""  # else unknown
+    return {**common, **row, "budget": budget, "updates": epochs * math.ceil(n_fit / 100), "epochs": epochs,
+            "train_wall_s": f"{wall:.1f}", "train_cpu_s": cpu}
 
 
 def second_permutation(model_path: Path, p: dict[str, str], digit: int, seed: int, prec: str, steps: int) -> str:
@@ -349,18 +371,21 @@ def main() -> None:
         DEVICE = resolve_device(args.device)
     except UserError as e:
         sys.exit(f"anomaly_mnist_v3: {e}")
-    missing = [f for f in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")
-               if not any((MNIST / n).exists() for n in (f, f + ".gz"))]
+    from ebmtool.data.sources import MNIST_FILES, mnist_file
+
+    missing = [f for split in ("train", "test") for f in MNIST_FILES[split] if mnist_file(MNIST, f) is None]
     if missing:
         sys.exit(f"anomaly_mnist_v3: no MNIST file {missing[0]}[.gz] in {MNIST} (set MNIST_ROOT to the folder of "
                  "the four IDX files, or fill one with `ebmtool data prepare --dataset mnist --download --root DIR`)")
+    if args.budget == "paper" and DEVICE.type == "cpu":
+        sys.exit("anomaly_mnist_v3: --budget paper is ~70k updates per row (days on a CPU): run it with --device cuda")
     torch.set_num_threads(args.threads)
     cpu = cpu_name()
     prec = resolve_precision(args.precision, DEVICE, warn=False).name
-    if args.practices:
-        practices()
-        return
     try:
+        if args.practices:
+            practices()
+            return
         for seed in args.seeds:
             for digit in args.digits:
                 for m in args.methods:
@@ -368,12 +393,17 @@ def main() -> None:
                     pr = "fp32" if m in ("pca", "random") else prec
                     if (m, str(digit), str(seed), pr) in done:
                         continue
-                    row = run_cell(m, digit, seed, pr, cpu)
+                    try:
+                        row = run_cell(m, digit, seed, pr, cpu)
+                    except DivergenceError as e:  # a result, not a stop: seeded, it would diverge again on a rerun
+                        row = {"protocol": PROTOCOL, "method": m, "digit": digit, "seed": seed, "precision": pr,
+                               "budget": f"diverged: {e}", "cpu": cpu, "torch": torch.__version__,
+                               "threads": torch.get_num_threads()}
                     append(RESULTS, FIELDS, row)
                     print({k: row.get(k) for k in ("method", "digit", "seed", "auprc_joint", "score_steps",
                                                   "train_wall_s", "score_wall_s")}, flush=True)
     except (KeyboardInterrupt, UserError) as e:  # SIGINT/SIGTERM in training: a checkpoint was written (Interrupted)
-        sys.exit(f"anomaly_mnist_v3: {e or 'interrupted'}; run the same command again to continue (finished rows "
+        sys.exit(f"anomaly_mnist_v3: {str(e) or 'interrupted'}; run the same command again to continue (finished rows "
                  "are kept, an interrupted training resumes from its checkpoint)")
 
 

@@ -45,6 +45,8 @@ PAPER_OF = {  # ebmtool row -> (published label, published cells over PUBLISHED)
 }
 VAE = papers.ANCE_T2["rows"]["VAE"]
 LAST_N = 10  # the papers' "mean over the last 10 epochs"
+GEN_EPOCHS = {"cpu": 4, "paper": 54}  # anomaly_mnist_v3.py's 0-stage generator epochs per budget
+BUDGET_NAME = ["cpu"]  # set by --budget
 
 
 def parse(cell: str) -> tuple[float, float]:
@@ -53,7 +55,18 @@ def parse(cell: str) -> tuple[float, float]:
 
 
 def vals(rs, method, digit, col="auprc_joint") -> list[float]:
-    return [float(r[col]) for r in rs if r["method"] == method and int(r["digit"]) == digit and r.get(col)]
+    """One cell's values over seeds: rows of the report's precision only (fp32 and bf16 repeats are not seeds)."""
+    return [float(r[col]) for r in rs if r["method"] == method and int(r["digit"]) == digit and r.get(col)
+            and r["precision"] in (MAIN_PRECISION[0], "fp32") and (r["method"] in ("random", "pca")
+                                                                   or r["precision"] == MAIN_PRECISION[0])]
+
+
+MAIN_PRECISION = ["fp32"]  # the precision of the learned rows the tables show: the most common one (set by report)
+
+
+def main_precision(rs) -> str:
+    learned = [r["precision"] for r in rs if r["method"] not in ("random", "pca")]
+    return max(set(learned), key=learned.count) if learned else "fp32"
 
 
 def fmt(v: list[float]) -> str:
@@ -141,12 +154,13 @@ def verdict_table(rs) -> str:
     return "\n".join(out)
 
 
-def curve_rows(method: str, digit: int, seed: str, path: Path = CURVE) -> list[dict]:
-    return sorted((r for r in read(path) if r["method"] == method and int(r["digit"]) == digit and r["seed"] == seed),
-                  key=lambda r: int(r["epoch"]))
+def curve_rows(method: str, digit: int, seed: str, path: Path | None = None, precision: str | None = None
+               ) -> list[dict]:
+    return sorted((r for r in read(path or CURVE) if r["method"] == method and int(r["digit"]) == digit and r["seed"] == seed
+                   and precision in (None, r.get("precision"))), key=lambda r: int(r["epoch"]))
 
 
-def practices(rs, curve_path: Path = CURVE) -> tuple[str, list[str]]:
+def practices(rs, curve_path: Path | None = None) -> tuple[str, list[str]]:
     """Each lineage practice against the clean number, per (method, published digit, seed) where measured."""
     diffs: dict[str, list[float]] = {"last": [], "best": [], "w1": [], "leak": []}
     table = ["| row | digit | seed | clean (final model, whole test part) | mean of the last epochs (curve) | "
@@ -156,11 +170,17 @@ def practices(rs, curve_path: Path = CURVE) -> tuple[str, list[str]]:
         m, d = r["method"], int(r["digit"])
         if m not in ("mle", "adaptive-nce", "joint-mle") or d not in PUBLISHED:
             continue
+        if not r.get("auprc_joint"):
+            continue
         clean = float(r["auprc_joint"])
-        c = curve_rows(m, d, r["seed"], curve_path)
+        c = curve_rows(m, d, r["seed"], curve_path, r["precision"])
+        if m == "adaptive-nce":  # its own points: the stages, not the 0-stage generator's epochs before them
+            c = [x for x in c if int(x["epoch"]) > GEN_EPOCHS[BUDGET_NAME[0]]]
+        complete = bool(c) and bool(r.get("epochs")) and int(c[-1]["epoch"]) == int(r["epochs"])
         cells = [f"{clean:.3f}"]
-        if c:
-            last = [float(x["auprc_joint"]) for x in c[-LAST_N:]]
+        if complete:  # the curve reaches the final model, so its last point is the clean model on the subsample
+            top = int(c[-1]["epoch"])
+            last = [float(x["auprc_joint"]) for x in c if int(x["epoch"]) > top - LAST_N]
             best = max(c, key=lambda x: float(x["auprc_joint"]))
             final_curve = float(c[-1]["auprc_joint"])  # the same model on the curve's subsample
             diffs["last"].append(statistics.mean(last) - final_curve)
@@ -235,7 +255,8 @@ def cost_table(rs) -> str:
     return "\n".join(out)
 
 
-def curve_table(path: Path = CURVE) -> str:
+def curve_table(path: Path | None = None) -> str:
+    path = path or CURVE
     rs = read(path)
     if not rs:
         return "(no curve rows yet)"
@@ -248,13 +269,13 @@ def curve_table(path: Path = CURVE) -> str:
     return "\n".join(out)
 
 
-def curve_figure(path: str, curve_path: Path = CURVE) -> None:
+def curve_figure(path: str, curve_path: Path | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rs = read(curve_path)
+    rs = read(curve_path or CURVE)
     digits = sorted({int(r["digit"]) for r in rs})
     if not digits:
         return
@@ -283,9 +304,11 @@ def report(results: Path | None = None, curve_path: Path | None = None) -> str:
     rs = read(results)
     if not rs:
         return "(no v3 rows measured yet)"
+    MAIN_PRECISION[0] = main_precision(rs)
     table, sentences = practices(rs, curve_path)
     cpus = sorted({r["cpu"] for r in rs})
-    precs = sorted({r["precision"] for r in rs if r["method"] not in ("random", "pca")})
+    precs = [MAIN_PRECISION[0]] + [f"{p} (rows not shown in the tables)" for p in sorted(
+        {r["precision"] for r in rs if r["method"] not in ("random", "pca")} - {MAIN_PRECISION[0]})]
     return "\n\n".join([
         f"AUPRC under the papers' score -log p(x, z) at a noise-free posterior z, mean ± std (seeds); published rows "
         f"from the papers' tables (recipes/papers.py). CPU: {'; '.join(cpus)}; precision of the learned rows: "
@@ -318,7 +341,13 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--readme", help="rewrite the v3 block of this markdown file instead of printing")
     ap.add_argument("--figure", help="write the learning-curve figure here")
+    ap.add_argument("--budget", choices=["cpu", "paper"], default="cpu",
+                    help="paper: report anomaly_mnist_v3_paper.csv (make bench-anomaly-v3-paper) instead")
     a = ap.parse_args()
+    if a.budget == "paper":
+        BUDGET_NAME[0] = "paper"
+        RESULTS = RESULTS.with_name("anomaly_mnist_v3_paper.csv")
+        CURVE = CURVE.with_name("anomaly_mnist_v3_curve_paper.csv")
     if a.readme:
         update_readme(Path(a.readme))
     else:

@@ -156,16 +156,34 @@ def cpu_name() -> str:
 _AUTO_THREADS: Optional[tuple[int, str]] = None
 
 
-def usable_cpus() -> int:
-    """The logical CPUs this process may run on (its affinity mask; a container's cpuset)."""
+def allowed_cpus() -> set[int] | None:
+    """The logical CPUs of this process's affinity mask (a container's cpuset, ``taskset``); None where unknown."""
+    import os
+
     try:
-        import os
-
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        import os
+        return None
 
-        return os.cpu_count() or 1
+
+def cgroup_cpu_limit() -> float | None:
+    """A cgroup v2 CPU quota (``docker --cpus``, a batch system's share) in CPUs, or None when there is none."""
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus() -> int:
+    """The logical CPUs this process may use: its affinity mask, capped by a cgroup CPU quota."""
+    import math
+    import os
+
+    allowed = allowed_cpus()
+    n = len(allowed) if allowed else (os.cpu_count() or 1)
+    limit = cgroup_cpu_limit()
+    return max(1, min(n, math.ceil(limit))) if limit else n
 
 
 def physical_cores() -> int:
@@ -192,25 +210,36 @@ def physical_cores() -> int:
 
 
 def busy_cpus(interval: float = 0.2) -> float:
-    """How many CPUs other work keeps busy right now: the non-idle share of /proc/stat's CPU time over
-    ``interval`` seconds (this process sleeps meanwhile, so it is not counted) times the online CPUs; where
-    there is no /proc/stat, the 1-minute load average."""
+    """How many of this process's allowed CPUs other work keeps busy right now: the non-idle share of each allowed
+    CPU's time in /proc/stat over ``interval`` seconds, summed (this process sleeps meanwhile, so it is not
+    counted); where there is no /proc/stat, the 1-minute load average."""
     import os
     import time
 
-    def read() -> tuple[int, int]:
+    allowed = allowed_cpus()
+
+    def read() -> dict[int, tuple[int, int]]:
+        out = {}
         with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
-        return sum(v[:8]), idle
+            for line in f:
+                head, _, rest = line.partition(" ")
+                if head.startswith("cpu") and head[3:].isdigit() and (allowed is None or int(head[3:]) in allowed):
+                    v = [int(x) for x in rest.split()]
+                    out[int(head[3:])] = (sum(v[:8]), v[3] + (v[4] if len(v) > 4 else 0))  # total, idle + iowait
+        return out
 
     try:
-        t0, i0 = read()
+        a = read()
         time.sleep(interval)
-        t1, i1 = read()
-        total = t1 - t0
-        online = os.cpu_count() or 1
-        return 0.0 if total <= 0 else online * (1 - (i1 - i0) / total)
+        b = read()
+        busy = 0.0
+        for cpu, (t1, i1) in b.items():
+            t0, i0 = a.get(cpu, (t1, i1))
+            if t1 > t0:
+                busy += 1 - (i1 - i0) / (t1 - t0)
+        if not b:
+            raise ValueError("no per-CPU lines")
+        return busy
     except (OSError, ValueError, IndexError):
         try:
             return float(os.getloadavg()[0])
@@ -243,9 +272,10 @@ def set_threads(spec: str | int | None) -> tuple[int, str]:
     import os
 
     omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if (spec is None or str(spec).strip().lower() == "auto") and omp.isdigit() and int(omp) >= 1:
+    auto = spec is None or str(spec).strip().lower() in ("auto", "")
+    if auto and omp.isdigit() and int(omp) >= 1:  # (torchrun sets it to 1 per rank when a node runs several)
         n, why = int(omp), "auto: OMP_NUM_THREADS is set"
-    elif spec is None or str(spec).strip().lower() == "auto":
+    elif auto:
         n, why = auto_threads()
     else:
         try:

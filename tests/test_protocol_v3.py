@@ -110,3 +110,11 @@ def test_reconstruct_records_its_chain(mnist28, tmp_path):
         "--steps", "7", "--no-noise", "-o", out)
     ch = artifacts.load(out).meta["chain"]
     assert (ch["steps"], ch["noise"]) == (7, False) and ch["inference"] == "posterior Langevin"
+
+
+def test_snapshots_of_an_earlier_run_are_refused_before_any_work(mnist28, tmp_path):
+    out = tmp_path / "g.safetensors"
+    r = run_cli(["pretrain-generator", "--data", mnist28 / "train.safetensors", "--preset", "smoke", "--epochs", "1",
+                 "--snapshots", mnist28 / "snaps", "-o", out])
+    assert r.code == 2 and len(r.err_lines) == 1 and "epoch-001.safetensors of an earlier run" in r.err
+    assert not out.exists()

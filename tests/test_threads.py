@@ -77,6 +77,8 @@ def test_threads_option_on_the_command_line(tmp_path, fresh_auto):
     out = tmp_path / "d.safetensors"
     r = run_cli(["data", "prepare", "--dataset", "digits", "--limit", "20", "--threads", "1", "-o", out])
     assert r.code == 0 and torch.get_num_threads() == 1 and out.exists()
+    r = run_cli(["inspect", "x.safetensors", "--threads"])
+    assert r.code == 2 and len(r.err_lines) == 1 and "--threads needs a value" in r.err
     for bad in ("0", "two"):
         r = run_cli(["--threads", bad, "methods"])
         assert r.code == 2 and len(r.err_lines) == 1 and "--threads" in r.err

@@ -54,7 +54,9 @@ def hoist_threads(args: list[str]) -> list[str]:
     out, moved, i = [], [], 0
     while i < len(tail):
         a = tail[i]
-        if a == "--threads" and i + 1 < len(tail):
+        if a == "--threads":
+            if i + 1 == len(tail):
+                raise UserError("--threads needs a value: a whole number or auto")
             moved += tail[i: i + 2]
             i += 2
             continue
@@ -80,9 +82,10 @@ def _command_name(args: list[str]) -> Optional[str]:
 def main(argv: Optional[list[str]] = None) -> None:
     from ebmtool import distributed
 
-    args = hoist_threads(sys.argv[1:] if argv is None else list(argv))
+    args = sys.argv[1:] if argv is None else list(argv)
     ok = False
     try:
+        args = hoist_threads(args)
         if distributed.launched_by_torchrun():
             command = _command_name(args)
             if command in PARALLEL_COMMANDS:

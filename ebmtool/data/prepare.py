@@ -61,9 +61,10 @@ def protocol_split(labels: torch.Tensor, anomaly_class: int, test_permutation: s
     training part (80% of normals) and of the test part (the other 20% of normals + every image of class K).
     The two parts are disjoint by construction (no training image is in the test set).
 
-    ``test_permutation="second"`` reproduces the protocol's original loader (Zenati et al., arXiv:1802.06222),
-    which draws the test part's normals from a second permutation of the same generator: about 80% of them are
-    then training images. Only for measuring what that practice is worth.
+    ``test_permutation="second"`` is like the protocol's original loader (Zenati et al., arXiv:1802.06222), which
+    draws the test part's normals from a second permutation: about 80% of them are then training images (the same
+    overlap, not the same indices: that loader draws later from its generator and rounds down). Only for
+    measuring what that practice is worth.
     """
     normal = torch.nonzero(labels != anomaly_class).squeeze(1)
     anomal = torch.nonzero(labels == anomaly_class).squeeze(1)

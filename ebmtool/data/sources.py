@@ -73,6 +73,14 @@ MNIST_FILES = {
 }
 
 
+def mnist_file(root: Path, name: str) -> Path | None:
+    """Where MNIST's file ``name`` is under ``root``: directly or in torchvision's layout (ROOT/MNIST/raw), each
+    optionally .gz; None when it is in neither."""
+    r = Path(root)
+    cands = [r / name, r / (name + ".gz"), r / "MNIST" / "raw" / name, r / "MNIST" / "raw" / (name + ".gz")]
+    return next((c for c in cands if c.exists()), None)
+
+
 def load_mnist(root, split, download, show=False) -> Loaded:
     """torchvision's MNIST IDX readers on the split's two files, found in torchvision's layout
     (ROOT/MNIST/raw/...) or directly in ROOT, each optionally .gz. Only one split needs to be present (the shared
@@ -88,8 +96,7 @@ def load_mnist(root, split, download, show=False) -> Loaded:
     names = MNIST_FILES[split]
     found = []
     for n in names:
-        cands = [r / n, r / (n + ".gz"), r / "MNIST" / "raw" / n, r / "MNIST" / "raw" / (n + ".gz")]
-        hit = next((c for c in cands if c.exists()), None)
+        hit = mnist_file(r, n)
         if hit is None:
             raise UserError(f"--root: no MNIST {split} file {n}[.gz] in {r} (nor in {r / 'MNIST' / 'raw'}); "
                             "pass --download on a machine with internet")

@@ -145,8 +145,10 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     meta: dict[str, Any] = {"n": n, "image_shape": list(images.shape[1:]), "model_method": model.method,
                             "steps": steps, "step_size": step_size, "sampler": sampler, "layer_resample": layer_resample,
                             "chain": model.sampling.override(steps, step_size).model_dump()
-                            if hasattr(model, "sampling") and not getattr(model.prior, "is_base", False) else None,
-                            "seed": seed, "precision": precision, "device": dev.type}
+                            if hasattr(model, "sampling") and not getattr(model.prior, "is_base", False)
+                            and (sampler or getattr(model, "sampler", "langevin")) == "langevin" else None,
+                            "seed": seed, "precision": resolve_precision(precision, dev, warn=False).name,
+                            "device": dev.type}
     if res.trajectory is not None:
         tr = res.trajectory
         tensors["trajectory.steps"] = torch.tensor(tr.steps, device="cpu")
@@ -214,7 +216,8 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
     per = (xhat - x).pow(2).flatten(1).mean(1)
     res = {"mse": float(per.mean()), "rmse": float(per.mean().sqrt()), "n": len(x),
            "pixel_range": "[-1, 1]", "model_method": model.method,
-           "chain": model.score_chain(steps, step_size, noise), "seed": seed, "precision": precision,
+           "chain": model.score_chain(steps, step_size, noise), "seed": seed,
+           "precision": resolve_precision(precision, dev, warn=False).name,
            "device": dev.type}
     if out is not None:
         artifacts.save(out, "reconstructions", {"images": to_uint8(xhat), "mse": per, "labels": labels,
@@ -320,7 +323,7 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
            else f"{score} (from {base})", "calibration_mean_joint": cal_mean,
            "anomaly_classes": positive, "ood_data": ood_path,
            "chain": model.score_chain(steps, step_size, noise) if isinstance(model, LatentModel) else None,
-           "seed": seed, "precision": precision, "device": dev.type}
+           "seed": seed, "precision": resolve_precision(precision, dev, warn=False).name, "device": dev.type}
     if out is not None:
         tensors = {"scores": scores.double(), "labels": y, **{f"terms.{k}": v for k, v in terms.items()},
                    **{f"calibration.terms.{k}": torch.from_numpy(v) for k, v in (cal_terms or {}).items()}}

@@ -159,6 +159,10 @@ def fit(method: "str | MethodSpec", cfg, data: "str | TrainData", out: Optional[
                             "model per stage instead (--init the previous one with --stages 1)")
         if Path(snapshots).exists() and not Path(snapshots).is_dir():
             raise UserError(f"--snapshots {snapshots}: exists and is not a folder")
+        taken = sorted(Path(snapshots).glob("epoch-*.safetensors")) if Path(snapshots).is_dir() else []
+        if taken and resume is None and not force:  # refused before any work, not at the first epoch's end
+            raise UserError(f"--snapshots {snapshots}: holds {taken[0].name} of an earlier run (another folder, "
+                            "--resume that run, or --force)")
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     data = (replace(data, x=data.x.to(device)) if isinstance(data, TrainData)
@@ -187,7 +191,8 @@ def fit(method: "str | MethodSpec", cfg, data: "str | TrainData", out: Optional[
         from ebmtool.tensorboard import TensorBoardLogger
 
         tb = TensorBoardLogger(tensorboard)
-    snap = Snapshots(snapshots, cfg, data, method, force) if snapshots is not None else None
+    # a resumed run rewrites the epochs after its checkpoint (written before it was stopped)
+    snap = Snapshots(snapshots, cfg, data, method, force or resume is not None) if snapshots is not None else None
 
     def on_epoch(label: str, epoch: int, means: dict[str, float]) -> None:
         if tb is not None:
