@@ -144,7 +144,7 @@ def fit(method: str, data: str, out: Path, seed: int, prec: str, init: str | Non
     partial = out.with_suffix(".partial.json")
     m = METHOD_OF.get(method, method)
     cfg = resolve(METHODS[m].config, method=m, preset=PRESET, toml=None,
-                  flags={**BUDGET[method], "seed": seed, "precision": prec, "device": DEVICE.type})
+                  flags={**BUDGET[method], "seed": seed, "precision": prec, "device": config_device()})
     ck = stages.checkpoint_path(str(out))
     if snapshots is not None and not ck.exists() and snapshots.exists():
         shutil.rmtree(snapshots)  # left by a run killed without a checkpoint: it starts again
@@ -166,6 +166,11 @@ def fit(method: str, data: str, out: Path, seed: int, prec: str, init: str | Non
     out.with_suffix(".wall_s").write_text(f"{total['wall']:.1f}\n")
     partial.unlink(missing_ok=True)
     return total["wall"]
+
+
+def config_device() -> str:
+    """The config's device: "auto" where that is the device asked for (the first rows' checkpoints recorded it)."""
+    return "auto" if DEVICE.type == "cpu" and not torch.cuda.is_available() else DEVICE.type
 
 
 def chain_length(model, xc: torch.Tensor, prec: str) -> int:
