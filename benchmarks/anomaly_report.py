@@ -32,8 +32,9 @@ NAMES = {
     "adaptive-nce-xh": "adaptive NCE, its paper's Langevin convention",
     "joint-mle": "joint prior (`joint-mle`) from scratch",
 }
-sys.path[:0] = [str(ROOT), str(ROOT / "recipes")]
+sys.path[:0] = [str(ROOT), str(ROOT / "recipes"), str(ROOT / "benchmarks")]
 import papers  # noqa: E402  (recipes/papers.py: the papers' tables, one copy)
+from bench_csv import replace_block  # noqa: E402
 
 from ebmtool.eval.scores import SCORES  # noqa: E402
 
@@ -345,12 +346,7 @@ BEGIN, END = "<!-- anomaly-results:begin (benchmarks/anomaly_report.py --readme)
 
 def update_readme(path: Path) -> None:
     """Replace the block between BEGIN and END in ``path`` with the current report."""
-    text = path.read_text()
-    if BEGIN not in text or END not in text:
-        sys.exit(f"{path}: no {BEGIN} ... {END} block")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(head + BEGIN + "\n" + report() + "\n" + END + tail)
+    replace_block(path, BEGIN, END, report())
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "recipes"), str(ROOT / "benchmarks")]
 import papers  # noqa: E402  (recipes/papers.py: the papers' tables, one copy)
-from bench_csv import read  # noqa: E402
+from bench_csv import read, replace_block  # noqa: E402
 
 from ebmtool.eval.scores import SCORES  # noqa: E402
 
@@ -329,12 +329,7 @@ END = "<!-- anomaly-v3:end -->"
 
 
 def update_readme(path: Path) -> None:
-    text = path.read_text()
-    if BEGIN not in text or END not in text:
-        sys.exit(f"{path}: no {BEGIN} ... {END} block")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(head + BEGIN + "\n" + report() + "\n" + END + tail)
+    replace_block(path, BEGIN, END, report())
 
 
 if __name__ == "__main__":

@@ -60,3 +60,18 @@ def write_all(path: Path, fields: list[str], rows: list[dict]) -> None:
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
+
+
+def replace_block(path: Path, begin: str, end: str, text: str) -> None:
+    """Replace what stands between the markers ``begin`` and ``end`` in the markdown file ``path`` (a README's
+    generated results block) with ``text``, atomically; exit with one line when the markers are missing."""
+    import sys
+
+    old = path.read_text()
+    if begin not in old or end not in old:
+        sys.exit(f"{path}: no {begin} ... {end} block")
+    head, rest = old.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(head + begin + "\n" + text + "\n" + end + tail)
+    os.replace(tmp, path)
