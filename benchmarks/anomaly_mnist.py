@@ -427,4 +427,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ebmtool.errors import UserError
+
+    try:
+        main()
+    except (KeyboardInterrupt, UserError) as e:  # SIGINT/SIGTERM in training wrote a checkpoint (Interrupted)
+        sys.exit(f"anomaly_mnist: {str(e) or 'interrupted'}; run the same command again to continue (finished "
+                 "rows are kept, an interrupted training resumes from its checkpoint)")
