@@ -205,8 +205,8 @@ def practices(rs, curve_path: Path | None = None) -> tuple[str, list[str]]:
                 f"{len(v)} runs).")
 
     sentences = [
-        say("last", f"The papers' reporting, the mean test AUPRC over the last {LAST_N} epochs (here every epoch the "
-                    "run has, against the final epoch on the same subsample),"),
+        say("last", f"The papers' reporting (the mean test AUPRC over the last {LAST_N} epochs; here the run's last "
+                    f"epochs, at most {LAST_N}, against its final epoch on the same subsample)"),
         say("best", "Keeping the checkpoint with the best test AUPRC (a choice made with test labels)"),
         say("w1", "Weighting the reconstruction term by 1 instead of 1/(2σ²) (the same z, every digit alike)"),
         say("leak", "Scoring on the original loader's test part (a second permutation: about 72% of its normals are "
