@@ -102,3 +102,20 @@ def test_fit_prior_refuses_in_one_line(tmp_path):
         ebmtool.fit_prior("mle", str(tmp_path / "d.safetensors"), torch.zeros(8))
     with pytest.raises(UserError, match="not found"):
         ebmtool.load_model(tmp_path / "missing.safetensors")
+
+
+def test_sample_refuses_what_the_cli_refuses(tmp_path):
+    """ebmtool.sample caps n as ``sample -n`` does: one UserError before any allocation (issue 22 item 4)."""
+    import torch
+
+    import ebmtool
+    from ebmtool.errors import UserError
+    from ebmtool.stages.evaluate import MAX_SAMPLES
+
+    x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    model = ebmtool.fit_prior("pretrain", x, preset="smoke", overrides={"epochs": 1})
+    with pytest.raises(UserError, match="n: the number of samples must be at least 1"):
+        ebmtool.sample(model, 0)
+    with pytest.raises(UserError, match=f"n {10**12}: at most {MAX_SAMPLES:,} samples per call"):
+        ebmtool.sample(model, 10**12)
+    assert ebmtool.sample(model, 3, seed=0).shape == (3, 1, 8, 8)

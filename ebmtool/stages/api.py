@@ -24,7 +24,8 @@ from ebmtool.methods import METHODS
 from ebmtool.models import Model
 from ebmtool.models import load_model as open_model
 from ebmtool.runtime import resolve_device, seed_everything
-from ebmtool.stages.evaluate import _check_fits, _precision, draw_samples, reconstruct_images, score_images
+from ebmtool.stages.evaluate import (_check_fits, _precision, check_memory, check_n, draw_samples, reconstruct_images,
+                                     score_images)
 from ebmtool.stages.train import fit, tensor_training_data
 
 __all__ = ["load_model", "sample", "reconstruct", "score", "fit_prior"]
@@ -65,8 +66,8 @@ def sample(model: Model, n: int, *, steps: Optional[int] = None, step_size: Opti
     first (None: draw from the global generator as it stands). batch_size: chains run at a time.
     Returns images: (n, C, H, W) float32 in [-1, 1], on the CPU.
     """
-    if n < 1:
-        raise UserError("n: the number of samples must be at least 1")
+    check_n(n, "n")
+    check_memory(n, model.image_shape, "n")
     dev = _device(model)
     if seed is not None:
         seed_everything(seed)

@@ -27,24 +27,25 @@ from ebmtool.runtime import resolve_device, seed_everything
 MAX_SAMPLES = 1_000_000
 
 
-def _check_n(n: int) -> None:
+def check_n(n: int, name: str = "-n") -> None:
+    """Refuse a number of samples below 1 or above MAX_SAMPLES (``name``: the option or argument, for the line)."""
     if n < 1:
-        raise UserError("-n: the number of samples must be at least 1")
+        raise UserError(f"{name}: the number of samples must be at least 1")
     if n > MAX_SAMPLES:
-        raise UserError(f"-n {n}: at most {MAX_SAMPLES:,} samples per command (they are all held in memory; "
-                        "draw several files with different --seed for more)")
+        raise UserError(f"{name} {n}: at most {MAX_SAMPLES:,} samples per call (they are all held in memory; "
+                        "draw several batches with different seeds for more)")
 
 
-def _check_memory(n: int, image_shape) -> None:
-    """Refuse an -n whose images (float32 while drawn, then uint8: 5 bytes a value) exceed this machine's RAM."""
+def check_memory(n: int, image_shape, name: str = "-n") -> None:
+    """Refuse an n whose images (float32 while drawn, then uint8: 5 bytes a value) exceed this machine's RAM."""
     need = 5 * n * math.prod(int(v) for v in image_shape)
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return
     if total > 0 and need > total:
-        raise UserError(f"-n {n}: {n} images of {'x'.join(map(str, image_shape))} need about {need / 2**30:.1f} GiB "
-                        f"of memory, more than this machine's {total / 2**30:.1f} GiB; use a smaller -n")
+        raise UserError(f"{name} {n}: {n} images of {'x'.join(map(str, image_shape))} need about {need / 2**30:.1f} GiB "
+                        f"of memory, more than this machine's {total / 2**30:.1f} GiB; use a smaller {name}")
 
 
 def _precision(name: str, device: torch.device):
@@ -105,7 +106,7 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     """Prior samples decoded, drawn ``batch_size`` chains at a time (one group with a trajectory)."""
     if out is None and grid is None:
         raise UserError("sample: give -o FILE.safetensors and/or --grid FILE.png")
-    _check_n(n)
+    check_n(n)
     artifacts.check_distinct({"-o": out, "--grid": grid, "--trajectory-png": trajectory_png}, {"--model": model_path})
     for p in (out, grid, trajectory_png):
         if p is not None:
@@ -117,7 +118,7 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     dev = resolve_device(device)
     seed_everything(seed, per_rank=True)
     model, art = load_model(model_path, device=dev)
-    _check_memory(n, model.image_shape)
+    check_memory(n, model.image_shape)
     if sampler == "sir" and not getattr(getattr(model, "prior", None), "supports_sir", False):
         raise UserError(f"--sampler sir: not available for a {model.method} model")
     if layer_resample is not None:
