@@ -28,9 +28,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# pytest-xdist: one worker per idle physical core, as --threads auto counts them (tests/conftest.py), whole files
+# per worker (module fixtures are built once); the few tests that need an idle core run first, alone.
+# TEST_WORKERS=1 runs everything in one process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(PY) -m ruff check ebmtool tests benchmarks recipes
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m serial tests
+	$(PY) -m pytest -q -m "not serial" -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: $(STAMP)
 	$(PY) -m ebmtool.demo --out $(DEMO)

@@ -35,6 +35,14 @@ def have_shared_mnist() -> bool:
 need_shared_mnist = pytest.mark.skipif(not have_shared_mnist(), reason=f"shared MNIST test set absent ({SHARED_MNIST})")
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``pytest -n auto`` (``make test``): as many workers as ``--threads auto`` would use threads, i.e. the CPUs
+    idle when the run starts, at most the physical cores; each worker runs one intra-op thread (above)."""
+    from ebmtool.runtime import auto_threads
+
+    return auto_threads()[0]
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``cuda`` skip where there is no CUDA device (``pytest -m cuda`` selects only them)."""
     if torch.cuda.is_available():

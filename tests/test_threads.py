@@ -45,6 +45,7 @@ def test_auto_honours_omp_num_threads(monkeypatch, fresh_auto):
     assert runtime.set_threads("2")[0] == 2  # an explicit count wins
 
 
+@pytest.mark.serial
 def test_busy_cpus_sees_a_busy_loop(fresh_auto):
     """Ground truth: a process spinning on one core is counted as (about) one busy CPU."""
     import subprocess
