@@ -29,13 +29,31 @@ def grid_scale(short_side: int, scale: Optional[int] = None) -> int:
     return max(1, -(-MIN_GRID_PX // max(1, short_side)))
 
 
+def tile(images: torch.Tensor, nrow: int, padding: int = 1, pad_value: int = 128) -> torch.Tensor:
+    """Images (N, C, H, W) tiled ``nrow`` to a row, ``padding`` pixels of ``pad_value`` around each: (C', H', W'),
+    C' = 3 for grey input (one image: itself, unpadded). The layout of ``torchvision.utils.make_grid`` (tests/test_plots.py checks it equals
+    make_grid's output), here because importing torchvision costs ~3 s of CPU per command (it loads
+    torch._dynamo), longer than drawing a demo's samples."""
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    n, c, h, w = images.shape
+    if n == 1:  # make_grid returns a single image unpadded
+        return images[0].clone()
+    cols = min(nrow, n)
+    rows = -(-n // cols)
+    hp, wp = h + padding, w + padding
+    g = torch.full((c, rows * hp + padding, cols * wp + padding), pad_value, dtype=images.dtype)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        g[:, r * hp + padding: (r + 1) * hp, k * wp + padding: (k + 1) * wp] = images[i]
+    return g
+
+
 def grid_image(images_u8: torch.Tensor, nrow: Optional[int] = None, scale: Optional[int] = None) -> torch.Tensor:
     """The grid as a uint8 (C, H, W) tensor: ``nrow`` images per row (default: a square grid, ceil(sqrt(n))),
     upscaled by nearest neighbour by ``scale`` (default: enough for MIN_GRID_PX on the short side)."""
-    from torchvision.utils import make_grid
-
     nrow = nrow or max(1, math.ceil(math.sqrt(len(images_u8))))
-    g = make_grid(images_u8, nrow=nrow, padding=1, pad_value=128)  # uint8 (C, H, W); C is 3 for grey input
+    g = tile(images_u8, nrow)  # uint8 (C, H, W); C is 3 for grey input
     k = grid_scale(min(g.shape[1], g.shape[2]), scale)
     return g.repeat_interleave(k, 1).repeat_interleave(k, 2) if k > 1 else g
 

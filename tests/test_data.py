@@ -182,6 +182,35 @@ def test_mnist_from_written_idx_files(tmp_path, layout):
         assert tr["images"].shape == (20, 1, 28, 28)
 
 
+@need_shared_mnist
+def test_read_idx_is_torchvisions_reader_on_mnists_own_files(tmp_path):
+    """Ground truth: read_idx gives torchvision's arrays for the real MNIST files (.gz as shipped, and unpacked)."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    from ebmtool.data.sources import mnist_file, read_idx
+
+    for name, reader in (("t10k-images-idx3-ubyte", read_image_file), ("t10k-labels-idx1-ubyte", read_label_file)):
+        src = mnist_file(SHARED_MNIST, name)
+        plain = tmp_path / name
+        with (gzip.open if src.suffix == ".gz" else open)(src, "rb") as f:
+            plain.write_bytes(f.read())
+        want = reader(str(plain)).numpy()
+        assert np.array_equal(read_idx(src), want) and np.array_equal(read_idx(plain), want)
+
+
+@pytest.mark.parametrize("raw,why", [(b"", "magic missing"), (b"\x00\x00\x0d\x03", "magic 00000d03"),
+                                     (b"\x00\x00\x08\x03\x00\x00", "truncated header"),
+                                     (b"\x00\x00\x08\x01\x00\x00\x00\x05abc", "3 data bytes for shape (5,)")])
+def test_read_idx_refuses_what_is_not_idx_in_one_line(tmp_path, raw, why):
+    from ebmtool.data.sources import read_idx
+
+    p = tmp_path / "t10k-labels-idx1-ubyte"
+    p.write_bytes(raw)
+    with pytest.raises(UserError, match="not a valid IDX file") as e:
+        read_idx(p)
+    assert why in str(e.value) and "\n" not in str(e.value)
+
+
 def test_mnist_errors(tmp_path):
     with pytest.raises(UserError, match="--root"):
         prepare(DataConfig(dataset="mnist", split="test"))

@@ -105,6 +105,18 @@ def test_unknown_extension_is_one_line(tmp_path):
     assert not (tmp_path / "x.jpg").exists()
 
 
+@pytest.mark.parametrize("shape,nrow", [((5, 1, 8, 8), 3), ((1, 1, 4, 6), 4), ((7, 3, 5, 5), 2),
+                                        ((16, 1, 28, 28), 4), ((3, 1, 8, 8), 8), ((10, 3, 4, 4), 10)])
+def test_tile_is_torchvisions_make_grid(shape, nrow):
+    """Ground truth: ebmtool's grid layout is torchvision's make_grid (padding 1, grey 128), without its import."""
+    from torchvision.utils import make_grid
+
+    from ebmtool.images import tile
+
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tile(x, nrow), make_grid(x, nrow=nrow, padding=1, pad_value=128))
+
+
 def test_grid_8x8_at_least_256px_and_square(tmp_path):
     from ebmtool.images import save_grid
 
