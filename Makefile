@@ -35,7 +35,7 @@ TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(PY) -m ruff check ebmtool tests benchmarks recipes
 	$(PY) -m pytest -q -m serial tests
-	$(PY) -m pytest -q -m "not serial" -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -m "not serial" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 demo: $(STAMP)
 	$(PY) -m ebmtool.demo --out $(DEMO)
