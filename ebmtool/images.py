@@ -42,7 +42,7 @@ def tile(images: torch.Tensor, nrow: int, padding: int = 1, pad_value: int = 128
     cols = min(nrow, n)
     rows = -(-n // cols)
     hp, wp = h + padding, w + padding
-    g = torch.full((c, rows * hp + padding, cols * wp + padding), pad_value, dtype=images.dtype)
+    g = torch.full((c, rows * hp + padding, cols * wp + padding), pad_value, dtype=images.dtype, device=images.device)
     for i in range(n):
         r, k = divmod(i, cols)
         g[:, r * hp + padding: (r + 1) * hp, k * wp + padding: (k + 1) * wp] = images[i]
