@@ -30,10 +30,10 @@ def grid_scale(short_side: int, scale: Optional[int] = None) -> int:
 
 
 def tile(images: torch.Tensor, nrow: int, padding: int = 1, pad_value: int = 128) -> torch.Tensor:
-    """Images (N, C, H, W) tiled ``nrow`` to a row, ``padding`` pixels of ``pad_value`` around each: (C', H', W'),
-    C' = 3 for grey input (one image: itself, unpadded). The layout of ``torchvision.utils.make_grid`` (tests/test_plots.py checks it equals
-    make_grid's output), here because importing torchvision costs ~3 s of CPU per command (it loads
-    torch._dynamo), longer than drawing a demo's samples."""
+    """Images (N >= 1, C, H, W) tiled ``nrow`` to a row, ``padding`` pixels of ``pad_value`` around each:
+    (C', H', W'), C' = 3 for grey input (one image: itself, unpadded). The layout of ``torchvision.utils.make_grid``
+    for 4-D input (tests/test_plots.py checks it equals make_grid's output), here because importing torchvision
+    costs ~3 s of CPU per command (it loads torch._dynamo), longer than drawing a demo's samples."""
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     n, c, h, w = images.shape
@@ -62,6 +62,8 @@ def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None, sc
     """PNG grid of the first 256 images (written atomically; see :func:`grid_image`), large enough to judge by eye."""
     from PIL import Image
 
+    if len(images_u8) == 0:
+        raise UserError(f"{path}: there are no images to draw")
     g = grid_image(images_u8[:256], nrow, scale)
     with artifacts.atomic_write(path) as tmp:
         Image.fromarray(g.permute(1, 2, 0).contiguous().numpy()).save(tmp, format="PNG")

@@ -35,9 +35,13 @@ def have_shared_mnist() -> bool:
 need_shared_mnist = pytest.mark.skipif(not have_shared_mnist(), reason=f"shared MNIST test set absent ({SHARED_MNIST})")
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without xdist (`-p no:xdist`, a GPU node) it is unused
 def pytest_xdist_auto_num_workers(config):
     """``pytest -n auto`` (``make test``): as many workers as ``--threads auto`` would use threads, i.e. the CPUs
-    idle when the run starts, at most the physical cores; each worker runs one intra-op thread (above)."""
+    idle when the run starts, at most the physical cores; each worker runs one intra-op thread (above).
+    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` set by the user wins, as in xdist itself."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "").strip().isdigit():
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
     from ebmtool.runtime import auto_threads
 
     return auto_threads()[0]

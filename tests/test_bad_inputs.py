@@ -102,6 +102,16 @@ def build(spec: str, dst: Path, src_of) -> None:
         dst.mkdir()
         for f in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
             (dst / f).write_bytes(os.urandom(500))
+    elif name == "mnist_gz_corrupt":  # a real gzip of real IDX bytes whose deflate data is damaged: zlib.error
+        import gzip
+        import struct
+
+        dst.mkdir()
+        idx = struct.pack(">BBBBIII", 0, 0, 8, 3, 20, 28, 28) + bytes(i % 7 for i in range(20 * 28 * 28))
+        z = bytearray(gzip.compress(idx, mtime=0))
+        z[15] ^= 0xFF
+        (dst / "t10k-images-idx3-ubyte.gz").write_bytes(bytes(z))
+        (dst / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(struct.pack(">BBBBI", 0, 0, 8, 1, 20) + bytes(20)))
     elif name == "mnist_idx_garbage":
         dst.mkdir()
         for f in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):

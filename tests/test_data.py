@@ -198,6 +198,19 @@ def test_read_idx_is_torchvisions_reader_on_mnists_own_files(tmp_path):
         assert np.array_equal(read_idx(src), want) and np.array_equal(read_idx(plain), want)
 
 
+def test_read_idx_is_torchvisions_reader_on_hand_made_files(tmp_path):
+    """The same ground truth on files written here (every clone runs it, with or without the shared MNIST)."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    from ebmtool.data.sources import read_idx
+
+    imgs, labs = _write_split(tmp_path, "test", 9, seed=5, gz=False)
+    got_i, got_l = read_idx(tmp_path / "t10k-images-idx3-ubyte"), read_idx(tmp_path / "t10k-labels-idx1-ubyte")
+    assert np.array_equal(got_i, read_image_file(str(tmp_path / "t10k-images-idx3-ubyte")).numpy())
+    assert np.array_equal(got_l, read_label_file(str(tmp_path / "t10k-labels-idx1-ubyte")).numpy())
+    assert np.array_equal(got_i, imgs) and np.array_equal(got_l, labs)
+
+
 @pytest.mark.parametrize("raw,why", [(b"", "magic missing"), (b"\x00\x00\x0d\x03", "magic 00000d03"),
                                      (b"\x00\x00\x08\x03\x00\x00", "truncated header"),
                                      (b"\x00\x00\x08\x01\x00\x00\x00\x05abc", "3 data bytes for shape (5,)")])
@@ -224,6 +237,11 @@ def test_mnist_errors(tmp_path):
     # images and labels that disagree in length
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(5, np.uint8))
     with pytest.raises(UserError, match="disagree"):
+        prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="test"))
+    # files that declare no images
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    with pytest.raises(UserError, match="hold no images"):
         prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="test"))
 
 

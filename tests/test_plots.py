@@ -117,6 +117,14 @@ def test_tile_is_torchvisions_make_grid(shape, nrow):
     assert torch.equal(tile(x, nrow), make_grid(x, nrow=nrow, padding=1, pad_value=128))
 
 
+def test_a_grid_of_no_images_is_one_line(tmp_path):
+    from ebmtool.images import save_grid
+
+    with pytest.raises(UserError, match="there are no images to draw"):
+        save_grid(torch.zeros(0, 1, 8, 8, dtype=torch.uint8), str(tmp_path / "g.png"))
+    assert not (tmp_path / "g.png").exists()
+
+
 def test_grid_8x8_at_least_256px_and_square(tmp_path):
     from ebmtool.images import save_grid
 

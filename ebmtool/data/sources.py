@@ -13,6 +13,7 @@ import gzip
 import io
 import math
 import sys
+import zlib
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -94,7 +95,7 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: corrupt deflate data inside a .gz
         raise UserError(f"{path}: cannot read MNIST file ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != IDX_UBYTE or not 1 <= raw[3] <= 4:
         raise UserError(f"{path}: not a valid IDX file of unsigned bytes (magic {raw[:4].hex() or 'missing'})")
@@ -130,6 +131,8 @@ def load_mnist(root, split, download, show=False) -> Loaded:
     data, targets = (read_idx(p) for p in found)
     if data.ndim != 3 or targets.ndim != 1 or len(data) != len(targets):
         raise UserError(f"--root: MNIST files in {r} disagree ({tuple(data.shape)} images, {len(targets)} labels)")
+    if len(data) == 0:
+        raise UserError(f"--root: the MNIST {split} files in {r} hold no images")
     return (_to_nchw_uint8(torch.from_numpy(data)), torch.from_numpy(targets).long(), {},
             f"MNIST IDX files ({split}) from {r}")
 

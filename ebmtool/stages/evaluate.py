@@ -28,12 +28,14 @@ MAX_SAMPLES = 1_000_000
 
 
 def check_n(n: int, name: str = "-n") -> None:
-    """Refuse a number of samples below 1 or above MAX_SAMPLES (``name``: the option or argument, for the line)."""
+    """Refuse a number of samples below 1 or above MAX_SAMPLES (``name``: "-n" for the CLI, "n" for the API)."""
     if n < 1:
         raise UserError(f"{name}: the number of samples must be at least 1")
     if n > MAX_SAMPLES:
-        raise UserError(f"{name} {n}: at most {MAX_SAMPLES:,} samples per call (they are all held in memory; "
-                        "draw several batches with different seeds for more)")
+        more = ("per command (they are all held in memory; draw several files with different --seed for more)"
+                if name == "-n" else "per call (they are all held in memory; draw several batches with different "
+                "seeds for more)")
+        raise UserError(f"{name} {n}: at most {MAX_SAMPLES:,} samples {more}")
 
 
 def check_memory(n: int, image_shape, name: str = "-n") -> None:
