@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # pytest-xdist: one worker per idle physical core, as --threads auto counts them (tests/conftest.py), whole files
-# per worker (module fixtures are built once); the few tests that need an idle core run first, alone.
+# per worker (module fixtures are built once); the tests that need an idle core (and torchrun's) run first, alone.
 # TEST_WORKERS=N fixes the count; TEST_WORKERS=0 runs the suite in one process, without workers.
 TEST_WORKERS ?= auto
 test: $(STAMP)
