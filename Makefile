@@ -31,9 +31,13 @@ install: $(STAMP)
 # pytest-xdist: one worker per idle physical core, as --threads auto counts them (tests/conftest.py), whole files
 # per worker (module fixtures are built once); the tests that need an idle core (and torchrun's) run first, alone.
 # TEST_WORKERS=N fixes the count; TEST_WORKERS=0 runs the suite in one process, without workers.
+# compileall: the suite starts ~150 CLI processes (recipes, torchrun ranks, kill -9 tests); with
+# PYTHONDONTWRITEBYTECODE=1 in the environment (as on this project's machines) each of them would compile ebmtool's
+# sources again (~0.25 CPU-s). compileall writes the bytecode anyway, and recompiles only what changed (0.1 s).
 TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(PY) -m ruff check ebmtool tests benchmarks recipes
+	$(PY) -m compileall -q ebmtool recipes benchmarks
 	$(PY) -m pytest -q -m serial tests
 	$(PY) -m pytest -q -m "not serial" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
