@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -223,8 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     for old in dest.glob("ebmtool-*.whl"):
         old.unlink()
-    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dest), str(ROOT)],
-                       capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="ebmtool-wheel-") as tmp:
+        # built from a copy: an in-tree build writes build/ and ebmtool.egg-info/ into the checkout, under the feet
+        # of any process importing ebmtool from it (make test's other workers)
+        src = Path(tmp) / "src"
+        shutil.copytree(ROOT / "ebmtool", src / "ebmtool", ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(ROOT / name, src / name)
+        p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dest), str(src)],
+                           capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit("wheelhouse: pip wheel . failed:\n" + _errors(p.stderr))
     pins.append(f"ebmtool=={project['version']}")
