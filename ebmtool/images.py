@@ -34,6 +34,8 @@ def tile(images: torch.Tensor, nrow: int, padding: int = 1, pad_value: int = 128
     (C', H', W'), C' = 3 for grey input (one image: itself, unpadded). The layout of ``torchvision.utils.make_grid``
     for 4-D input (tests/test_plots.py checks it equals make_grid's output), here because importing torchvision
     costs ~3 s of CPU per command (it loads torch._dynamo), longer than drawing a demo's samples."""
+    if images.dim() != 4 or len(images) == 0:
+        raise ValueError(f"tile: expected images (N >= 1, C, H, W), got shape {tuple(images.shape)}")
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     n, c, h, w = images.shape

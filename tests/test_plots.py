@@ -182,3 +182,11 @@ def test_plot_command_figures(tmp_path, nce_model, mle_model, digits_ds):
     assert bad.code == 2 and len(bad.err_lines) == 1 and ".png, .pdf or .svg" in bad.err
     bad = run_cli(["plot", str(digits_ds), "-o", str(tmp_path / "d.svg")])
     assert bad.code == 2 and len(bad.err_lines) == 1 and ".png" in bad.err
+
+
+@pytest.mark.parametrize("shape", [(0, 1, 4, 4), (1, 4, 4), (4, 4)])
+def test_tile_refuses_what_is_not_a_batch_of_images(shape):
+    with pytest.raises(ValueError, match=r"expected images \(N >= 1, C, H, W\)"):
+        from ebmtool.images import tile
+
+        tile(torch.zeros(shape), 2)
