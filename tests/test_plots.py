@@ -186,7 +186,7 @@ def test_plot_command_figures(tmp_path, nce_model, mle_model, digits_ds):
 
 @pytest.mark.parametrize("shape", [(0, 1, 4, 4), (1, 4, 4), (4, 4)])
 def test_tile_refuses_what_is_not_a_batch_of_images(shape):
-    with pytest.raises(ValueError, match=r"expected images \(N >= 1, C, H, W\)"):
-        from ebmtool.images import tile
+    from ebmtool.images import tile
 
+    with pytest.raises(ValueError, match=r"expected images \(N >= 1, C, H, W\)"):
         tile(torch.zeros(shape), 2)
