@@ -107,13 +107,13 @@ def test_smoke_recipe_writes_its_table(where, all_tables, target):
         assert str(REPO / "runs") not in ln
 
 
-def test_second_make_does_nothing_and_a_touched_input_reruns_only_its_dependents(where):
+def test_second_make_does_nothing_and_a_touched_input_reruns_only_its_dependents(where, all_tables):
     for name, _ in TABLES.values():
         md = Path(where["RESULTS"]) / name
         if not md.exists():
-            pytest.skip("needs the smoke tables of the test above")
+            pytest.skip(f"make tables did not write {name} (test_smoke_recipe_writes_its_table says why)")
         q = smoke(where, "-q", str(md))
-        assert q.returncode == 0, f"{md.name} is not up to date after its own make:\n{smoke(where, '-n', str(md)).stdout}"
+        assert q.returncode == 0, f"{md.name} is not up to date after make tables:\n{smoke(where, '-n', str(md)).stdout}"
     runs = Path(where["RUNS"]) / "smoke"
     feats = next(runs.glob("digits32/features.safetensors"))
     os.utime(feats)  # newer FID feature space: FIDs and tables re-run, no training, no sampling
