@@ -61,6 +61,18 @@ def vals(rs, method, digit, col="auprc_joint") -> list[float]:
                                                                    or r["precision"] == MAIN_PRECISION[0])]
 
 
+def diverged(rs, method, digit) -> int:
+    """Runs of a cell that diverged (their row's budget says so and holds no AUPRC)."""
+    return sum(1 for r in rs if r["method"] == method and int(r["digit"]) == digit
+               and r.get("budget", "").startswith("diverged") and not r.get("auprc_joint"))
+
+
+def cell(rs, method, digit) -> str:
+    """fmt of the cell's values, and how many of its runs diverged (they have no number)."""
+    v, k = vals(rs, method, digit), diverged(rs, method, digit)
+    return fmt(v) if not k else (f"{fmt(v)}; {k} diverged" if v else f"diverged ({k})")
+
+
 MAIN_PRECISION = ["fp32"]  # the precision of the learned rows the tables show: the most common one (set by report)
 
 
@@ -116,7 +128,7 @@ def main_table(rs) -> str:
             continue
         other = [statistics.mean(v) for d in DIGITS if d not in PUBLISHED for v in [vals(rs, m, d)] if v]
         rest = f"{statistics.mean(other):.3f} ({len(other)} digits)" if other else "–"
-        out.append(f"| **ebmtool: {NAMES[m]}** | " + " | ".join(fmt(vals(rs, m, d)) for d in PUBLISHED) +
+        out.append(f"| **ebmtool: {NAMES[m]}** | " + " | ".join(cell(rs, m, d) for d in PUBLISHED) +
                    f" | {rest} |")
     return "\n".join(out)
 
@@ -146,7 +158,8 @@ def verdict_table(rs) -> str:
         for d, c in zip(PUBLISHED, cells):
             ours = vals(rs, m, d)
             v = verdict(c, ours)
-            vs.append(f"{c} vs {statistics.mean(ours):.3f}: {v}" if ours else f"{c}: not measured")
+            vs.append(f"{c} vs {statistics.mean(ours):.3f}: {v}" if ours else
+                      f"{c}: diverged, no number" if diverged(rs, m, d) else f"{c}: not measured")
             if ours:
                 n += 1
                 n_ok += v in ("within 2 std", "above")

@@ -29,6 +29,16 @@ def test_verdicts_use_twice_the_larger_std():
     assert R.verdict("0.463±0.009", []) == "–"
 
 
+def test_a_diverged_run_is_shown_as_diverged_not_as_missing():
+    bad = row("joint-mle", 1, 0, "", budget="diverged: joint-mle epoch 3 iteration 941: prior Langevin ...")
+    rs = [bad, row("joint-mle", 4, 0, 0.5), row("joint-mle", 4, 1, "", budget="diverged: ...")]
+    table, verdicts = R.main_table(rs), R.verdict_table(rs)
+    line = next(ln for ln in table.splitlines() if "`joint-mle`" in ln)
+    assert "| diverged (1) |" in line and "0.500 (1); 1 diverged" in line
+    assert "0.470±0.009: diverged, no number" in verdicts and "0.796±0.004: not measured" in verdicts
+    assert "1 of 1 measured" in verdicts or "0 of 1 measured" in verdicts
+
+
 def test_worst_auprc_is_the_inverted_ranking():
     from ebmtool.eval.anomaly import metrics
 
