@@ -350,3 +350,21 @@ def test_resumed_run_is_identical(method, tmp_path, monkeypatch):
     resumed = artifacts.load(tmp_path / "resumed.safetensors", "model").tensors
     assert full.keys() == resumed.keys()
     assert [k for k in full if not torch.equal(full[k], resumed[k])] == []
+
+
+def test_conditional_sigma_is_capped_at_e5_and_unchanged_below():
+    """A conditional whose log sigma runs to 1e5 gave MNIST prior chains non-finite latents (README, v3 joint-mle):
+    sigma is capped at exp(LOG_SIGMA_MAX) + floor, as the authors' two-stage Gaussian bounds it; below the cap the
+    head is exactly exp(log sigma) + floor."""
+    from ebmtool.nets.encoders import LOG_SIGMA_MAX, GaussianMLP
+
+    torch.manual_seed(0)
+    g = GaussianMLP(3, 2, hidden=4, layers=1)
+    h = torch.randn(5, 3)
+    _, raw = g.net(h).chunk(2, dim=1)
+    assert torch.equal(g(h)[1], raw.exp() + g.floor)  # small log sigma: untouched, bit for bit
+    with torch.no_grad():
+        g.net[-1].bias[2:] = 1e5
+    sigma = g(h)[1]
+    assert torch.isfinite(sigma).all()
+    assert torch.allclose(sigma, torch.full_like(sigma, math.exp(LOG_SIGMA_MAX) + g.floor))

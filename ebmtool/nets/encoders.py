@@ -21,6 +21,11 @@ encoder_from_spec = ENCODERS.from_spec
 # Gaussian heads and the bottom-up inference model of multi-layer latents (Cui, Wu & Han 2023, eq. 4)
 # ------------------------------------------------------------------------------------------------
 SIGMA_FLOOR = 0.01  # sigma = exp(log sigma) + floor; 0.01 in the joint-EBM authors' code
+# log sigma is capped at 5 (sigma <= e^5 + floor, about 148): the bound of the Gaussian in the authors' two-stage
+# code (NVAE's Normal, which soft-clamps log sigma to [-5, 5]). Without it a conditional p(z_i|z_{i+1}) learned sigma ~ 1e5 on MNIST at the
+# prior chains' z_{i+1}, and the prior Langevin chain of z_i ran away to non-finite values (README, v3 joint-mle).
+# A hard cap is the identity below 5, so every run that never reaches it is unchanged bit for bit.
+LOG_SIGMA_MAX = 5.0
 
 
 def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -33,7 +38,7 @@ def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) ->
 
 class GaussianMLP(nn.Module):
     """A conditional Gaussian N(mu(h), sigma(h)^2): MLP d_in -> hidden (x layers) -> 2 d_out, LeakyReLU,
-    split into mu and log sigma; sigma = exp(log sigma) + floor (0.01 in the authors' code).
+    split into mu and log sigma; sigma = exp(min(log sigma, LOG_SIGMA_MAX)) + floor (0.01 in the authors' code).
     Used for p(z_i|z_{i+1}) and q(z_{i+1}|z_i)."""
 
     def __init__(self, d_in: int, d_out: int, hidden: int = 200, layers: int = 4, slope: float = 0.2,
@@ -50,7 +55,7 @@ class GaussianMLP(nn.Module):
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, d_in) -> 2 x (B, d_out)
         mu, log_sigma = self.net(h).chunk(2, dim=1)
-        return mu, log_sigma.exp() + self.floor
+        return mu, log_sigma.clamp(max=LOG_SIGMA_MAX).exp() + self.floor
 
     def rsample(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparametrised z = mu + sigma * eps and its log-density log N(z; mu, sigma^2), shapes (B, d_out), (B,)."""
