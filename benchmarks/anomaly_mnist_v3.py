@@ -39,6 +39,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +73,10 @@ NET = {"generator": {"arch": "mnist28", "nz": 20, "ngf": 64}}
 EPOCHS = 8
 GEN_EPOCHS = 4
 DEVICE = torch.device("cpu")
+# a session that ends with kill -9 loses at most this many iterations of a row (a minute or less here), and the
+# seconds spent so far are kept every SPENT_EVERY_S for the resumed row's total
+CHECKPOINT_EVERY = 100
+SPENT_EVERY_S = 30.0
 # --budget paper (a GPU; not run on this project's CPUs): the lineage's ~70k updates, 154 epochs of the fit part:
 # LEBM from scratch 154 epochs; the 0-stage generator 54; adaptive NCE that generator + 4 stages x 25 epochs (the
 # paper preset's stage length); the update-matched generator that generator + 100 epochs.
@@ -148,19 +153,38 @@ def fit(method: str, data: str, out: Path, seed: int, prec: str, init: str | Non
     ck = stages.checkpoint_path(str(out))
     if snapshots is not None and not ck.exists() and snapshots.exists():
         shutil.rmtree(snapshots)  # left by a run killed without a checkpoint: it starts again
-    before = json.loads(partial.read_text()) if ck.exists() and partial.exists() else {"wall": 0.0, "cpu": 0.0}
+    if not ck.exists():
+        partial.unlink(missing_ok=True)  # a killed run's seconds, but no checkpoint to continue from
+    before = json.loads(partial.read_text()) if partial.exists() else {"wall": 0.0, "cpu": 0.0}
     t0, c0 = time.perf_counter(), time.process_time()
 
     def spent() -> dict:
         return {"wall": before["wall"] + time.perf_counter() - t0, "cpu": before["cpu"] + time.process_time() - c0}
 
+    def keep_spent() -> None:  # the seconds so far, for a next run after a kill -9 (resumes at the last checkpoint)
+        tmp = partial.with_suffix(".tmp")
+        tmp.write_text(json.dumps(spent()))
+        os.replace(tmp, partial)
+
+    ticker = threading.Event()
+
+    def tick() -> None:
+        while not ticker.wait(SPENT_EVERY_S):
+            keep_spent()
+
+    ticking = threading.Thread(target=tick, daemon=True)
+    ticking.start()
     try:
         stages.train(m, cfg, data, str(out), init_path=init, quiet=True, resume=str(ck) if ck.exists() else None,
-                     snapshots=str(snapshots) if snapshots is not None else None)
+                     checkpoint_every=CHECKPOINT_EVERY, snapshots=str(snapshots) if snapshots is not None else None)
     except BaseException:
+        ticker.set()
+        ticking.join()
         if ck.exists():  # interrupted with a checkpoint: its next run continues, and counts this segment too
-            partial.write_text(json.dumps(spent()))
+            keep_spent()
         raise
+    ticker.set()
+    ticking.join()
     total = spent()
     out.with_suffix(".cpu_s").write_text(f"{total['cpu']:.1f}\n")
     out.with_suffix(".wall_s").write_text(f"{total['wall']:.1f}\n")

@@ -73,3 +73,41 @@ def test_paper_budget_is_consistent_and_refused_on_a_cpu(bench, monkeypatch):
         B.set_budget(8, 4, "")
         for k, v in saved.items():
             B.BUDGET[k].update(v)
+
+
+def test_a_row_killed_without_a_signal_resumes_and_counts_its_seconds(bench, monkeypatch):
+    """A session that ends with kill -9 runs no handler: fit() checkpoints every CHECKPOINT_EVERY iterations and
+    keeps the seconds spent on disk while it trains, so the next run resumes and the row counts both segments."""
+    import json
+    import time
+
+    monkeypatch.setattr(B, "SPENT_EVERY_S", 0.02)
+    out = bench / "mle.safetensors"
+    ck = B.stages.checkpoint_path(str(out))
+    partial = out.with_suffix(".partial.json")
+    seen = []
+
+    def killed(method, cfg, data, out_path, **kw):  # a first segment: checkpoints, trains 0.3 s, then is killed
+        seen.append(kw)
+        ck.write_bytes(b"checkpoint")
+        time.sleep(0.3)
+        kept = json.loads(partial.read_text())  # kept while training, before any handler could run
+        assert kept["wall"] > 0.1
+        raise SystemExit("the test's stand-in for kill -9 (no handler runs after it)")
+
+    monkeypatch.setattr(B.stages, "train", killed)
+    with pytest.raises(SystemExit):
+        B.fit("mle", "data.safetensors", out, 0, "fp32", None, None)
+    first = json.loads(partial.read_text())["wall"]
+
+    def resumed(method, cfg, data, out_path, **kw):
+        seen.append(kw)
+        ck.unlink()  # a finished training removes its checkpoint
+        (bench / "mle.safetensors").write_bytes(b"model")
+
+    monkeypatch.setattr(B.stages, "train", resumed)
+    wall = B.fit("mle", "data.safetensors", out, 0, "fp32", None, None)
+    assert [k["checkpoint_every"] for k in seen] == [B.CHECKPOINT_EVERY] * 2 and B.CHECKPOINT_EVERY > 0
+    assert seen[0]["resume"] is None and seen[1]["resume"] == str(ck)
+    assert wall >= first >= 0.3 and not partial.exists()
+    assert float(out.with_suffix(".wall_s").read_text()) == pytest.approx(wall, abs=0.1)
