@@ -31,6 +31,9 @@ RUNS = {  # name: (method, init run or None, flags)
     "nce": ("nce", None, {"posterior": {"steps": 3}}),
     "joint-mle": ("joint-mle", None, SHORT),
     "joint-vi": ("joint-vi", "pretrain", {"epochs": 1, "prior": {"steps": 3}}),
+    # the chains' start before N(0, I) became the default: these hashes are the joint runs' from before that change
+    "joint-mle-ancestral": ("joint-mle", None, {**SHORT, "chain_start": "ancestral"}),
+    "joint-vi-ancestral": ("joint-vi", "pretrain", {"epochs": 1, "prior": {"steps": 3}, "chain_start": "ancestral"}),
     "bidvl": ("bidvl", None, {"epochs": 1}),
 }
 
@@ -74,14 +77,14 @@ GOLDEN_AMX = {
     "nce/sample": "70a622e8af2a82e94e4166e20868bcc5452f65c20845c776698c6e55ad5d1539",
     "nce/reconstruct": "0c72c01beae683fff412b57f97a95a9e5f01ccf114c54e7b1c62e6890e6f70aa",
     "nce/anomaly": "a9da7d054e7e7ca67d7f98c116c09717c9ebf289649f307053a0eeacea776624",
-    "joint-mle/model": "1ea0f9f430979832ac39a453a0f955bf8c96b27ab8e5d9036b78dd2701bfecb1",
-    "joint-mle/sample": "197579a2428bee50ca152c7a0005234646e08d3d2d6c05f26cbf1252660c900d",
-    "joint-mle/reconstruct": "e5c4fe53704bcbde57a9b7fe3feda73737b415dc37636f39ba8c6e478560ecce",
-    "joint-mle/anomaly": "5559f13f6089f28cdbc79f30242a5ad3fb24e725820679052fc21d56acaad682",
-    "joint-vi/model": "3984da77b1e98540638444fdbab3c41969b87fefa6a122cc84dbb01893695936",
-    "joint-vi/sample": "c5e795d787010fc2bbba256ac031c95ce8b7a4601dd116a861b9658d112be0c4",
-    "joint-vi/reconstruct": "e3f2cdb69958b316adff47efd5d94585a962a0f0e82cb9783cd2163e383780aa",
-    "joint-vi/anomaly": "3e58a4e016018a7f80fbc015b759148af07eecf9792184541478ca64ca2094e8",
+    "joint-mle-ancestral/model": "1ea0f9f430979832ac39a453a0f955bf8c96b27ab8e5d9036b78dd2701bfecb1",
+    "joint-mle-ancestral/sample": "197579a2428bee50ca152c7a0005234646e08d3d2d6c05f26cbf1252660c900d",
+    "joint-mle-ancestral/reconstruct": "e5c4fe53704bcbde57a9b7fe3feda73737b415dc37636f39ba8c6e478560ecce",
+    "joint-mle-ancestral/anomaly": "5559f13f6089f28cdbc79f30242a5ad3fb24e725820679052fc21d56acaad682",
+    "joint-vi-ancestral/model": "3984da77b1e98540638444fdbab3c41969b87fefa6a122cc84dbb01893695936",
+    "joint-vi-ancestral/sample": "c5e795d787010fc2bbba256ac031c95ce8b7a4601dd116a861b9658d112be0c4",
+    "joint-vi-ancestral/reconstruct": "e3f2cdb69958b316adff47efd5d94585a962a0f0e82cb9783cd2163e383780aa",
+    "joint-vi-ancestral/anomaly": "3e58a4e016018a7f80fbc015b759148af07eecf9792184541478ca64ca2094e8",
     "bidvl/model": "7b022e9c2c07248485a1e8dbd0e131d5e3b5437ad9d2c6f1c4db93ffedd2b785",
     "bidvl/sample": "ffe7b514cae92918723b5ce1c58d8db01097bfb7044351b9b8a3c49c97e4f7c4",
     "bidvl/reconstruct": "5bee58f4843639e04d2f464372576a6ea9f30ca7567857424308e4a5c28aca8f",
@@ -112,21 +115,35 @@ GOLDEN_AVX2 = {  # AMD EPYC (AVX2, no AVX-512), torch 2.14.1+cu130, one thread
     "nce/sample": "70a622e8af2a82e94e4166e20868bcc5452f65c20845c776698c6e55ad5d1539",
     "nce/reconstruct": "d00de638d185f3098f59bc14af1813353707f804247184a292268e420cfe2b40",
     "nce/anomaly": "1e1597c175a3bd9356b884118db9c2908e0db32df35e54b9a29bdbe84a334f6e",
-    "joint-mle/model": "82846b4bb435adb0ef542c36fb0981524f67a9ae23dc9f0403727085428e9233",
-    "joint-mle/sample": "dd22659fa9d805b6eb59d47e9a09572eff9829fbc6f8caa647cfc5dc7944f496",
-    "joint-mle/reconstruct": "edb2377e6218b339e19dd1271d1da130bbb60f8987ffe6ff61535c7ae1f149fd",
-    "joint-mle/anomaly": "5f07e127fc42dc68a2d184c0f19bd6551674a4092e285b0de3ed2f7194b7b674",
-    "joint-vi/model": "d02b5b267d141ad2bd68f2d5d62edc9adab49e9e54e57c30e96180995ddf3199",
-    "joint-vi/sample": "bb79d337834f4d46c5e4e858ab3e785fb51e78b32fed2c99dcdd6824f80c08ef",
-    "joint-vi/reconstruct": "66f2c4e21fde43f55d80963d0afca9898bf38575e9ff3819f0b71f8ee6535e12",
-    "joint-vi/anomaly": "283c1f6ce1740ed44061435f195cfd7f4419dbd1e93cc0459423f5eab70589f5",
+    "joint-mle-ancestral/model": "82846b4bb435adb0ef542c36fb0981524f67a9ae23dc9f0403727085428e9233",
+    "joint-mle-ancestral/sample": "dd22659fa9d805b6eb59d47e9a09572eff9829fbc6f8caa647cfc5dc7944f496",
+    "joint-mle-ancestral/reconstruct": "edb2377e6218b339e19dd1271d1da130bbb60f8987ffe6ff61535c7ae1f149fd",
+    "joint-mle-ancestral/anomaly": "5f07e127fc42dc68a2d184c0f19bd6551674a4092e285b0de3ed2f7194b7b674",
+    "joint-vi-ancestral/model": "d02b5b267d141ad2bd68f2d5d62edc9adab49e9e54e57c30e96180995ddf3199",
+    "joint-vi-ancestral/sample": "bb79d337834f4d46c5e4e858ab3e785fb51e78b32fed2c99dcdd6824f80c08ef",
+    "joint-vi-ancestral/reconstruct": "66f2c4e21fde43f55d80963d0afca9898bf38575e9ff3819f0b71f8ee6535e12",
+    "joint-vi-ancestral/anomaly": "283c1f6ce1740ed44061435f195cfd7f4419dbd1e93cc0459423f5eab70589f5",
     "bidvl/model": "61edff95e0db9c2c6cfea0e135607721f7211070b63408c8abe9d485d881613d",
     "bidvl/sample": "ffe7b514cae92918723b5ce1c58d8db01097bfb7044351b9b8a3c49c97e4f7c4",
     "bidvl/reconstruct": "e3c71c5feb6925c5c0edd07f73d62885d9a393a41d4e401e72582f2ae47f6603",
     "bidvl/anomaly": "fc39468baed2f1fc18610d3788dad8d572b1c29473adff2469b2076d5da87a31",
+    "joint-mle/anomaly": "e200924864b4fc254f11291d8b3baac11d1150aea101e4142cc2159826d25899",
+    "joint-mle/model": "da2fcade349c04f1f8ce67f1b6bd76e972c38771584d644050040419bf16923b",
+    "joint-mle/reconstruct": "ad42e3285ce127185979fb310d4eaf81ff27d0c0d59ce7bd255ad415a29218fb",
+    "joint-mle/sample": "8cc9f2a67537b91da6298966d1eea068f7a2af24329758939756bdf8f9cbea54",
+    "joint-vi/anomaly": "1eb4ea01342acb053acf1326534a5adc61212622073b2fcc6c5cc409b09018a1",
+    "joint-vi/model": "846248ab9bf3d5317dcdcbbb9c59f18e9b0a451abece46a96c8f8598676434b8",
+    "joint-vi/reconstruct": "3e5c7190be7b075466ab2580468c698769821d8333ea8244fb810f0383a2b090",
+    "joint-vi/sample": "7bd77d11b046ad76def431466e5ba2eddf7b7bfa4fde01a5eecaf610fc7504e4",
 }
 GOLDEN_BY = {(TORCH, "amx"): GOLDEN_AMX, (TORCH, "avx2"): GOLDEN_AVX2}
 GOLDEN = GOLDEN_BY.get((torch.__version__, cpu_isa()), {})
+# runs whose hashes a table still lacks, with why: recorded on the next session on that CPU (`python
+# tests/test_golden.py` prints them). The joint methods' N(0, I) chain start was made on an AMD EPYC session; their
+# code path from before it is still checked bit for bit on AMX by the -ancestral runs.
+PENDING_BY = {(TORCH, "amx"): {f"joint-{m}/{v}" for m in ("mle", "vi") for v in ("model", "sample", "reconstruct",
+                                                                                "anomaly")}}
+PENDING = PENDING_BY.get((torch.__version__, cpu_isa()), set())
 
 pytestmark = pytest.mark.skipif(
     not GOLDEN,
@@ -168,7 +185,8 @@ def golden_runs(tmp_path_factory):
 
 
 def test_every_method_writes_the_recorded_tensors(golden_runs):
-    assert set(golden_runs) == set(GOLDEN), "a run was added or removed: record its hashes"
+    assert set(golden_runs) == set(GOLDEN) | PENDING, "a run was added or removed: record its hashes"
+    assert not set(GOLDEN) & PENDING
     changed = sorted(k for k in GOLDEN if golden_runs[k] != GOLDEN[k])
     assert not changed, f"tensors changed for {changed}"
 

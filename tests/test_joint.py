@@ -368,3 +368,41 @@ def test_conditional_sigma_is_capped_at_e5_and_unchanged_below():
     sigma = g(h)[1]
     assert torch.isfinite(sigma).all()
     assert torch.allclose(sigma, torch.full_like(sigma, math.exp(LOG_SIGMA_MAX) + g.floor))
+
+
+@pytest.mark.parametrize("start", ["noise", "ancestral"])
+def test_chains_start_where_chain_start_says_for_training_sampling_and_inference(start):
+    """Ground truth: a conditional p(z_1|z_2) with mean 5 everywhere. From ``noise`` (the authors' joint code, the
+    default) every chain starts at N(0, I) on every layer; from ``ancestral`` z_1 starts at the hierarchy's mean 5.
+    The prior chain (training negatives, sampling) and posterior inference share the start."""
+    torch.manual_seed(0)
+    prior = JointPrior((3, 2), dict(hidden=8, layers=2, slope=0.2), dict(hidden=8, layers=1, slope=0.2),
+                       dict(hidden=8, layers=2, slope=0.2), start=start)
+    head = prior.conditionals[0].net[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([5.0] * 3 + [math.log(0.5)] * 3))  # mu 5, sigma 0.5 (+ floor)
+    model = LatentModel(Generator("digits8", 3, 4, 1), prior, 0.3, (1, 8, 8), inference=Langevin(steps=1, step_size=1e-4),
+                        sampling=Langevin(steps=1, step_size=1e-4))
+    want = 0.0 if start == "noise" else 5.0
+    n = 4000
+    z_start = prior.chain_start(n)
+    z_prior = prior.chain(n, Langevin(steps=1, step_size=1e-4)).z
+    z_sample = model.prior.sample(n, steps=1, step_size=1e-4).z
+    z_post = model.infer(torch.zeros(n, 1, 8, 8)).z
+    for z in (z_start, z_prior, z_sample, z_post):
+        assert abs(float(z[0].mean()) - want) < 0.1
+        assert abs(float(z[1].mean())) < 0.1 and abs(float(z[1].std()) - 1) < 0.05
+    assert abs(float(z_start[0].std()) - (1.0 if start == "noise" else 0.51)) < 0.05
+
+
+def test_chain_start_is_saved_and_older_models_keep_ancestral_starts():
+    dims, e, eu, c = (3, 2), dict(hidden=8, layers=2, slope=0.2), dict(hidden=8, layers=1, slope=0.2), \
+        dict(hidden=8, layers=2, slope=0.2)
+    assert JointPrior(dims, e, eu, c).start == "noise"
+    spec = JointPrior(dims, e, eu, c).spec()
+    assert spec["chain_start"] == "noise" and JointPrior.from_spec(spec).start == "noise"
+    del spec["chain_start"]  # a model saved before the option: trained from ancestral starts
+    assert JointPrior.from_spec(spec).start == "ancestral"
+    with pytest.raises(ValueError, match="start must be one of"):
+        JointPrior(dims, e, eu, c, start="zeros")

@@ -7,7 +7,8 @@ by one energy term per layer::
     p(z) ∝ exp[sum_i f_i(z_i)] prod_{i<L} N(z_i; mu_i(z_{i+1}), sigma_i(z_{i+1})^2) N(z_L; 0, I)
 
 ``joint-mle`` (Sec. 3.2), per batch: z- by prior short-run Langevin over all layers jointly (eq. 13; 60 steps,
-s = 0.4), z+ by posterior short-run Langevin (eq. 14; 40 steps, s = 0.1), then one backward pass of
+s = 0.4), z+ by posterior short-run Langevin (eq. 14; 40 steps, s = 0.1), both started from N(0, I) on every
+layer as in the authors' code (``chain_start``; the paper does not say), then one backward pass of
 
     loss = -log p(x|z+) - log p(z+) + log p(z-)          (p(z) un-normalised)
 
@@ -30,6 +31,8 @@ The prior is :class:`ebmtool.priors.JointPrior`; hierarchical sampling (Sec. 5.2
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -81,6 +84,9 @@ class JointConfig(TrainCommon):
     opt_g: Optim = Optim(lr=1e-4, beta1=0.9)  # generator (authors' g1_lr)
     opt_c: Optim = Optim(lr=1e-4, beta1=0.9)  # Gaussian conditionals p(z_i|z_{i+1}) (authors' g2_lr)
     opt_e: Optim = Optim(lr=2e-5, beta1=0.9)  # energies (authors' e1_lr, e2_lr)
+    chain_start: Literal["noise", "ancestral"] = Field(
+        "noise", description="where the prior and posterior chains start: noise = N(0, I) on every layer (the authors' "
+                             "joint-training code), ancestral = draws of the Gaussian hierarchy")
     energy_l2: float = Field(0.0, ge=0, description="L2 penalty on sum_i f_i at both sample sets (0 = paper)")
     epochs: int = Field(100, ge=1)
 
@@ -112,10 +118,11 @@ def _prior(cfg: JointConfig, nz: int, init, init_art, method: str) -> JointPrior
     if init is not None and isinstance(init.prior, JointPrior):
         if init.prior.layers != cfg.layers:
             raise UserError(f"--init {init_art.path}: the model has {init.prior.layers} latent layers, not --layers {cfg.layers}")
-        return init.prior  # continue a joint model (its saved architecture wins)
+        init.prior.start = cfg.chain_start  # continue a joint model (its saved architecture wins, not its chains)
+        return init.prior
     if init is None or isinstance(init.prior, GaussianPrior):
         return JointPrior((nz,) + (cfg.nz_top,) * (cfg.layers - 1), cfg.energy.model_dump(),
-                          cfg.energy_upper.model_dump(), cfg.conditional.model_dump())
+                          cfg.energy_upper.model_dump(), cfg.conditional.model_dump(), cfg.chain_start)
     raise UserError(f"--init {init_art.path}: a {init.prior.type_name} prior cannot be trained by {method} "
                     "(start from a pretrained generator or a joint model)")
 

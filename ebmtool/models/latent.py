@@ -49,7 +49,7 @@ class LatentModel(Model):
     # --- posterior ----------------------------------------------------------------------------
     def infer(self, x: torch.Tensor, chain: Langevin | None = None, z0: Latent | None = None,
               record_every: int = 0, what: str = "posterior Langevin", refine: bool = False) -> ChainResult:
-        """Posterior samples: short-run Langevin on log p(x, z) from p0 (or z0), or the encoder if trained;
+        """Posterior samples: short-run Langevin on log p(x, z) from the prior's chain start (or z0), or the encoder if trained;
         ``refine``: with an encoder, run the chain from the encoder's sample (``--steps``/``--step-size``). The
         caller decides what a diverged chain means (``ChainResult.finite``)."""
         if self.encoder is not None and z0 is None:
@@ -59,7 +59,7 @@ class LatentModel(Model):
                 return ChainResult(z_enc, what="the encoder q(z|x)")
             z0 = z_enc
         chain = chain or self.inference
-        z0 = self.prior.base_sample(len(x), x.device) if z0 is None else z0
+        z0 = self.prior.chain_start(len(x), x.device) if z0 is None else z0
         return langevin(lambda z: self.log_joint(x, z), z0, chain.steps, chain.effective_step_size(), noise=chain.noise,
                         freeze=[self], record_every=record_every, what=what)
 

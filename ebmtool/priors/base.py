@@ -7,9 +7,9 @@
 * :class:`RatioProductPrior`  tilt = sum_k log r_k(z) (adaptive multi-stage NCE)
 * :class:`JointPrior`         tilt = sum_i f_i(z_i) over a Gaussian hierarchy (multi-layer)
 
-Every prior answers the same verbs (``base_sample``, ``tilt``, ``log_prob``, ``sample``) and serialises
-itself as a JSON ``spec`` plus a state dict, so that ``sample``, ``reconstruct`` and ``anomaly`` work for
-any model without knowing which method made it.
+Every prior answers the same verbs (``base_sample``, ``chain_start``, ``tilt``, ``log_prob``, ``sample``) and
+serialises itself as a JSON ``spec`` plus a state dict, so that ``sample``, ``reconstruct`` and ``anomaly`` work
+for any model without knowing which method made it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ class Prior(nn.Module):
     def base_sample(self, n: int, device: torch.device | str = "cpu") -> Latent:
         return torch.randn(n, self.nz, device=device)
 
+    def chain_start(self, n: int, device: torch.device | str = "cpu") -> Latent:
+        """Where every short-run chain on this prior starts: the prior chain of training negatives and of sampling,
+        and posterior inference. p0 here; a short-run chain is a model of its start, so training, sampling and
+        scoring share it (:class:`ebmtool.priors.JointPrior` may start from N(0, I) on every layer)."""
+        return self.base_sample(n, device)
+
     def base_log_prob(self, z: Latent) -> torch.Tensor:
         return -0.5 * z.pow(2).sum(dim=1)
 
@@ -54,10 +60,11 @@ class Prior(nn.Module):
         self, n: int, *, steps: int, step_size: float, sampler: str = "langevin", device="cpu",
         record_every: int = 0, sir_proposals: int = 10,
     ) -> ChainResult:
-        """Draw n latents. Gaussian: exact. Otherwise Langevin from p0 on log p, or SIR from p0. ``step_size`` is the
-        sampler's own (LEBM form; a chain config passes :meth:`Langevin.effective_step_size`). The caller decides
-        what a diverged chain means (``ChainResult.finite``)."""
-        z0 = self.base_sample(n, device)
+        """Draw n latents. Gaussian: exact. Otherwise Langevin on log p from :meth:`chain_start`, or SIR from p0.
+        ``step_size`` is the sampler's own (LEBM form; a chain config passes :meth:`Langevin.effective_step_size`).
+        The caller decides what a diverged chain means (``ChainResult.finite``)."""
+        # drawn before the SIR proposals too, as always: a fixed seed keeps giving the same samples
+        z0 = self.base_sample(n, device) if self.is_base or sampler == "sir" else self.chain_start(n, device)
         if self.is_base:
             return ChainResult(z0)
         if sampler == "sir":
@@ -65,14 +72,13 @@ class Prior(nn.Module):
                 raise ValueError("SIR is not available for this prior")
             props = self.base_sample(n * sir_proposals, device)
             return ChainResult(sir(self.tilt, props, n))
-        return self.chain(z0, Langevin.stored(steps, step_size),
-                          record_every=record_every)
+        return self.chain(z0, Langevin.stored(steps, step_size), record_every=record_every)
 
     def chain(self, z0: Latent | int, c: Langevin, what: str = "prior Langevin", record_every: int = 0,
               device: torch.device | str = "cpu") -> ChainResult:
         """The one prior short-run chain (mle and joint negatives, adaptive-NCE ``--prior-sampler langevin``,
-        sampling): Langevin on log p from ``z0`` (or from n draws of p0 when ``z0`` is an int n)."""
-        z0 = self.base_sample(z0, device) if isinstance(z0, int) else z0
+        sampling): Langevin on log p from ``z0`` (or from n draws of :meth:`chain_start` when ``z0`` is an int n)."""
+        z0 = self.chain_start(z0, device) if isinstance(z0, int) else z0
         return langevin(self.log_prob, z0, c.steps, c.effective_step_size(), noise=c.noise, freeze=[self],
                         record_every=record_every, what=what)
 

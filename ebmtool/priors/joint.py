@@ -38,16 +38,27 @@ class JointPrior(Prior):
     ``tilt(z) = sum_i f_i(z_i)`` (one :class:`EnergyMLP` per layer) and ``base_log_prob`` is the normalised
     log-density of the Gaussian hierarchy, log N(z_L; 0, I) + sum_{i<L} log N(z_i; mu_i(z_{i+1}), sigma_i^2),
     so ``log_prob`` = tilt + base is eq. 13's target up to log Z. ``base_sample`` is ancestral sampling of the
-    hierarchy, the chains' starting distribution.
+    hierarchy (SIR's proposals, hierarchical sampling).
+
+    ``start`` is where the short-run chains start (:meth:`chain_start`): ``"noise"``, N(0, I) on every layer as
+    in the authors' joint-training code, or ``"ancestral"``, draws of the Gaussian hierarchy. From ancestral
+    starts a conditional whose sigma grows puts the chains' z_1 far out, the posterior z_1+ stays where it started,
+    the conditional fits that spread, and the loop ran away on MNIST (README, v3 joint-mle); the noise start breaks
+    it. Models saved before the option existed were trained from ancestral starts and keep them.
     """
 
+    STARTS = ("noise", "ancestral")
+
     def __init__(self, dims: Sequence[int], energy: dict[str, Any], energy_upper: dict[str, Any],
-                 conditional: dict[str, Any]):
+                 conditional: dict[str, Any], start: str = "noise"):
         dims = tuple(int(d) for d in dims)
         if len(dims) < 2:
             raise ValueError("a joint prior needs at least 2 latent layers")
+        if start not in self.STARTS:
+            raise ValueError(f"start must be one of {self.STARTS}, not {start!r}")
         super().__init__(dims[0])
         self.dims = dims
+        self.start = start
         self.arch = {"energy": dict(energy), "energy_upper": dict(energy_upper), "conditional": dict(conditional)}
         self.energies = nn.ModuleList(EnergyMLP(d, **(energy if i == 0 else energy_upper)) for i, d in enumerate(dims))
         # conditionals[i]: p(z_i | z_{i+1}) with 0-based i (the paper's p(z_{i+1} | z_{i+2}), layers numbered from 1)
@@ -90,6 +101,13 @@ class JointPrior(Prior):
                     zs[i] = mu + sigma * torch.randn_like(mu)
         return tuple(zs)
 
+    def chain_start(self, n: int, device: torch.device | str = "cpu") -> Layers:
+        """The chains' start: N(0, I) on every layer (``start="noise"``) or :meth:`base_sample`."""
+        if self.start == "ancestral":
+            return self.base_sample(n, device)
+        dtype = next(self.parameters()).dtype
+        return tuple(torch.randn(n, d, device=device, dtype=dtype) for d in self.dims)
+
     def sample(self, n: int, *, steps: int, step_size: float, sampler: str = "langevin", device="cpu",
                record_every: int = 0, sir_proposals: int = 10):
         """Langevin over all layers from the hierarchy (Prior.sample), or SIR: resample n of n * sir_proposals
@@ -118,8 +136,9 @@ class JointPrior(Prior):
 
     # --- serialisation --------------------------------------------------------------------------
     def spec(self):
-        return {**super().spec(), "dims": list(self.dims), **self.arch}
+        return {**super().spec(), "dims": list(self.dims), **self.arch, "chain_start": self.start}
 
     @classmethod
-    def from_spec(cls, spec):
-        return cls(spec["dims"], spec["energy"], spec["energy_upper"], spec["conditional"])
+    def from_spec(cls, spec):  # a spec without chain_start predates it: those models were trained from ancestral starts
+        return cls(spec["dims"], spec["energy"], spec["energy_upper"], spec["conditional"],
+                   spec.get("chain_start", "ancestral"))
