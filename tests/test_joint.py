@@ -406,3 +406,22 @@ def test_chain_start_is_saved_and_older_models_keep_ancestral_starts():
     assert JointPrior.from_spec(spec).start == "ancestral"
     with pytest.raises(ValueError, match="start must be one of"):
         JointPrior(dims, e, eu, c, start="zeros")
+
+
+def test_continuing_a_model_from_ancestral_starts_says_the_start_changes(tmp_path):
+    """--init of a joint model saved before chain_start (trained from ancestral starts): the run's chains follow the
+    config, as their steps do, and the change is said in one line; --set chain_start=ancestral keeps theirs."""
+    from types import SimpleNamespace
+
+    from ebmtool.methods.joint import JointMLEConfig, _prior
+
+    e, c = dict(hidden=8, layers=2, slope=0.2), dict(hidden=8, layers=2, slope=0.2)
+    spec = JointPrior((3, 2), e, e, c).spec()
+    del spec["chain_start"]
+    for asked, want, said in (("noise", "noise", 1), ("ancestral", "ancestral", 0)):
+        old = SimpleNamespace(prior=JointPrior.from_spec(spec))
+        lines = []
+        cfg = JointMLEConfig(layers=2, chain_start=asked)
+        prior = _prior(cfg, 3, old, SimpleNamespace(path="old.safetensors"), "joint-mle", lines.append)
+        assert prior is old.prior and prior.start == want and prior.spec()["chain_start"] == want
+        assert len(lines) == said and all("chain_start=ancestral" in ln for ln in lines)

@@ -114,12 +114,15 @@ VI_MODEL_POSTERIOR = Langevin(steps=40, step_size=0.1)
 # ------------------------------------------------------------------------------------------------
 # fitting
 # ------------------------------------------------------------------------------------------------
-def _prior(cfg: JointConfig, nz: int, init, init_art, method: str) -> JointPrior:
+def _prior(cfg: JointConfig, nz: int, init, init_art, method: str, log) -> JointPrior:
     if init is not None and isinstance(init.prior, JointPrior):
         if init.prior.layers != cfg.layers:
             raise UserError(f"--init {init_art.path}: the model has {init.prior.layers} latent layers, not --layers {cfg.layers}")
-        init.prior.start = cfg.chain_start  # continue a joint model (its saved architecture wins, not its chains)
-        return init.prior
+        if init.prior.start != cfg.chain_start:  # chains follow the config, as their steps do; said, not silent
+            log(f"[{method}] the --init model's chains started from {init.prior.start} draws; this run's start from "
+                f"{cfg.chain_start} (--set chain_start={init.prior.start} keeps theirs)")
+            init.prior.start = cfg.chain_start
+        return init.prior  # continue a joint model (its saved architecture wins)
     if init is None or isinstance(init.prior, GaussianPrior):
         return JointPrior((nz,) + (cfg.nz_top,) * (cfg.layers - 1), cfg.energy.model_dump(),
                           cfg.energy_upper.model_dump(), cfg.conditional.model_dump(), cfg.chain_start)
@@ -168,7 +171,7 @@ def joint_loss(model: LatentModel, x: torch.Tensor, z_pos: Layers, z_neg: Layers
 
 def _fit(cfg: JointConfig, data, init, init_art, ctx, method: str, vi: bool) -> FitResult:
     gen = generator_for(cfg.generator, data.image_shape, init, init_art and init_art.path)
-    prior = _prior(cfg, gen.nz, init, init_art, method)
+    prior = _prior(cfg, gen.nz, init, init_art, method, ctx.log)
     encoder = None
     if vi:
         old = getattr(init, "encoder", None)

@@ -110,7 +110,7 @@ class JointPrior(Prior):
 
     def sample(self, n: int, *, steps: int, step_size: float, sampler: str = "langevin", device="cpu",
                record_every: int = 0, sir_proposals: int = 10):
-        """Langevin over all layers from the hierarchy (Prior.sample), or SIR: resample n of n * sir_proposals
+        """Langevin over all layers from :meth:`chain_start` (Prior.sample), or SIR: resample n of n * sir_proposals
         ancestral draws with weights exp(sum_i f_i(z_i)) = p(z) / p_hierarchy(z)."""
         if sampler != "sir":
             return super().sample(n, steps=steps, step_size=step_size, sampler=sampler, device=device,
@@ -123,7 +123,8 @@ class JointPrior(Prior):
         """Hierarchical sampling (Sec. 5.2): hold layer ``keep`` (1 = bottom, L = top) fixed and draw the other
         layers afresh: ancestrally given z_keep below it, from the hierarchy above it, then ``steps`` Langevin
         steps on log p(z) over the free layers only (the conditional p(z_free | z_keep) ∝ p(z)); the result holds all
-        layers."""
+        layers. The free layers start from the hierarchy given z_keep whatever ``start`` is: that is the section's
+        procedure, and an N(0, I) start would ignore the kept layer."""
         if not 1 <= keep <= self.layers:
             raise ValueError(f"keep must be a layer number in 1..{self.layers}")
         k = keep - 1
