@@ -236,8 +236,11 @@ def score_table(rs) -> str:
         for s in SCORES:
             v = [float(r[f"auprc_{s}"]) for r in rs if r["method"] == m and r.get(f"auprc_{s}")]
             cells.append(f"{statistics.mean(v):.3f}" if v else "–")
-        n = len({(r["digit"], r["seed"]) for r in rs if r["method"] == m})
-        out.append(f"| {NAMES[m]} ({n} runs) | " + " | ".join(cells) + " |")
+        runs = {(int(r["digit"]), r["seed"]) for r in rs if r["method"] == m}
+        digits = sorted({d for d, _ in runs})  # rows over different digits are not comparable: say which
+        where = f"digit{'s' if len(digits) > 1 else ''} {', '.join(map(str, digits))}"
+        out.append(f"| {NAMES[m]} ({len(runs)} run{'s' if len(runs) != 1 else ''}; {where}) | "
+                   + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
