@@ -253,6 +253,10 @@ def open_resume(path: str, config: dict[str, Any], inputs: dict[str, Any],
             raise UserError(f"{art.path}: checkpoint metadata lacks {key!r}")
     if art.config != config and (also is None or art.config != also):
         diff = sorted(k for k in set(art.config) | set(config) if art.config.get(k) != config.get(k))
+        newer = [k for k in diff if k not in art.config]
+        if newer:  # options this version added: no command can give the old config back
+            raise UserError(f"{art.path}: checkpoint predates the option(s) {', '.join(newer[:5])} of this ebmtool "
+                            "version and cannot be resumed by it; start the run again")
         raise UserError(f"{art.path}: checkpoint was written with a different config "
                         f"(differs in {', '.join(diff[:5])}); resume with the same command and options")
     saved = art.meta.get("inputs", {})

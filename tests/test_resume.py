@@ -150,3 +150,19 @@ def test_resume_accepts_a_checkpoint_that_recorded_the_asked_generator(small):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert artifacts.load(out).config["generator"]["arch"] == artifacts.load(d / "g.safetensors").meta["model"]["generator"]["arch"] != "auto"
+
+
+def test_a_checkpoint_older_than_an_option_says_it_cannot_be_resumed(tmp_path):
+    """A checkpoint written before an option existed lacks it in its config: no command gives that config back, so
+    the error says to start again instead of "resume with the same command"."""
+    from ebmtool.checkpoint import open_resume
+    from ebmtool.errors import UserError
+
+    ck = tmp_path / "old.ckpt.safetensors"
+    old = {"epochs": 3, "seed": 0}
+    artifacts.save(ck, "checkpoint", {"x": torch.zeros(1)}, config=old,
+                   meta={"iteration": 2, "structure": {}, "history": {}})
+    with pytest.raises(UserError, match="predates the option.*chain_start.*start the run again"):
+        open_resume(str(ck), {**old, "chain_start": "noise"}, {})
+    with pytest.raises(UserError, match="different config .differs in epochs.; resume with the same command"):
+        open_resume(str(ck), {**old, "epochs": 4}, {})
