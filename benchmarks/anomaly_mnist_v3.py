@@ -19,7 +19,9 @@ Score (the lineage's): -log p(x, z) = ||x - g(z)||^2 / (2 sigma^2) - f(z) + ||z|
 noise-free posterior chain (step s = 0.1, LEBM form) started at N(0, I). Its length is chosen per model by a
 label-free rule on the first ``CHAIN_RULE_N`` calibration normals: the first multiple of 25 steps (at most 400, the
 lineage's) at which the last 50 steps lowered their mean -log p(x, z) by less than 1% of the total decrease so far.
-Every label-free score of ``ebmtool.eval.scores`` comes from the same chain (typicality and dose calibrated on the
+A model with an inference model (``joint-vi``) is scored as the joint paper scores its anomaly rows (Cui, Wu & Han
+2023, Sec. 5.2: the un-normalised log-posterior, eq. 20 with k = 0): the same -log p(x, z) at one sample of its
+q(z|x), no chain (``score_steps`` 0). Every label-free score of ``ebmtool.eval.scores`` comes from the same chain (typicality and dose calibrated on the
 first ``CAL_N`` calibration normals).
 
 Curves: every epoch's model (``fit-prior --snapshots``; adaptive NCE: every stage) scored on a fixed stratified
@@ -87,11 +89,15 @@ BUDGET = {
     "mle": {"epochs": EPOCHS, **NET},
     "adaptive-nce": {"stages": 1, "epochs_per_stage": (EPOCHS - GEN_EPOCHS) // 4, **NET},  # per stage, 4 stages
     "joint-mle": {"epochs": EPOCHS, **NET},
+    "joint-vi": {"epochs": EPOCHS, **NET},
 }
 STAGES = 4
 METHOD_OF = {"pretrain-matched": "pretrain"}
 CORE = ["random", "pca", "pretrain", "mle", "adaptive-nce", "pretrain-matched"]
-EXTRA = ["joint-mle"]
+EXTRA = ["joint-mle", "joint-vi"]
+FROM_SCRATCH = ("mle", "joint-mle", "joint-vi")
+LEARNED_PRIOR = ("mle", "adaptive-nce", "joint-mle", "joint-vi")  # the rows with a published cell and practice rows
+ENCODER = 0  # score_steps of a model scored by its own inference model q(z|x) (joint-vi; the joint paper's eq. 20)
 PUBLISHED = [1, 4, 5, 7, 9]
 SCORE_STEP = 0.1  # the lineage's noise-free posterior step, LEBM form
 RULE_EVERY, RULE_WINDOW, RULE_TOL, RULE_MAX = 25, 50, 0.01, 400
@@ -110,7 +116,8 @@ def set_budget(epochs: int, gen_epochs: int, suffix: str) -> None:
     global EPOCHS, GEN_EPOCHS, RESULTS, CURVE, WORK
     EPOCHS, GEN_EPOCHS = epochs, gen_epochs
     BUDGET["pretrain"]["epochs"] = gen_epochs
-    BUDGET["mle"]["epochs"] = BUDGET["joint-mle"]["epochs"] = epochs
+    for m in FROM_SCRATCH:
+        BUDGET[m]["epochs"] = epochs
     BUDGET["pretrain-matched"]["epochs"] = epochs - gen_epochs
     BUDGET["adaptive-nce"]["epochs_per_stage"] = (epochs - gen_epochs) // STAGES
     RESULTS = RESULTS.with_name(RESULTS.stem + suffix + ".csv")
@@ -215,11 +222,14 @@ def chain_length(model, xc: torch.Tensor, prec: str) -> int:
 
 
 def terms_of(model_path: str, x: torch.Tensor, steps: int, seed: int, prec: str) -> dict[str, np.ndarray]:
+    """The score terms at one z per image: from the noise-free chain of ``steps`` steps, or (``steps`` = ENCODER)
+    a sample of the model's inference model q(z|x), the joint paper's decision function (eq. 20, k = 0)."""
     dev = DEVICE
     model, _ = load_model(model_path, device=dev)
     torch.manual_seed(10_000 * seed)
+    chain = {} if steps == ENCODER else {"steps": steps, "step_size": SCORE_STEP, "noise": False}
     with resolve_precision(prec, dev).context(dev):
-        t = score_terms(model, x, steps=steps, step_size=SCORE_STEP, noise=False, device=dev)
+        t = score_terms(model, x, **chain, device=dev)
     return {k: v.numpy() for k, v in t.items()}
 
 
@@ -239,7 +249,7 @@ def evaluate(model_path: Path, p: dict[str, str], digit: int, seed: int, prec: s
     y = binary_labels(lab, [digit]).numpy()
     model, _ = load_model(str(model_path), device=DEVICE)
     t0, c0 = time.perf_counter(), time.process_time()
-    steps = chain_length(model, xc[:CHAIN_RULE_N], prec)
+    steps = ENCODER if model.encoder is not None else chain_length(model, xc[:CHAIN_RULE_N], prec)
     terms = terms_of(str(model_path), x, steps, seed, prec)
     cal = terms_of(str(model_path), xc[:CAL_N], steps, seed, prec)
     np.savez(model_path.with_suffix(".terms.npz"), **terms, **{f"cal_{k}": v for k, v in cal.items()}, y=y)
@@ -251,7 +261,8 @@ def evaluate(model_path: Path, p: dict[str, str], digit: int, seed: int, prec: s
     return {**row, "auroc_joint": f"{m.auroc:.4f}", "auprc_recon_weight1": f"{metrics(y, w1).auprc:.4f}",
             "mse_normal": f"{mse[y == 0].mean():.5f}", "mse_anomalous": f"{mse[y == 1].mean():.5f}",
             "n_test": m.n, "n_anomalous": m.n_anomalous, "random_auprc": f"{m.n_anomalous / m.n:.4f}",
-            "score_steps": steps, "score_step_size": SCORE_STEP, "score_noise": "none",
+            "score_steps": steps, "score_step_size": "" if steps == ENCODER else SCORE_STEP,
+            "score_noise": "encoder q(z|x) sample" if steps == ENCODER else "none",
             "score_wall_s": f"{time.perf_counter() - t0:.1f}", "score_cpu_s": f"{time.process_time() - c0:.1f}"}
 
 
@@ -314,12 +325,12 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict:
             points.append((GEN_EPOCHS + k * BUDGET[method]["epochs_per_stage"], out))
             prev = str(out)
         model, wall, epochs = Path(prev), gen_wall + wall, EPOCHS
-    else:  # mle, joint-mle: from scratch
+    else:  # mle, joint-mle, joint-vi: from scratch
         model, snaps = WORK / f"{method}-{tag}.safetensors", WORK / f"{method}-{tag}.snapshots"
         wall, epochs = fit(method, p["fit"], model, seed, prec, None, snaps), EPOCHS
         points = snapshots_of(snaps)
     row = evaluate(model, p, digit, seed, prec)
-    if method in ("mle", "adaptive-nce", "joint-mle") and digit in PUBLISHED:
+    if method in LEARNED_PRIOR and digit in PUBLISHED:
         row["auprc_joint_second_permutation"] = second_permutation(model, p, digit, seed, prec, int(row["score_steps"]))
     curve(method, digit, seed, prec, points, int(row["score_steps"]), p, cpu)
     if WORK.name.endswith("_paper"):  # ~150 snapshots of 5 MB per run: their curve rows are written, drop them
@@ -330,7 +341,7 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict:
                "adaptive-nce": f"{GEN_EPOCHS}-epoch generator + {STAGES} stages x "
                                f"{BUDGET['adaptive-nce']['epochs_per_stage']} epochs"}.get(
                   method, f"{EPOCHS} epochs from scratch"))
-    trained = [model] if method in ("mle", "joint-mle") else [gen] + [mp for _, mp in points if mp.parent == WORK] + (
+    trained = [model] if method in FROM_SCRATCH else [gen] + [mp for _, mp in points if mp.parent == WORK] + (
         [model] if method == "pretrain-matched" else [])
     have = [f.with_suffix(".cpu_s") for f in set(trained)]
     cpu = f"{sum(float(f.read_text()) for f in have):.1f}" if all(f.exists() for f in have) else ""  # else unknown
@@ -357,7 +368,7 @@ def practices() -> None:
     from bench_csv import locked, write_all
 
     for r in read(RESULTS):
-        if r["method"] not in ("mle", "adaptive-nce", "joint-mle") or int(r["digit"]) not in PUBLISHED:
+        if r["method"] not in LEARNED_PRIOR or int(r["digit"]) not in PUBLISHED:
             continue
         if r.get("auprc_joint_second_permutation"):
             continue

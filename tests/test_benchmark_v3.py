@@ -111,3 +111,28 @@ def test_a_row_killed_without_a_signal_resumes_and_counts_its_seconds(bench, mon
     assert seen[0]["resume"] is None and seen[1]["resume"] == str(ck)
     assert wall >= first >= 0.3 and not partial.exists()
     assert float(out.with_suffix(".wall_s").read_text()) == pytest.approx(wall, abs=0.1)
+
+
+def test_a_model_with_an_inference_model_is_scored_by_one_sample_of_it(tmp_path, digits_ds, gen_model):
+    """joint-vi rows are scored as the joint paper scores its anomaly rows (eq. 20, k = 0): -log p(x, z) at z ~ q(z|x),
+    no posterior chain; the other rows keep the noise-free chain."""
+    import numpy as np
+    import torch
+
+    from conftest import _train
+    from ebmtool.data import load_images
+    from ebmtool.models import load_model
+
+    vi = _train("joint-vi", digits_ds, tmp_path / "vi.safetensors", init=gen_model, epochs=1, prior={"steps": 3})
+    x = load_images(str(digits_ds))[0][:16]
+    model, _ = load_model(str(vi))
+    torch.manual_seed(10_000 * 3)  # terms_of's seed for seed 3
+    with torch.no_grad():
+        z = model.encoder.sample(x)
+        recon = (-model.log_lik(x, z)).double().numpy()
+        prior = (-model.prior.tilt(z) - model.prior.base_log_prob(z)).double().numpy()
+    t = B.terms_of(str(vi), x, B.ENCODER, 3, "fp32")
+    np.testing.assert_allclose(t["recon"], recon, rtol=1e-6)
+    np.testing.assert_allclose(t["tilt"] + t["base"], prior, rtol=1e-5, atol=1e-6)
+    chained = B.terms_of(str(vi), x, 25, 3, "fp32")  # 25 noise-free steps from the encoder's z lower -log p(x, z)
+    assert (chained["recon"] + chained["tilt"] + chained["base"]).mean() < (t["recon"] + t["tilt"] + t["base"]).mean()
