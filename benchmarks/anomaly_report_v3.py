@@ -333,7 +333,9 @@ def report(results: Path | None = None, curve_path: Path | None = None) -> str:
     precs = [MAIN_PRECISION[0]] + [f"{p} (rows not shown in the tables)" for p in sorted(
         {r["precision"] for r in rs if r["method"] not in ("random", "pca")} - {MAIN_PRECISION[0]})]
     return "\n\n".join([
-        f"AUPRC under the papers' score -log p(x, z) at a noise-free posterior z, mean ± std (seeds); published rows "
+        "AUPRC under the papers' score -log p(x, z) at a noise-free posterior z"
+        + (" (`joint-vi`: at one sample of its q(z|x), as the joint paper scores)" if any(
+            r["method"] == "joint-vi" for r in rs) else "") + ", mean ± std (seeds); published rows "
         f"from the papers' tables (recipes/papers.py). CPU: {'; '.join(cpus)}; precision of the learned rows: "
         f"{', '.join(precs)}.", main_table(rs), below_floor(rs),
         "Verdicts (ebmtool's clean number against each published cell; within 2 std = within twice the larger of "

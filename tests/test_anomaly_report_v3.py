@@ -81,3 +81,17 @@ def test_readme_block_is_replaced(tmp_path, monkeypatch):
     R.update_readme(md)
     text = md.read_text()
     assert "OLD-BLOCK" not in text and text.startswith("intro") and text.endswith("rest\n") and "0.600 (1)" in text
+
+
+def test_joint_vi_rows_share_the_published_joint_row_and_say_how_they_are_scored():
+    jm = row("joint-mle", 4, 0, 0.6, score_steps="100")
+    assert "`joint-vi`" not in R.verdict_table([jm])  # no runs yet: no verdict row
+    rs = [jm, row("joint-vi", 4, 0, 0.942, score_steps="0")]
+    main = R.main_table(rs)
+    assert main.count("joint EBM prior, published") == 1 and "`joint-vi`" in main
+    verdicts = R.verdict_table(rs)
+    line = next(ln for ln in verdicts.splitlines() if "ebmtool `joint-vi`" in ln)
+    assert "0.941±0.001 vs 0.942: within 2 std" in line
+    cost = next(ln for ln in R.cost_table(rs).splitlines() if "`joint-vi`" in ln)
+    assert "| encoder |" in cost
+    assert R.below_floor(rs).count("joint EBM prior on") <= 1
