@@ -428,9 +428,14 @@ def main() -> None:
 
 if __name__ == "__main__":
     from ebmtool.errors import UserError
+    from ebmtool.training import Interrupted
 
     try:
         main()
-    except (KeyboardInterrupt, UserError) as e:  # SIGINT/SIGTERM in training wrote a checkpoint (Interrupted)
+    except Interrupted as e:  # SIGINT/SIGTERM in training: its checkpoint was written, and this script resumes it
+        sys.exit(f"anomaly_mnist: interrupted at iteration {e.iteration}; checkpoint written to {e.checkpoint}; run "
+                 "the same command again to continue (finished rows are kept, the training resumes from its "
+                 "checkpoint)")
+    except (KeyboardInterrupt, UserError) as e:
         sys.exit(f"anomaly_mnist: {str(e) or 'interrupted'}; run the same command again to continue (finished "
                  "rows are kept, an interrupted training resumes from its checkpoint)")

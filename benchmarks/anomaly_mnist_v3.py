@@ -60,6 +60,7 @@ from ebmtool.config import resolve  # noqa: E402
 from ebmtool.data import DataConfig, load_images  # noqa: E402
 from ebmtool.eval import scores as S  # noqa: E402
 from ebmtool.errors import DivergenceError, UserError  # noqa: E402
+from ebmtool.training import Interrupted  # noqa: E402
 from ebmtool.eval.anomaly import binary_labels, metrics, pca_scores  # noqa: E402
 from ebmtool.methods import METHODS  # noqa: E402
 from ebmtool.models import load_model  # noqa: E402
@@ -445,7 +446,11 @@ def main() -> None:
                     append(RESULTS, FIELDS, row)
                     print({k: row.get(k) for k in ("method", "digit", "seed", "auprc_joint", "score_steps",
                                                   "train_wall_s", "score_wall_s")}, flush=True)
-    except (KeyboardInterrupt, UserError) as e:  # SIGINT/SIGTERM in training: a checkpoint was written (Interrupted)
+    except Interrupted as e:  # SIGINT/SIGTERM in training: its checkpoint was written, and this script resumes it
+        sys.exit(f"anomaly_mnist_v3: interrupted at iteration {e.iteration}; checkpoint written to {e.checkpoint}; "
+                 "run the same command again to continue (finished rows are kept, the training resumes from its "
+                 "checkpoint)")
+    except (KeyboardInterrupt, UserError) as e:
         sys.exit(f"anomaly_mnist_v3: {str(e) or 'interrupted'}; run the same command again to continue (finished rows "
                  "are kept, an interrupted training resumes from its checkpoint)")
 

@@ -29,7 +29,15 @@ from ebmtool.errors import DivergenceError, UserError
 
 
 class Interrupted(UserError):
+    """SIGINT/SIGTERM stopped a training after it wrote its checkpoint: ``iteration`` and ``checkpoint`` say where,
+    so a caller with its own way to continue (a benchmark that resumes by itself) can say that instead."""
+
     exit_code = 130
+
+    def __init__(self, iteration: int, checkpoint: str):
+        self.iteration, self.checkpoint = iteration, str(checkpoint)
+        super().__init__(f"interrupted at iteration {iteration}; checkpoint written to {checkpoint} "
+                         f"(continue with the same command and --resume {checkpoint})")
 
 
 def adam(params: Iterable[nn.Parameter], o: Optim) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -207,8 +215,7 @@ def train_loop(
                 if ck.path is not None and ((ck.every and done % ck.every == 0) or stop):
                     ck.save(done, history)
                 if stop:
-                    raise Interrupted(f"interrupted at iteration {done}; checkpoint written to {ck.path} "
-                                      f"(continue with the same command and --resume {ck.path})")
+                    raise Interrupted(done, ck.path)
                 if log_every and done % log_every == 0:
                     ctx.log(f"[{label}] it {done} " + " ".join(f"{k}={v:.4g}" for k, v in vals.items()))
                 progress.advance(1, msg=" ".join(f"{k}={v:.3g}" for k, v in list(vals.items())[:3]))

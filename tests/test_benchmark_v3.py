@@ -30,7 +30,7 @@ def bench(tmp_path, monkeypatch):
 
 def test_sigterm_in_training_ends_in_one_line(bench, monkeypatch, capsys):
     def interrupted(*a, **k):
-        raise Interrupted("interrupted at iteration 5; checkpoint written to X.ckpt.safetensors")
+        raise Interrupted(5, "X.ckpt.safetensors")
 
     monkeypatch.setattr(B, "run_cell", interrupted)
     monkeypatch.setattr(sys, "argv", ["anomaly_mnist_v3.py", "--digits", "1", "--methods", "mle"])
@@ -38,6 +38,7 @@ def test_sigterm_in_training_ends_in_one_line(bench, monkeypatch, capsys):
         B.main()
     msg = str(e.value.code)
     assert "\n" not in msg and "interrupted at iteration 5" in msg and "run the same command again" in msg
+    assert "X.ckpt.safetensors" in msg and "--resume" not in msg  # the benchmark has no --resume: it resumes itself
 
 
 def test_a_diverged_cell_is_a_row_and_the_sweep_goes_on(bench, monkeypatch):
