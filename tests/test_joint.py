@@ -425,3 +425,44 @@ def test_continuing_a_model_from_ancestral_starts_says_the_start_changes(tmp_pat
         prior = _prior(cfg, 3, old, SimpleNamespace(path="old.safetensors"), "joint-mle", lines.append)
         assert prior is old.prior and prior.start == want and prior.spec()["chain_start"] == want
         assert len(lines) == said and all("chain_start=ancestral" in ln for ln in lines)
+
+
+@pytest.mark.parametrize("method", ["joint-mle", "joint-vi"])
+@pytest.mark.parametrize("negatives_from", ["start", "positives"])
+def test_training_negatives_start_where_negatives_from_says(method, negatives_from, tmp_path, monkeypatch):
+    """negatives_from=start (the paper): every training prior chain starts from n chain_start draws;
+    negatives_from=positives (contrastive divergence): from this batch's z+ (the posterior chain's result, or the
+    q(z|x) sample the loss uses), detached, on every layer."""
+    data = tmp_path / "synth.safetensors"
+    stages.data_prepare(DataConfig(dataset="synthetic", limit=100), str(data))
+    starts, positives = [], []
+    chain, rsample, infer = JointPrior.chain, BottomUpGaussianEncoder.rsample, LatentModel.infer
+
+    def chain_spy(self, z0, c, what="prior Langevin", record_every=0, device="cpu"):
+        starts.append(z0)
+        return chain(self, z0, c, what, record_every, device)
+
+    def rsample_spy(self, x):
+        zs, log_q = rsample(self, x)
+        positives.append(zs)
+        return zs, log_q
+
+    def infer_spy(self, x, *a, **k):
+        res = infer(self, x, *a, **k)
+        positives.append(res.z)
+        return res
+
+    monkeypatch.setattr(JointPrior, "chain", chain_spy)
+    monkeypatch.setattr(BottomUpGaussianEncoder, "rsample", rsample_spy)
+    monkeypatch.setattr(LatentModel, "infer", infer_spy)
+    cfg = resolve(METHODS[method].config, method=method, preset="smoke", toml=None,
+                  flags={"epochs": 1, "batch_size": 50, "nz_top": 3, "device": "cpu", "prior": {"steps": 2},
+                         "negatives_from": negatives_from, **({"posterior": {"steps": 2}} if method == "joint-mle" else {})})
+    stages.train(method, cfg, str(data), str(tmp_path / "m.safetensors"), quiet=True)
+    assert len(starts) == len(positives) == 2  # two batches
+    for z0, z_pos in zip(starts, positives):
+        if negatives_from == "start":
+            assert z0 == 50
+        else:
+            assert len(z0) == len(z_pos) == 2
+            assert all(torch.equal(a, b) and not a.requires_grad for a, b in zip(z0, z_pos))

@@ -20,7 +20,9 @@ q(z_1|x) prod q(z_{i+1}|z_i) with reparametrised samples z_q:
     loss = -[log p(x|z_q) + log p(z_q) - log q(z_q|x)] + log p(z-)
 
 i.e. the negative ELBO with the un-normalised EBM prior (eq. 19 for q, eq. 16 for the generator) plus the
-prior-sample half of eq. 17-18. One Adam per module as in the authors' code (default betas, no decay): lr 2e-5
+prior-sample half of eq. 17-18. ``negatives_from=positives`` (not in the paper) starts the prior chains at the
+batch's detached z+ (contrastive divergence): from N(0, I) starts joint-vi's q(z_1|x) ran away on MNIST, climbing f_1
+where the prior chains never went. One Adam per module as in the authors' code (default betas, no decay): lr 2e-5
 for the energies, 1e-4 for the generator, the conditionals (and the inference model).
 
 Chains run in z-space (eq. 13-14, the authors' code). A Langevin step s on a Gaussian conditional of std sigma is
@@ -88,6 +90,10 @@ class JointConfig(TrainCommon):
         "noise", description="where the prior and posterior chains start: noise = N(0, I) on every layer (the authors' "
                              "joint-training code), ancestral = draws of the Gaussian hierarchy")
     energy_l2: float = Field(0.0, ge=0, description="L2 penalty on sum_i f_i at both sample sets (0 = paper)")
+    negatives_from: Literal["start", "positives"] = Field(
+        "start", description="where the training prior chains (z-) start: start = chain_start draws (the paper); "
+                             "positives = this batch's z+ (posterior Langevin or q(z|x) samples, detached), i.e. "
+                             "contrastive divergence (Hinton 2002; not in the paper)")
     epochs: int = Field(100, ge=1)
 
     @field_validator("layers")
@@ -189,12 +195,20 @@ def _fit(cfg: JointConfig, data, init, init_art, ctx, method: str, vi: bool) -> 
     ctx.ckpt.track(model=model, **{f"opt_{k}": o for k, o in opts.items()},
                    **{f"sched_{k}": sc for k, sc in zip(opts, scheds)})
 
-    def chains(x, it):
-        """z- ~ prior short-run Langevin (eq. 13); z+ ~ posterior short-run Langevin (eq. 14), or q(z|x) for VI."""
-        z_neg = chain_latents(prior.chain(len(x), cfg.prior, f"prior Langevin (iteration {it + 1})", device=x.device))
+    def positives(x, it):
+        """z+ ~ posterior short-run Langevin (eq. 14), or reparametrised z+ ~ q(z|x) and log q(z+|x) (B,) for VI."""
         if vi:
-            return z_neg, *model.encoder.rsample(x)  # reparametrised z+ ~ q(z|x) and log q(z+|x), (B,)
-        return z_neg, chain_latents(model.infer(x, what=f"posterior Langevin (iteration {it + 1})")), None
+            return model.encoder.rsample(x)
+        return chain_latents(model.infer(x, what=f"posterior Langevin (iteration {it + 1})")), None
+
+    def chains(x, it):
+        """(z-, z+, log q): z- ~ prior short-run Langevin (eq. 13) from chain_start draws, or from z+ (CD)."""
+        what = f"prior Langevin (iteration {it + 1})"
+        if cfg.negatives_from == "positives":
+            z_pos, log_q = positives(x, it)
+            return chain_latents(prior.chain(tuple(z.detach() for z in z_pos), cfg.prior, what)), z_pos, log_q
+        z_neg = chain_latents(prior.chain(len(x), cfg.prior, what, device=x.device))
+        return z_neg, *positives(x, it)
 
     def step(idx, x, it):
         try:
