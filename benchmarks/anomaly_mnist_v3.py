@@ -346,7 +346,8 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict:
                "adaptive-nce": f"{GEN_EPOCHS}-epoch generator + {STAGES} stages x "
                                f"{BUDGET['adaptive-nce']['epochs_per_stage']} epochs"}.get(
                   method, f"{EPOCHS} epochs from scratch" + (
-                      "; prior chains from q(z|x) (contrastive divergence)" if method == "joint-vi" else "")))
+                      "; prior chains from q(z|x) (contrastive divergence)"
+                      if BUDGET.get(method, {}).get("negatives_from") == "positives" else "")))
     trained = [model] if method in FROM_SCRATCH else [gen] + [mp for _, mp in points if mp.parent == WORK] + (
         [model] if method == "pretrain-matched" else [])
     have = [f.with_suffix(".cpu_s") for f in set(trained)]

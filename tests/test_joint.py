@@ -466,3 +466,5 @@ def test_training_negatives_start_where_negatives_from_says(method, negatives_fr
         else:
             assert len(z0) == len(z_pos) == 2
             assert all(torch.equal(a, b) and not a.requires_grad for a, b in zip(z0, z_pos))
+        if method == "joint-vi":  # the loss still gets q's reparametrised samples: the chain's start is a copy
+            assert all(b.requires_grad for b in z_pos)

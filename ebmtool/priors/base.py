@@ -39,7 +39,8 @@ class Prior(nn.Module):
     def chain_start(self, n: int, device: torch.device | str = "cpu") -> Latent:
         """Where every short-run chain on this prior starts: the prior chain of training negatives and of sampling,
         and posterior inference. p0 here; a short-run chain is a model of its start, so training, sampling and
-        scoring share it (:class:`ebmtool.priors.JointPrior` may start from N(0, I) on every layer)."""
+        scoring share it (:class:`ebmtool.priors.JointPrior` may start from N(0, I) on every layer; the joint methods'
+        ``negatives_from=positives`` starts training negatives at the batch's z+ instead)."""
         return self.base_sample(n, device)
 
     def base_log_prob(self, z: Latent) -> torch.Tensor:
