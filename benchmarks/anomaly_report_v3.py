@@ -36,7 +36,7 @@ NAMES = {
     "mle": "LEBM (`mle`) from scratch",
     "adaptive-nce": "adaptive NCE, 4 stages",
     "joint-mle": "joint prior (`joint-mle`) from scratch",
-    "joint-vi": "joint prior (`joint-vi`, scored by its inference model) from scratch",
+    "joint-vi": "joint prior (`joint-vi`: prior chains from q(z|x), scored at q(z|x)) from scratch",
 }
 PAPER_OF = {  # ebmtool row -> (published label, published cells over PUBLISHED)
     "mle": ("LEBM, published", papers.LEBM_T4["rows"]["LEBM (Ours)"]),
