@@ -23,7 +23,7 @@ A model with an inference model (``joint-vi``) is scored as the joint paper scor
 2023, Sec. 5.2: the un-normalised log-posterior, eq. 20 with k = 0): the same -log p(x, z) at one sample of its
 q(z|x), no chain (``score_steps`` 0). It trains with prior chains started at q's samples (``negatives_from=positives``,
 contrastive divergence): from the paper's N(0, I) starts its z_1 ran away within the first epoch on MNIST (README, v3
-reading). ``make bench-anomaly-v3`` leaves ``joint-vi`` out. Every label-free score of ``ebmtool.eval.scores``
+reading). Every label-free score of ``ebmtool.eval.scores``
 comes from the same z (typicality and dose calibrated on the first ``CAL_N`` calibration normals).
 
 Curves: every epoch's model (``fit-prior --snapshots``; adaptive NCE: every stage) scored on a fixed stratified
