@@ -62,7 +62,7 @@ def sample(
     grid: Optional[Path] = typer.Option(None, "--grid", help="PNG grid of the samples"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="prior Langevin steps (default: the model's)"),
     step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help=STEP_HELP),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="langevin | sir (multi-stage priors)"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="langevin | sir (multi-stage and joint priors)"),
     trajectory: int = typer.Option(0, "--trajectory", min=0, help="record every K-th Langevin state (all chains in one batch)"),
     trajectory_png: Optional[Path] = typer.Option(None, "--trajectory-png", help="PNG: one row per chain (8), time left to right"),
     scale: Optional[int] = ScaleOpt,

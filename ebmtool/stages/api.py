@@ -62,7 +62,7 @@ def sample(model: Model, n: int, *, steps: Optional[int] = None, step_size: Opti
     """Draw ``n`` images: latents from the model's prior (its Langevin chain, SIR or exact), decoded.
 
     model: from :func:`load_model` or :func:`fit_prior`. steps / step_size: override the prior chain (the step
-    size read in the chain's convention); sampler: "langevin" | "sir" (ratio-product priors). seed: seed torch
+    size read in the chain's convention); sampler: "langevin" | "sir" (ratio-product and joint priors). seed: seed torch
     first (None: draw from the global generator as it stands). batch_size: chains run at a time.
     Returns images: (n, C, H, W) float32 in [-1, 1], on the CPU.
     """

@@ -116,7 +116,7 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     if trajectory_png is not None and trajectory_every < 1:
         raise UserError("--trajectory-png needs --trajectory K (record every K-th step)")
     if sampler == "sir" and (steps is not None or step_size is not None):
-        raise UserError("--steps/--step-size: --sampler sir runs no Langevin chain (it resamples N(0, I) proposals)")
+        raise UserError("--steps/--step-size: --sampler sir runs no Langevin chain (it resamples draws of the prior's base distribution)")
     dev = resolve_device(device)
     seed_everything(seed, per_rank=True)
     model, art = load_model(model_path, device=dev)
