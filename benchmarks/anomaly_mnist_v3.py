@@ -23,7 +23,8 @@ A model with an inference model (``joint-vi``) is scored as the joint paper scor
 2023, Sec. 5.2: the un-normalised log-posterior, eq. 20 with k = 0): the same -log p(x, z) at one sample of its
 q(z|x), no chain (``score_steps`` 0). It trains with prior chains started at q's samples (``negatives_from=positives``,
 contrastive divergence): from the paper's N(0, I) starts its z_1 ran away within the first epoch on MNIST (README, v3
-reading). Every label-free score of ``ebmtool.eval.scores``
+reading). The ``vae`` row (``--methods vae``) is its ablation: ``joint-vi --set ebm=false``, the same networks,
+budget and score without the energy terms (a hierarchical VAE). Every label-free score of ``ebmtool.eval.scores``
 comes from the same z (typicality and dose calibrated on the first ``CAL_N`` calibration normals).
 
 Curves: every epoch's model (``fit-prior --snapshots``; adaptive NCE: every stage) scored on a fixed stratified
@@ -94,12 +95,14 @@ BUDGET = {
     "joint-mle": {"epochs": EPOCHS, **NET},
     # contrastive-divergence negatives: from the paper's N(0, I) starts q(z_1|x) ran away in epoch 1 (README, v3)
     "joint-vi": {"epochs": EPOCHS, "negatives_from": "positives", **NET},
+    # its ablation: the same networks, budget and score without the energy terms (a hierarchical VAE)
+    "vae": {"epochs": EPOCHS, "ebm": False, **NET},
 }
 STAGES = 4
-METHOD_OF = {"pretrain-matched": "pretrain"}
+METHOD_OF = {"pretrain-matched": "pretrain", "vae": "joint-vi"}
 CORE = ["random", "pca", "pretrain", "mle", "adaptive-nce", "pretrain-matched"]
-EXTRA = ["joint-mle", "joint-vi"]
-FROM_SCRATCH = ("mle", "joint-mle", "joint-vi")
+EXTRA = ["joint-mle", "joint-vi", "vae"]
+FROM_SCRATCH = ("mle", "joint-mle", "joint-vi", "vae")
 LEARNED_PRIOR = ("mle", "adaptive-nce", "joint-mle", "joint-vi")  # the rows with a published cell and practice rows
 ENCODER = 0  # score_steps of a model scored by its own inference model q(z|x) (joint-vi; the joint paper's eq. 20)
 PUBLISHED = [1, 4, 5, 7, 9]
@@ -330,7 +333,7 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict:
             points.append((GEN_EPOCHS + k * BUDGET[method]["epochs_per_stage"], out))
             prev = str(out)
         model, wall, epochs = Path(prev), gen_wall + wall, EPOCHS
-    else:  # mle, joint-mle, joint-vi: from scratch
+    else:  # mle, joint-mle, joint-vi, vae: from scratch
         model, snaps = WORK / f"{method}-{tag}.safetensors", WORK / f"{method}-{tag}.snapshots"
         wall, epochs = fit(method, p["fit"], model, seed, prec, None, snaps), EPOCHS
         points = snapshots_of(snaps)
@@ -347,7 +350,8 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict:
                                f"{BUDGET['adaptive-nce']['epochs_per_stage']} epochs"}.get(
                   method, f"{EPOCHS} epochs from scratch" + (
                       "; prior chains from q(z|x) (contrastive divergence)"
-                      if BUDGET.get(method, {}).get("negatives_from") == "positives" else "")))
+                      if BUDGET.get(method, {}).get("negatives_from") == "positives" else "") + (
+                      "; joint-vi without energy terms (ebm=false)" if BUDGET.get(method, {}).get("ebm") is False else "")))
     trained = [model] if method in FROM_SCRATCH else [gen] + [mp for _, mp in points if mp.parent == WORK] + (
         [model] if method == "pretrain-matched" else [])
     have = [f.with_suffix(".cpu_s") for f in set(trained)]
@@ -399,7 +403,8 @@ def main() -> None:
     ap.add_argument("--digits", type=int, nargs="+", default=PUBLISHED + [0, 2, 3, 6, 8])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--methods", nargs="+", default=CORE, choices=CORE + EXTRA,
-                    help="rows to run (default: the core rows); joint-vi trains with contrastive-divergence negatives")
+                    help="rows to run (default: the core rows); joint-vi trains with contrastive-divergence negatives; "
+                         "vae is joint-vi without energy terms (ebm=false), its ablation")
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="auto: bf16 where the CPU runs it natively (AMX / AVX512-BF16), else fp32")
     ap.add_argument("--threads", type=int, default=1)

@@ -37,6 +37,7 @@ NAMES = {
     "adaptive-nce": "adaptive NCE, 4 stages",
     "joint-mle": "joint prior (`joint-mle`) from scratch",
     "joint-vi": "joint prior (`joint-vi`: prior chains from q(z|x), scored at q(z|x)) from scratch",
+    "vae": "hierarchical VAE (`joint-vi --set ebm=false`: the joint-vi row without energy terms, scored at q(z|x))",
 }
 PAPER_OF = {  # ebmtool row -> (published label, published cells over PUBLISHED)
     "mle": ("LEBM, published", papers.LEBM_T4["rows"]["LEBM (Ours)"]),
@@ -118,6 +119,8 @@ def main_table(rs) -> str:
     out = ["| row | " + " | ".join(f"digit {d}" for d in PUBLISHED) + " | other digits (mean) |",
            "| --- " * (len(PUBLISHED) + 2) + "|"]
     out.append("| VAE, published | " + " | ".join(VAE) + " | |")
+    if any(r["method"] == "vae" for r in rs):  # measured beside the published VAE: the joint-vi row's ablation
+        out.append(f"| **ebmtool: {NAMES['vae']}** | " + " | ".join(cell(rs, "vae", d) for d in PUBLISHED) + " | – |")
     comp = {int(r["digit"]): (int(r["n_test"]), int(r["n_anomalous"])) for r in rs if r.get("n_test")}
     if comp:
         out.append("| worst possible score on this split (every anomaly ranked last) | " +
@@ -334,8 +337,9 @@ def report(results: Path | None = None, curve_path: Path | None = None) -> str:
         {r["precision"] for r in rs if r["method"] not in ("random", "pca")} - {MAIN_PRECISION[0]})]
     return "\n\n".join([
         "AUPRC under the papers' score -log p(x, z) at a noise-free posterior z"
-        + (" (`joint-vi`: at one sample of its q(z|x), as the joint paper scores)" if any(
-            r["method"] == "joint-vi" for r in rs) else "") + ", mean ± std (seeds); published rows "
+        + (" (" + " and ".join(f"`{m}`" for m in ("joint-vi", "vae") if any(r["method"] == m for r in rs)) +
+           ": at one sample of its q(z|x), as the joint paper scores)" if any(
+            r["method"] in ("joint-vi", "vae") for r in rs) else "") + ", mean ± std (seeds); published rows "
         f"from the papers' tables (recipes/papers.py). CPU: {'; '.join(cpus)}; precision of the learned rows: "
         f"{', '.join(precs)}.", main_table(rs), below_floor(rs),
         "Verdicts (ebmtool's clean number against each published cell; within 2 std = within twice the larger of "

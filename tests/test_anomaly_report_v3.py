@@ -95,3 +95,14 @@ def test_joint_vi_rows_share_the_published_joint_row_and_say_how_they_are_scored
     cost = next(ln for ln in R.cost_table(rs).splitlines() if "`joint-vi`" in ln)
     assert "| encoder |" in cost
     assert R.below_floor(rs).count("joint EBM prior on") <= 1
+
+
+def test_the_vae_ablation_sits_beside_the_published_vae_and_has_no_verdict_of_its_own(tmp_path):
+    rs = [row("joint-vi", 4, 0, 0.74, score_steps="0"), row("vae", 4, 0, 0.70, score_steps="0"),
+          row("vae", 4, 1, 0.72, score_steps="0")]
+    lines = R.main_table(rs).splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith("| VAE, published"))
+    assert "ebm=false" in lines[i + 1] and "0.710 ± 0.014 (2)" in lines[i + 1]
+    assert "`vae`" not in R.verdict_table(rs)  # an ablation, not a paper's method
+    write_all(tmp_path / "v3.csv", list(rs[0]), rs)
+    assert "(`joint-vi` and `vae`: at one sample of its q(z|x)" in R.report(tmp_path / "v3.csv", tmp_path / "curve.csv")

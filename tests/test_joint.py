@@ -468,3 +468,83 @@ def test_training_negatives_start_where_negatives_from_says(method, negatives_fr
             assert all(torch.equal(a, b) and not a.requires_grad for a, b in zip(z0, z_pos))
         if method == "joint-vi":  # the loss still gets q's reparametrised samples: the chain's start is a copy
             assert all(b.requires_grad for b in z_pos)
+
+
+# ------------------------------------------------------------------------------------------------ ebm=false
+def test_without_energies_the_dropped_negative_half_has_zero_expected_gradient():
+    """ebm=false drops the loss's negative half, E_{z-~p}[log p_h(z-)]: for the normalised hierarchy its gradient
+    E_{p_h}[grad log p_h] is 0 (the score's mean). Checked by Monte Carlo on exact ancestral draws, against the
+    gradient of the positive half, which is not 0."""
+    torch.manual_seed(0)
+    p = JointPrior((3, 2), dict(hidden=8, layers=2, slope=0.2), dict(hidden=8, layers=1, slope=0.2),
+                   dict(hidden=8, layers=2, slope=0.2), ebm=False).double()
+    z = p.base_sample(200_000)
+    neg = torch.autograd.grad(p.base_log_prob(z).mean(), list(p.parameters()))
+    pos = torch.autograd.grad(p.base_log_prob(tuple(t + 0.5 for t in z)).mean(), list(p.parameters()))
+    g_neg, g_pos = torch.cat([g.flatten() for g in neg]), torch.cat([g.flatten() for g in pos])
+    assert g_neg.abs().max() < 0.02 and g_pos.abs().max() > 0.2, (g_neg.abs().max(), g_pos.abs().max())
+
+
+def test_ebm_false_has_no_energies_and_older_specs_keep_them():
+    dims, e, c = (3, 2), dict(hidden=8, layers=2, slope=0.2), dict(hidden=8, layers=2, slope=0.2)
+    p = JointPrior(dims, e, e, c, ebm=False)
+    assert len(p.energies) == 0 and not any("energies" in k for k in p.state_dict())
+    z = p.base_sample(5)
+    assert torch.equal(p.tilt(z), torch.zeros(5)) and torch.allclose(p.log_prob(z), p.base_log_prob(z))
+    spec = p.spec()
+    assert spec["ebm"] is False and JointPrior.from_spec(spec).ebm is False
+    spec = JointPrior(dims, e, e, c).spec()
+    del spec["ebm"]  # a model saved before the option
+    assert JointPrior.from_spec(spec).ebm is True and len(JointPrior.from_spec(spec).energies) == 2
+
+
+@pytest.mark.parametrize("method", ["joint-mle", "joint-vi"])
+def test_ebm_false_trains_without_prior_chains_and_scores_its_hierarchy(method, tmp_path, monkeypatch):
+    """--set ebm=false: no training prior chain, the loss is the hierarchy's negative log-likelihood (ELBO for VI),
+    the saved model has no energies and its tilt term is 0 in every score; the model samples and scores."""
+    data = tmp_path / "synth.safetensors"
+    stages.data_prepare(DataConfig(dataset="synthetic", limit=100), str(data))
+    calls = []
+    chain = JointPrior.chain
+    monkeypatch.setattr(JointPrior, "chain", lambda self, *a, **k: calls.append(a) or chain(self, *a, **k))
+    out = tmp_path / "m.safetensors"
+    extra = ["--set", "posterior.steps=2"] if method == "joint-mle" else []
+    cli("fit-prior", "--method", method, "--preset", "smoke", "--data", data, "-o", out, "--epochs", "1",
+        "--set", "ebm=false", *extra, "-q")
+    training_calls = len(calls)
+    model, _ = load_model(str(out))
+    assert training_calls == 0 and model.prior.ebm is False and len(model.prior.energies) == 0
+    hist = artifacts.load(out, "model").tensors
+    assert "history.loss_g" in hist and "history.f_neg" not in hist
+    from ebmtool.data import load_images
+    from ebmtool.stages.evaluate import score_terms
+
+    terms = score_terms(model, load_images(str(data))[0][:6], steps=2, step_size=0.1, noise=False, device="cpu")
+    assert torch.equal(terms["tilt"], torch.zeros(6, dtype=terms["tilt"].dtype))
+    cli("sample", "--model", out, "-n", "4", "-o", tmp_path / "s.safetensors", "-q")  # ancestral draws, exact
+    r = run_cli(["sample", "--model", out, "-n", "4", "-o", tmp_path / "t.safetensors", "--steps", "5"])
+    assert r.code == 2 and len(r.err_lines) == 1 and "Gaussian hierarchy, drawn exactly" in r.err, r.err
+    assert not (tmp_path / "t.safetensors").exists()
+
+
+@pytest.mark.parametrize("opt", ["negatives_from=positives", "energy_l2=0.1"])
+def test_ebm_false_refuses_options_of_the_energy_terms(opt, tmp_path):
+    data = stages.data_prepare(DataConfig(dataset="synthetic", limit=10), str(tmp_path / "d.safetensors"))["output"]
+    r = run_cli(["fit-prior", "--method", "joint-vi", "--preset", "smoke", "--data", data, "-o", tmp_path / "m.safetensors",
+                 "--set", "ebm=false", "--set", opt])
+    assert r.code == 2 and len(r.err_lines) == 1, r.err
+    assert opt.split("=")[0] in r.err_lines[0] and "ebm=false" in r.err_lines[0]
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_continuing_a_model_with_the_other_ebm_value_is_refused():
+    from types import SimpleNamespace
+
+    from ebmtool.methods.joint import JointVIConfig, _prior
+
+    e = dict(hidden=8, layers=2, slope=0.2)
+    old = SimpleNamespace(prior=JointPrior((3, 2), e, e, e, ebm=False))
+    with pytest.raises(UserError, match="trained with ebm=false, not ebm=true"):
+        _prior(JointVIConfig(layers=2), 3, old, SimpleNamespace(path="old.safetensors"), "joint-vi", lambda s: None)
+    assert _prior(JointVIConfig(layers=2, ebm=False), 3, old, SimpleNamespace(path="old.safetensors"), "joint-vi",
+                  lambda s: None) is old.prior

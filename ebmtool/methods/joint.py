@@ -22,7 +22,9 @@ q(z_1|x) prod q(z_{i+1}|z_i) with reparametrised samples z_q:
 i.e. the negative ELBO with the un-normalised EBM prior (eq. 19 for q, eq. 16 for the generator) plus the
 prior-sample half of eq. 17-18. ``negatives_from=positives`` (not in the paper) starts the prior chains at the
 batch's detached z+ (contrastive divergence): from N(0, I) starts joint-vi's q(z_1|x) ran away on MNIST, climbing f_1
-where the prior chains never went. One Adam per module as in the authors' code (default betas, no decay): lr 2e-5
+where the prior chains never went. ``ebm=false`` (not in the paper) is the ablation of the EBM prior: no f_i, p(z) is
+the normalised hierarchy, E_p[grad log p(z-)] = 0, so no prior chain runs and the loss is the hierarchy's negative
+log-likelihood (joint-vi: the negative ELBO of a hierarchical VAE of the same networks). One Adam per module as in the authors' code (default betas, no decay): lr 2e-5
 for the energies, 1e-4 for the generator, the conditionals (and the inference model).
 
 Chains run in z-space (eq. 13-14, the authors' code). A Langevin step s on a Gaussian conditional of std sigma is
@@ -37,7 +39,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, Strict, TrainCommon
@@ -94,7 +96,20 @@ class JointConfig(TrainCommon):
         "start", description="where the training prior chains (z-) start: start = chain_start draws (the paper); "
                              "positives = this batch's z+ (posterior Langevin or q(z|x) samples, detached), i.e. "
                              "contrastive divergence (Hinton 2002; not in the paper)")
+    ebm: bool = Field(True, description="false: no energy terms, p(z) = the Gaussian hierarchy alone and no prior "
+                                        "chains in training: the ablation of the EBM prior (joint-vi: a hierarchical "
+                                        "VAE of the same networks; not in the paper)")
     epochs: int = Field(100, ge=1)
+
+    @model_validator(mode="after")
+    def _ebm_options(self):
+        if not self.ebm:
+            used = [k for k, off in (("negatives_from", self.negatives_from == "start"), ("energy_l2", self.energy_l2 == 0))
+                    if not off]
+            if used:
+                raise PydanticCustomError("ebm", "{opts} acts on the energy terms, which ebm=false drops",
+                                          {"opts": " and ".join(used)})
+        return self
 
     @field_validator("layers")
     @classmethod
@@ -124,6 +139,9 @@ def _prior(cfg: JointConfig, nz: int, init, init_art, method: str, log) -> Joint
     if init is not None and isinstance(init.prior, JointPrior):
         if init.prior.layers != cfg.layers:
             raise UserError(f"--init {init_art.path}: the model has {init.prior.layers} latent layers, not --layers {cfg.layers}")
+        if init.prior.ebm != cfg.ebm:
+            raise UserError(f"--init {init_art.path}: the model was trained with ebm={str(init.prior.ebm).lower()}, "
+                            f"not ebm={str(cfg.ebm).lower()}")
         if init.prior.start != cfg.chain_start:  # chains follow the config, as their steps do; said, not silent
             log(f"[{method}] the --init model's chains started from {init.prior.start} draws; this run's start from "
                 f"{cfg.chain_start} (--set chain_start={init.prior.start} keeps theirs)")
@@ -131,7 +149,7 @@ def _prior(cfg: JointConfig, nz: int, init, init_art, method: str, log) -> Joint
         return init.prior  # continue a joint model (its saved architecture wins)
     if init is None or isinstance(init.prior, GaussianPrior):
         return JointPrior((nz,) + (cfg.nz_top,) * (cfg.layers - 1), cfg.energy.model_dump(),
-                          cfg.energy_upper.model_dump(), cfg.conditional.model_dump(), cfg.chain_start)
+                          cfg.energy_upper.model_dump(), cfg.conditional.model_dump(), cfg.chain_start, cfg.ebm)
     raise UserError(f"--init {init_art.path}: a {init.prior.type_name} prior cannot be trained by {method} "
                     "(start from a pretrained generator or a joint model)")
 
@@ -149,7 +167,8 @@ def _divergence_hint(prior: JointPrior, step_size: float, device) -> str:
             "or lower the conditionals' learning rate opt_c.lr)")
 
 
-def joint_loss(model: LatentModel, x: torch.Tensor, z_pos: Layers, z_neg: Layers, log_q: torch.Tensor | None = None,
+def joint_loss(model: LatentModel, x: torch.Tensor, z_pos: Layers, z_neg: Layers | None,
+               log_q: torch.Tensor | None = None,
                energy_l2: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss whose gradient is eq. 9-11 (``log_q`` None: z+ from posterior Langevin) or eq. 16-19 (z+ ~ q(z|x)
     reparametrised, ``log_q`` = log q(z+|x)), with p(z) = exp(sum_i f_i) p_hierarchy un-normalised::
@@ -158,18 +177,25 @@ def joint_loss(model: LatentModel, x: torch.Tensor, z_pos: Layers, z_neg: Layers
 
     Generator: -log p(x|z+) (eq. 9, 16); energies: f(z-) - f(z+) (eq. 10, 17); conditionals: log p_h at prior
     minus at posterior samples (eq. 11, 18); inference model: the negative ELBO (eq. 19). Returns (loss, scalars).
+
+    ``z_neg`` None (a prior without energy terms, ``ebm=False``): p(z) = p_h is normalised, E_p[grad log p_h] = 0,
+    so the negative half drops and the loss is the exact negative log-likelihood (ELBO for VI) of the hierarchy.
     """
     prior = model.prior
     ll = model.log_lik(x, z_pos)  # log p(x | z_1+), (B,)
     f_pos, c_pos = prior.tilt(z_pos), prior.base_log_prob(z_pos)  # sum_i f_i, log p_hierarchy; (B,) each
-    f_neg, c_neg = prior.tilt(z_neg), prior.base_log_prob(z_neg)
     objective = ll + f_pos + c_pos - (log_q if log_q is not None else 0.0)  # (B,)
-    loss = -objective.mean() + (f_neg + c_neg).mean()
-    if energy_l2 > 0:
-        loss = loss + energy_l2 * (f_pos.pow(2).mean() + f_neg.pow(2).mean())
-    stats = {"loss_g": -ll.mean(), "loss_e": f_neg.mean() - f_pos.mean(), "loss_c": c_neg.mean() - c_pos.mean(),
-             "f_pos": f_pos.mean(), "f_neg": f_neg.mean(), "z_pos_norm": z_pos[0].norm(dim=1).mean(),
-             "z_neg_norm": z_neg[0].norm(dim=1).mean()}
+    if z_neg is None:
+        loss = -objective.mean()
+        stats = {"loss_g": -ll.mean(), "loss_c": -c_pos.mean(), "z_pos_norm": z_pos[0].norm(dim=1).mean()}
+    else:
+        f_neg, c_neg = prior.tilt(z_neg), prior.base_log_prob(z_neg)
+        loss = -objective.mean() + (f_neg + c_neg).mean()
+        if energy_l2 > 0:
+            loss = loss + energy_l2 * (f_pos.pow(2).mean() + f_neg.pow(2).mean())
+        stats = {"loss_g": -ll.mean(), "loss_e": f_neg.mean() - f_pos.mean(), "loss_c": c_neg.mean() - c_pos.mean(),
+                 "f_pos": f_pos.mean(), "f_neg": f_neg.mean(), "z_pos_norm": z_pos[0].norm(dim=1).mean(),
+                 "z_neg_norm": z_neg[0].norm(dim=1).mean()}
     if log_q is not None:
         stats["elbo"] = objective.mean()
     return loss, {k: v.detach() for k, v in stats.items()}
@@ -186,8 +212,9 @@ def _fit(cfg: JointConfig, data, init, init_art, ctx, method: str, vi: bool) -> 
     posterior = VI_MODEL_POSTERIOR if vi else cfg.posterior
     model = latent_model(gen, prior, cfg.sigma, data.image_shape, posterior=posterior, sampling=cfg.prior,
                          method=method, encoder=encoder).to(ctx.device)
-    groups = {"generator": (model.generator, cfg.opt_g), "conditionals": (prior.conditionals, cfg.opt_c),
-              "energies": (prior.energies, cfg.opt_e)}
+    groups = {"generator": (model.generator, cfg.opt_g), "conditionals": (prior.conditionals, cfg.opt_c)}
+    if prior.ebm:
+        groups["energies"] = (prior.energies, cfg.opt_e)
     if vi:
         groups["encoder"] = (encoder, cfg.opt_q)
     adams = {name: adam(m.parameters(), o) for name, (m, o) in groups.items()}
@@ -202,7 +229,10 @@ def _fit(cfg: JointConfig, data, init, init_art, ctx, method: str, vi: bool) -> 
         return chain_latents(model.infer(x, what=f"posterior Langevin (iteration {it + 1})")), None
 
     def chains(x, it):
-        """(z-, z+, log q): z- ~ prior short-run Langevin (eq. 13) from chain_start draws, or from z+ (CD)."""
+        """(z-, z+, log q): z- ~ prior short-run Langevin (eq. 13) from chain_start draws, or from z+ (CD);
+        no z- (None) without energy terms, whose prior is normalised."""
+        if not prior.ebm:
+            return None, *positives(x, it)
         what = f"prior Langevin (iteration {it + 1})"
         if cfg.negatives_from == "positives":
             z_pos, log_q = positives(x, it)

@@ -68,7 +68,8 @@ class LatentModel(Model):
         if self.prior.is_base and (steps is not None or step_size is not None or sampler is not None):
             given = "/".join(o for o, v in (("--steps", steps), ("--step-size", step_size), ("--sampler", sampler))
                              if v is not None)
-            raise UserError(f"{given}: a {self.method} model's prior is N(0, I), drawn exactly (there is no prior chain)")
+            what = "its Gaussian hierarchy" if getattr(self.prior, "layers", 1) > 1 else "N(0, I)"
+            raise UserError(f"{given}: a {self.method} model's prior is {what}, drawn exactly (there is no prior chain)")
         ch = self.sampling.override(steps, step_size)
         res = self.prior.sample(n, steps=ch.steps, step_size=ch.effective_step_size(), sampler=sampler or self.sampler,
                                 device=_device_of(self), record_every=record_every)

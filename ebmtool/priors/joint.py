@@ -45,12 +45,15 @@ class JointPrior(Prior):
     starts a conditional whose sigma grows puts the chains' z_1 far out, the posterior z_1+ stays where it started,
     the conditional fits that spread, and the loop ran away on MNIST (README, v3 joint-mle); the noise start breaks
     it. Models saved before the option existed were trained from ancestral starts and keep them.
+
+    ``ebm=False`` drops the energy terms: no f_i, ``tilt`` is 0 and p(z) is the Gaussian hierarchy alone, the
+    ablation of the EBM prior (a hierarchical VAE when trained by joint-vi; the paper's baselines have no EBM either).
     """
 
     STARTS = ("noise", "ancestral")
 
     def __init__(self, dims: Sequence[int], energy: dict[str, Any], energy_upper: dict[str, Any],
-                 conditional: dict[str, Any], start: str = "noise"):
+                 conditional: dict[str, Any], start: str = "noise", ebm: bool = True):
         dims = tuple(int(d) for d in dims)
         if len(dims) < 2:
             raise ValueError("a joint prior needs at least 2 latent layers")
@@ -59,8 +62,10 @@ class JointPrior(Prior):
         super().__init__(dims[0])
         self.dims = dims
         self.start = start
+        self.ebm = bool(ebm)
         self.arch = {"energy": dict(energy), "energy_upper": dict(energy_upper), "conditional": dict(conditional)}
-        self.energies = nn.ModuleList(EnergyMLP(d, **(energy if i == 0 else energy_upper)) for i, d in enumerate(dims))
+        self.energies = nn.ModuleList(EnergyMLP(d, **(energy if i == 0 else energy_upper))
+                                      for i, d in enumerate(dims) if self.ebm)
         # conditionals[i]: p(z_i | z_{i+1}) with 0-based i (the paper's p(z_{i+1} | z_{i+2}), layers numbered from 1)
         self.conditionals = nn.ModuleList(GaussianMLP(dims[i + 1], dims[i], **conditional) for i in range(len(dims) - 1))
 
@@ -68,9 +73,16 @@ class JointPrior(Prior):
     def layers(self) -> int:
         return len(self.dims)
 
+    @property
+    def is_base(self) -> bool:
+        """Without energy terms p(z) is the hierarchy itself, drawn exactly by ancestral sampling."""
+        return not self.ebm
+
     # --- densities ------------------------------------------------------------------------------
     def tilt(self, z: Layers) -> torch.Tensor:
-        """sum_i f_i(z_i), shape (B,)."""
+        """sum_i f_i(z_i), shape (B,); zeros without energy terms (``ebm=False``)."""
+        if not self.ebm:
+            return z[0].new_zeros(len(z[0]))
         return sum(f(t) for f, t in zip(self.energies, z))
 
     def conditional_log_prob(self, z: Layers) -> torch.Tensor:
@@ -137,9 +149,9 @@ class JointPrior(Prior):
 
     # --- serialisation --------------------------------------------------------------------------
     def spec(self):
-        return {**super().spec(), "dims": list(self.dims), **self.arch, "chain_start": self.start}
+        return {**super().spec(), "dims": list(self.dims), **self.arch, "chain_start": self.start, "ebm": self.ebm}
 
     @classmethod
     def from_spec(cls, spec):  # a spec without chain_start predates it: those models were trained from ancestral starts
         return cls(spec["dims"], spec["energy"], spec["energy_upper"], spec["conditional"],
-                   spec.get("chain_start", "ancestral"))
+                   spec.get("chain_start", "ancestral"), spec.get("ebm", True))
