@@ -57,11 +57,11 @@ bench-anomaly: $(STAMP)
 bench-anomaly-v3: $(STAMP)
 	$(PY) benchmarks/anomaly_mnist_v3.py --seeds 0 1 2 --digits 1 4 5 7 9
 	$(PY) benchmarks/anomaly_mnist_v3.py --seeds 0 --digits 0 2 3 6 8
-	$(PY) benchmarks/anomaly_mnist_v3.py --seeds 0 --digits 1 4 5 7 9 --methods joint-mle joint-vi
+	$(PY) benchmarks/anomaly_mnist_v3.py --seeds 0 --digits 1 4 5 7 9 --methods joint-mle joint-vi vae
 
 bench-anomaly-v3-paper: $(STAMP)
 	$(PY) benchmarks/anomaly_mnist_v3.py --budget paper --device cuda --seeds 0 1 2 --digits 1 4 5 7 9
-	$(PY) benchmarks/anomaly_mnist_v3.py --budget paper --device cuda --seeds 0 --digits 1 4 5 7 9 --methods joint-mle joint-vi
+	$(PY) benchmarks/anomaly_mnist_v3.py --budget paper --device cuda --seeds 0 --digits 1 4 5 7 9 --methods joint-mle joint-vi vae
 
 bench-threads: $(STAMP)
 	$(PY) benchmarks/threads.py $(if $(QUICK),--quick)
