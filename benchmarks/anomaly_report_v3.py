@@ -338,7 +338,7 @@ def report(results: Path | None = None, curve_path: Path | None = None) -> str:
     return "\n\n".join([
         "AUPRC under the papers' score -log p(x, z) at a noise-free posterior z"
         + (" (" + " and ".join(f"`{m}`" for m in ("joint-vi", "vae") if any(r["method"] == m for r in rs)) +
-           ": at one sample of its q(z|x), as the joint paper scores)" if any(
+           ": at one sample of q(z|x), as the joint paper scores)" if any(
             r["method"] in ("joint-vi", "vae") for r in rs) else "") + ", mean ± std (seeds); published rows "
         f"from the papers' tables (recipes/papers.py). CPU: {'; '.join(cpus)}; precision of the learned rows: "
         f"{', '.join(precs)}.", main_table(rs), below_floor(rs),

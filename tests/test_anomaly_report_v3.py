@@ -105,4 +105,4 @@ def test_the_vae_ablation_sits_beside_the_published_vae_and_has_no_verdict_of_it
     assert "ebm=false" in lines[i + 1] and "0.710 ± 0.014 (2)" in lines[i + 1]
     assert "`vae`" not in R.verdict_table(rs)  # an ablation, not a paper's method
     write_all(tmp_path / "v3.csv", list(rs[0]), rs)
-    assert "(`joint-vi` and `vae`: at one sample of its q(z|x)" in R.report(tmp_path / "v3.csv", tmp_path / "curve.csv")
+    assert "(`joint-vi` and `vae`: at one sample of q(z|x)" in R.report(tmp_path / "v3.csv", tmp_path / "curve.csv")

@@ -492,7 +492,7 @@ def test_ebm_false_has_no_energies_and_older_specs_keep_them():
     z = p.base_sample(5)
     assert torch.equal(p.tilt(z), torch.zeros(5)) and torch.allclose(p.log_prob(z), p.base_log_prob(z))
     spec = p.spec()
-    assert spec["ebm"] is False and JointPrior.from_spec(spec).ebm is False
+    assert spec["ebm"] is False and "energy" not in spec and JointPrior.from_spec(spec).ebm is False
     spec = JointPrior(dims, e, e, c).spec()
     del spec["ebm"]  # a model saved before the option
     assert JointPrior.from_spec(spec).ebm is True and len(JointPrior.from_spec(spec).energies) == 2
@@ -515,7 +515,7 @@ def test_ebm_false_trains_without_prior_chains_and_scores_its_hierarchy(method, 
     model, _ = load_model(str(out))
     assert training_calls == 0 and model.prior.ebm is False and len(model.prior.energies) == 0
     hist = artifacts.load(out, "model").tensors
-    assert "history.loss_g" in hist and "history.f_neg" not in hist
+    assert "history.loss_g" in hist and "history.neg_log_prior" in hist and "history.f_neg" not in hist
     from ebmtool.data import load_images
     from ebmtool.stages.evaluate import score_terms
 
@@ -527,13 +527,41 @@ def test_ebm_false_trains_without_prior_chains_and_scores_its_hierarchy(method, 
     assert not (tmp_path / "t.safetensors").exists()
 
 
-@pytest.mark.parametrize("opt", ["negatives_from=positives", "energy_l2=0.1"])
+def test_without_energies_the_loss_is_the_positive_half_only():
+    """joint_loss with no z- is -(log p(x|z+) + log p_h(z+) - log q(z+|x)), the negative ELBO (up to p(x|z)'s
+    constant), and its gradient reaches no energy (there are none) but the generator and the conditionals."""
+    torch.manual_seed(0)
+    e = dict(hidden=8, layers=2, slope=0.2)
+    prior = JointPrior((3, 2), e, e, e, ebm=False)
+    model = LatentModel(Generator("digits8", 3, 4, 1), prior, 0.3, (1, 8, 8), inference=Langevin(steps=1, step_size=0.1),
+                        sampling=Langevin(steps=1, step_size=0.1))
+    x, z = torch.rand(5, 1, 8, 8) * 2 - 1, prior.base_sample(5)
+    log_q = torch.randn(5)
+    loss, stats = joint_loss(model, x, z, None, log_q)
+    want = -(model.log_lik(x, z) + prior.base_log_prob(z) - log_q).mean()
+    assert torch.allclose(loss, want) and torch.allclose(stats["neg_log_prior"], -prior.base_log_prob(z).mean())
+    loss.backward()
+    assert all(p.grad is not None for p in prior.conditionals.parameters())
+
+
+@pytest.mark.parametrize("opt", ["negatives_from=positives", "energy_l2=0.1", "opt_e.lr=0.001", "energy.hidden=50"])
 def test_ebm_false_refuses_options_of_the_energy_terms(opt, tmp_path):
     data = stages.data_prepare(DataConfig(dataset="synthetic", limit=10), str(tmp_path / "d.safetensors"))["output"]
     r = run_cli(["fit-prior", "--method", "joint-vi", "--preset", "smoke", "--data", data, "-o", tmp_path / "m.safetensors",
                  "--set", "ebm=false", "--set", opt])
     assert r.code == 2 and len(r.err_lines) == 1, r.err
     assert opt.split("=")[0] in r.err_lines[0] and "ebm=false" in r.err_lines[0]
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_continuing_with_the_other_ebm_value_is_one_line(tmp_path):
+    data = stages.data_prepare(DataConfig(dataset="synthetic", limit=50), str(tmp_path / "d.safetensors"))["output"]
+    first = tmp_path / "vae.safetensors"
+    cli("fit-prior", "--method", "joint-vi", "--preset", "smoke", "--data", data, "-o", first, "--epochs", "1",
+        "--set", "ebm=false", "-q")
+    r = run_cli(["fit-prior", "--method", "joint-vi", "--preset", "smoke", "--data", data, "--init", first,
+                 "-o", tmp_path / "m.safetensors", "--epochs", "1"])
+    assert r.code == 2 and len(r.err_lines) == 1 and "trained with ebm=false, not ebm=true" in r.err, r.err
     assert not (tmp_path / "m.safetensors").exists()
 
 

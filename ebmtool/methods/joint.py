@@ -23,8 +23,9 @@ i.e. the negative ELBO with the un-normalised EBM prior (eq. 19 for q, eq. 16 fo
 prior-sample half of eq. 17-18. ``negatives_from=positives`` (not in the paper) starts the prior chains at the
 batch's detached z+ (contrastive divergence): from N(0, I) starts joint-vi's q(z_1|x) ran away on MNIST, climbing f_1
 where the prior chains never went. ``ebm=false`` (not in the paper) is the ablation of the EBM prior: no f_i, p(z) is
-the normalised hierarchy, E_p[grad log p(z-)] = 0, so no prior chain runs and the loss is the hierarchy's negative
-log-likelihood (joint-vi: the negative ELBO of a hierarchical VAE of the same networks). One Adam per module as in the authors' code (default betas, no decay): lr 2e-5
+the normalised hierarchy, E_p[grad log p(z-)] = 0, so no prior chain runs: joint-mle learns the hierarchy by its MLE
+gradient at posterior samples, joint-vi is a hierarchical VAE of the same networks (loss: the negative ELBO, up to the
+constant of p(x|z) that ``log_lik`` leaves out). One Adam per module as in the authors' code (default betas, no decay): lr 2e-5
 for the energies, 1e-4 for the generator, the conditionals (and the inference model).
 
 Chains run in z-space (eq. 13-14, the authors' code). A Langevin step s on a Gaussian conditional of std sigma is
@@ -100,6 +101,12 @@ class JointConfig(TrainCommon):
                                         "chains in training: the ablation of the EBM prior (joint-vi: a hierarchical "
                                         "VAE of the same networks; not in the paper)")
     epochs: int = Field(100, ge=1)
+
+    def unused_sections(self) -> dict[str, str]:
+        """Sections these values leave with nothing to act on: set by the user, they are refused (stages.train)."""
+        if self.ebm:
+            return {}
+        return {k: "ebm=false has no energy terms for it to act on" for k in ("energy", "energy_upper", "opt_e")}
 
     @model_validator(mode="after")
     def _ebm_options(self):
@@ -179,7 +186,8 @@ def joint_loss(model: LatentModel, x: torch.Tensor, z_pos: Layers, z_neg: Layers
     minus at posterior samples (eq. 11, 18); inference model: the negative ELBO (eq. 19). Returns (loss, scalars).
 
     ``z_neg`` None (a prior without energy terms, ``ebm=False``): p(z) = p_h is normalised, E_p[grad log p_h] = 0,
-    so the negative half drops and the loss is the exact negative log-likelihood (ELBO for VI) of the hierarchy.
+    so the negative half drops: -log p(x, z+) at posterior samples (its gradient is the hierarchy's MLE gradient),
+    or for VI the negative ELBO up to the constant of log p(x|z).
     """
     prior = model.prior
     ll = model.log_lik(x, z_pos)  # log p(x | z_1+), (B,)
@@ -187,7 +195,7 @@ def joint_loss(model: LatentModel, x: torch.Tensor, z_pos: Layers, z_neg: Layers
     objective = ll + f_pos + c_pos - (log_q if log_q is not None else 0.0)  # (B,)
     if z_neg is None:
         loss = -objective.mean()
-        stats = {"loss_g": -ll.mean(), "loss_c": -c_pos.mean(), "z_pos_norm": z_pos[0].norm(dim=1).mean()}
+        stats = {"loss_g": -ll.mean(), "neg_log_prior": -c_pos.mean(), "z_pos_norm": z_pos[0].norm(dim=1).mean()}
     else:
         f_neg, c_neg = prior.tilt(z_neg), prior.base_log_prob(z_neg)
         loss = -objective.mean() + (f_neg + c_neg).mean()
@@ -244,8 +252,8 @@ def _fit(cfg: JointConfig, data, init, init_art, ctx, method: str, vi: bool) -> 
         try:
             z_neg, z_pos, log_q = chains(x, it)
         except DivergenceError as e:
-            s = cfg.prior.effective_step_size() if vi else max(cfg.prior.effective_step_size(),
-                                                                cfg.posterior.effective_step_size())
+            chains_run = ([cfg.prior] if prior.ebm else []) + ([] if vi else [cfg.posterior])  # no prior chain without f
+            s = max(c.effective_step_size() for c in chains_run)
             raise DivergenceError(str(e) + _divergence_hint(prior, s, x.device)) from None
         loss, stats = joint_loss(model, x, z_pos, z_neg, log_q, cfg.energy_l2)
         optimizer_step({f"the {k}": o for k, o in opts.items()}, loss)  # one backward, one Adam step per module

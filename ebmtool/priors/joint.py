@@ -63,7 +63,8 @@ class JointPrior(Prior):
         self.dims = dims
         self.start = start
         self.ebm = bool(ebm)
-        self.arch = {"energy": dict(energy), "energy_upper": dict(energy_upper), "conditional": dict(conditional)}
+        self.arch = ({"energy": dict(energy), "energy_upper": dict(energy_upper)} if self.ebm else {}) | {
+            "conditional": dict(conditional)}  # without energy terms their networks' settings are not saved
         self.energies = nn.ModuleList(EnergyMLP(d, **(energy if i == 0 else energy_upper))
                                       for i, d in enumerate(dims) if self.ebm)
         # conditionals[i]: p(z_i | z_{i+1}) with 0-based i (the paper's p(z_{i+1} | z_{i+2}), layers numbered from 1)
@@ -153,5 +154,5 @@ class JointPrior(Prior):
 
     @classmethod
     def from_spec(cls, spec):  # a spec without chain_start predates it: those models were trained from ancestral starts
-        return cls(spec["dims"], spec["energy"], spec["energy_upper"], spec["conditional"],
+        return cls(spec["dims"], spec.get("energy", {}), spec.get("energy_upper", {}), spec["conditional"],
                    spec.get("chain_start", "ancestral"), spec.get("ebm", True))

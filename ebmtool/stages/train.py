@@ -125,6 +125,9 @@ def fit(method: "str | MethodSpec", cfg, data: "str | TrainData", out: Optional[
     fixes must agree with it (:func:`keep_init_structure`)."""
     spec = method if isinstance(method, MethodSpec) else METHODS[method]  # the registry entry, or its name
     method = spec.name
+    for section, why in (cfg.unused_sections() if hasattr(cfg, "unused_sections") else {}).items():
+        for _, where in (asked or {}).get(section, {}).values():  # set by the user: refused, not ignored
+            raise UserError(f"{where}: {why}")
     if out is not None:
         artifacts.check_output(out, force)
     if hasattr(cfg, "batch_size"):
