@@ -106,3 +106,13 @@ def test_the_vae_ablation_sits_beside_the_published_vae_and_has_no_verdict_of_it
     assert "`vae`" not in R.verdict_table(rs)  # an ablation, not a paper's method
     write_all(tmp_path / "v3.csv", list(rs[0]), rs)
     assert "(`joint-vi` and `vae`: at one sample of q(z|x)" in R.report(tmp_path / "v3.csv", tmp_path / "curve.csv")
+
+
+def test_label_free_scores_are_averaged_over_the_published_digits_apart_from_the_others(tmp_path):
+    rs = [row("mle", 4, 0, 0.6, auprc_prior="0.5"), row("mle", 0, 0, 0.9, auprc_prior="0.9"),
+          row("pretrain", 4, 0, 0.5, auprc_prior="0.4")]
+    pub, other = R.score_table(rs, published=True), R.score_table(rs, published=False)
+    assert "(1 run; digit 4)" in pub and "digit 0" not in pub and "0.500" in pub
+    assert "(1 run; digit 0)" in other and "0-stage" not in other and "0.900" in other
+    write_all(tmp_path / "v3.csv", list(rs[0]), rs)
+    assert "The same on the other digits" in R.report(tmp_path / "v3.csv", tmp_path / "curve.csv")
