@@ -28,6 +28,7 @@ from ebmtool.priors import JointPrior
 from ebmtool.nets.encoders import BottomUpGaussianEncoder
 from ebmtool.nets.generators import Generator
 from ebmtool.priors import GaussianPrior
+from ebmtool.sampling import langevin
 
 from conftest import ebmtool_command, run_cli
 
@@ -525,6 +526,18 @@ def test_ebm_false_trains_without_prior_chains_and_scores_its_hierarchy(method, 
     r = run_cli(["sample", "--model", out, "-n", "4", "-o", tmp_path / "t.safetensors", "--steps", "5"])
     assert r.code == 2 and len(r.err_lines) == 1 and "Gaussian hierarchy, drawn exactly" in r.err, r.err
     assert not (tmp_path / "t.safetensors").exists()
+    import ebmtool.priors.joint as joint_prior_module
+
+    calls.clear()  # hierarchical sampling: given the top layer the others are drawn exactly, with no chain
+    monkeypatch.setattr(joint_prior_module, "langevin", lambda *a, **k: calls.append(a) or langevin(*a, **k))
+    cli("sample", "--model", out, "-n", "4", "-o", tmp_path / "h.safetensors", "--layer-resample", "2", "-q")
+    assert not calls
+    cli("sample", "--model", out, "-n", "4", "-o", tmp_path / "h1.safetensors", "--layer-resample", "1", "-q")
+    assert len(calls) == 1  # holding the bottom layer, the top one is drawn from p(z_2 | z_1) by Langevin
+    for extra in (["--layer-resample", "2", "--steps", "5"], ["--layer-resample", "1", "--sampler", "sir"]):
+        r = run_cli(["sample", "--model", out, "-n", "4", "-o", tmp_path / "t.safetensors", *extra])
+        assert r.code == 2 and len(r.err_lines) == 1 and "draws these layers exactly" in r.err, (extra, r.err)
+        assert not (tmp_path / "t.safetensors").exists()
 
 
 def test_without_energies_the_loss_is_the_positive_half_only():

@@ -151,6 +151,12 @@ def hierarchical_sample(model: LatentModel, n: int, keep: int, *, group: int = 8
         raise UserError(f"--layer-resample: needs a multi-layer (joint-mle / joint-vi) model, not a {model.method} model")
     if not 1 <= keep <= prior.layers:
         raise UserError(f"--layer-resample {keep}: the model has {prior.layers} latent layers (1 = bottom .. {prior.layers} = top)")
+    if prior.is_base:  # no energy terms (ebm=false): the heads are drawn exactly, and given the top layer so is the rest
+        exact = [o for o, v in (("--sampler", sampler),) + ((("--steps", steps), ("--step-size", step_size))
+                                                           if keep == prior.layers else ()) if v is not None]
+        if exact:
+            raise UserError(f"{'/'.join(exact)}: a {model.method} model without energy terms draws these layers exactly "
+                            "(there is no prior chain)")
     ch = model.sampling.override(steps, step_size)
     device = next(model.parameters()).device
     heads = prior.sample(math.ceil(n / group), steps=ch.steps, step_size=ch.effective_step_size(),

@@ -143,6 +143,8 @@ class JointPrior(Prior):
         k = keep - 1
         fixed = z[k].detach()
         z0 = self.base_sample(len(fixed), fixed.device, given={k: fixed})
+        if self.is_base and k == self.layers - 1:  # no energies: the layers below z_L, drawn given it, are exact
+            return ChainResult(z0)
         free0 = tuple(t for i, t in enumerate(z0) if i != k)
         res = langevin(lambda f: self.log_prob(_insert(f, k, fixed)), free0, steps, step_size, freeze=[self],
                        what=f"Langevin with layer {keep} fixed")
