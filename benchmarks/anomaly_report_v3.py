@@ -270,18 +270,19 @@ def cost_table(rs) -> str:
     out = ["| row | budget | updates | training CPU-min | scoring CPU-min | score chain steps | runs | CPU |",
            "| --- " * 8 + "|"]
     for m in NAMES:
-        sel = [r for r in rs if r["method"] == m]
-        if not sel or m == "random":
+        if m == "random":
             continue
-        tw = [v for r in sel for v in [cpu_minutes(r, "train")] if v is not None]
-        sw = [v for r in sel for v in [cpu_minutes(r, "score")] if v is not None]
-        steps = [s if s != "0" else "encoder" for s in  # "0": one sample of the model's q(z|x), no chain
-                 sorted({r["score_steps"] for r in sel if r.get("score_steps")}, key=int)]
-        cpus = sorted({r["cpu"].split(" (")[0] for r in sel})
-        out.append(f"| {NAMES[m]} | {sel[0]['budget']} | {sel[0].get('updates') or '–'} | "
-                   + (f"{statistics.mean(tw):.1f}" if tw else "–") + " | "
-                   + (f"{statistics.mean(sw):.1f}" if sw else "–")
-                   + f" | {', '.join(steps) or '–'} | {len(sel)} | {'; '.join(cpus)} |")
+        # one line per CPU: CPU-minutes of different CPUs are never averaged together
+        for cpu in sorted({r["cpu"].split(" (")[0] for r in rs if r["method"] == m}):
+            sel = [r for r in rs if r["method"] == m and r["cpu"].split(" (")[0] == cpu]
+            tw = [v for r in sel for v in [cpu_minutes(r, "train")] if v is not None]
+            sw = [v for r in sel for v in [cpu_minutes(r, "score")] if v is not None]
+            steps = [s if s != "0" else "encoder" for s in  # "0": one sample of the model's q(z|x), no chain
+                     sorted({r["score_steps"] for r in sel if r.get("score_steps")}, key=int)]
+            out.append(f"| {NAMES[m]} | {sel[0]['budget']} | {sel[0].get('updates') or '–'} | "
+                       + (f"{statistics.mean(tw):.1f}" if tw else "–") + " | "
+                       + (f"{statistics.mean(sw):.1f}" if sw else "–")
+                       + f" | {', '.join(steps) or '–'} | {len(sel)} | {cpu} |")
     return "\n".join(out)
 
 

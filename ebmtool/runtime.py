@@ -139,15 +139,23 @@ def seed_everything(seed: int, per_rank: bool = False) -> None:
 
 
 def cpu_name() -> str:
-    """The CPU model (from /proc/cpuinfo where there is one), else what ``platform`` says."""
+    """The CPU model (from /proc/cpuinfo where there is one, else what ``platform`` says), with its widest vector
+    ISA in brackets where the flags are known, e.g. ``AMD EPYC [AVX512-BF16]``. Virtual machines often report a bare
+    model name ("AMD EPYC") for CPUs of different generations, whose speed and ``--precision auto`` differ: the
+    bracket tells an AVX2 part from one with native bf16 in every speed figure and benchmark row."""
+    name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                    name = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    flags = cpu_flags()
+    isa = next((label for flag, label in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"),
+                                          ("avx512f", "AVX512"), ("avx2", "AVX2")) if flag in flags), None)
+    return f"{name} [{isa}]" if isa else name
 
 
 # ------------------------------------------------------------------------------------------------

@@ -116,3 +116,13 @@ def test_label_free_scores_are_averaged_over_the_published_digits_apart_from_the
     assert "(1 run; digit 0)" in other and "0-stage" not in other and "0.900" in other
     write_all(tmp_path / "v3.csv", list(rs[0]), rs)
     assert "The same on the other digits" in R.report(tmp_path / "v3.csv", tmp_path / "curve.csv")
+
+
+def test_cost_table_never_averages_cpu_minutes_of_different_cpus():
+    rs = [row("mle", 4, 0, 0.6, train_cpu_s="600", cpu="AMD EPYC [AVX2] (1 threads)"),
+          row("mle", 4, 1, 0.6, train_cpu_s="1200", cpu="AMD EPYC [AVX2] (1 threads)"),
+          row("mle", 8, 0, 0.6, train_cpu_s="300", cpu="AMD EPYC [AVX512-BF16] (1 threads)")]
+    lines = [ln for ln in R.cost_table(rs).splitlines() if "`mle`" in ln]
+    assert len(lines) == 2
+    assert "| 15.0 |" in lines[0] and lines[0].endswith("| 2 | AMD EPYC [AVX2] |")
+    assert "| 5.0 |" in lines[1] and lines[1].endswith("| 1 | AMD EPYC [AVX512-BF16] |")

@@ -16,6 +16,19 @@ def test_auto_follows_the_cpu_isa(monkeypatch):
     assert P.resolve("auto", CPU).name == "bf16"
 
 
+@pytest.mark.parametrize("flags, label", [({"avx2", "fma"}, "AVX2"), ({"avx2", "avx512f"}, "AVX512"),
+                                          ({"avx2", "avx512f", "avx512_bf16"}, "AVX512-BF16"),
+                                          ({"avx512_bf16", "amx_bf16"}, "AMX-BF16")])
+def test_cpu_name_tells_the_isa_that_decides_auto(monkeypatch, flags, label):
+    # VMs report a bare "AMD EPYC" for an AVX2 part and for one with native bf16, whose speed and `--precision auto`
+    # differ: every row and speed figure names the widest ISA beside the model
+    monkeypatch.setattr(P, "cpu_flags", lambda: flags)
+    name = P.cpu_name()
+    assert name.endswith(f" [{label}]") and len(name) > len(label) + 3
+    monkeypatch.setattr(P, "cpu_flags", lambda: set())
+    assert "[" not in P.cpu_name()  # flags unknown (no /proc/cpuinfo): the model name alone
+
+
 def test_errors_are_one_line():
     with pytest.raises(UserError, match="unknown precision"):
         P.resolve("fp8", CPU)
