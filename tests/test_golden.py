@@ -38,18 +38,24 @@ RUNS = {  # name: (method, init run or None, flags)
 }
 
 # Bit-exact hashes hold for one torch build on one CPU kernel family (GEMM kernels differ between AVX2, AVX-512
-# and AMX machines, and between torch releases). One table per (torch, kernel family) the project builds on: the
-# Intel Xeon (AMX) and the AMD EPYC (AVX2). Elsewhere the test is skipped with the reason, not failed: record the
-# hashes there (`python tests/test_golden.py` prints them) in a commit that says on what.
+# and AMX machines, between AMD and Intel CPUs, and between torch releases). One table per (torch, kernel family) the
+# project builds on: the Intel Xeon (AMX), the AMD EPYC with AVX2 only, and the AMD EPYC with AVX-512 (Zen 4).
+# Elsewhere the test is skipped with the reason, not failed: record the hashes there (`python tests/test_golden.py`
+# prints them) in a commit that says on what.
 TORCH = "2.14.1+cu130"
 
 
 def cpu_isa() -> str:
+    """The kernel family: the widest ISA, and for AVX2 / AVX-512 the vendor (MKL and oneDNN take other code paths
+    on AMD than on Intel CPUs of the same ISA)."""
     try:
-        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split()
+        lines = open("/proc/cpuinfo").read().splitlines()
+        flags = next(ln for ln in lines if ln.startswith("flags")).split()
     except (OSError, StopIteration):
         return "unknown"
-    return "amx" if "amx_bf16" in flags else "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
+    amd = any(ln.startswith("vendor_id") and "AuthenticAMD" in ln for ln in lines)
+    isa = "amx" if "amx_bf16" in flags else "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
+    return f"{isa}-amd" if amd and isa in ("avx2", "avx512") else isa
 
 
 GOLDEN_AMX = {
@@ -136,7 +142,53 @@ GOLDEN_AVX2 = {  # AMD EPYC (AVX2, no AVX-512), torch 2.14.1+cu130, one thread
     "joint-vi/reconstruct": "3e5c7190be7b075466ab2580468c698769821d8333ea8244fb810f0383a2b090",
     "joint-vi/sample": "7bd77d11b046ad76def431466e5ba2eddf7b7bfa4fde01a5eecaf610fc7504e4",
 }
-GOLDEN_BY = {(TORCH, "amx"): GOLDEN_AMX, (TORCH, "avx2"): GOLDEN_AVX2}
+GOLDEN_AVX512_AMD = {  # AMD EPYC with AVX-512 and AVX512-BF16 (Zen 4, no AMX), torch 2.14.1+cu130, one thread
+    "pretrain/model": "44a73d31f1227781bfdfc429b4cd16bcc2fc72cfc62ad04fa7be68fed267800a",
+    "pretrain/sample": "f4d046d3d4df7f962ce01d3c45e4188a3fd152f8539438cba90c3aeed2329ad9",
+    "pretrain/reconstruct": "6bf488d9925c638ecf8f8c394e114e0f6ef620ab2817b26c3a717fd208367c24",
+    "pretrain/anomaly": "0d5ede67ebe52b80e170205e5e7483848bfc668cf60bd91e3888f1678220097a",
+    "mle/model": "fb01e95dce9f41830493c56968544e5a73c75c52a6188706cb09768e235906dd",
+    "mle/sample": "3981889db3dc656b28ea672d398179d1655729e6d2dad894a6c8ee7bbf405985",
+    "mle/reconstruct": "b1393595e7bc2eaa64761ac9c0b76ffe541ef0beb2cab41c0f847076d5e4c107",
+    "mle/anomaly": "46196fb6c9cd133f665f7181782afd8d8252cac5647fc95651d83eb2f111f875",
+    "adaptive-nce/model": "54e4c97661bef01d00b6de118b14bcca3b00b0ac17c1d9480ab403a5c0d45247",
+    "adaptive-nce/sample": "2b562321904652767632e911ddadc31ccb8a39572b8b42a593f23a209422bf35",
+    "adaptive-nce/reconstruct": "9a28320ae6e685cacd63895e321f702bf26d1aa42dc10a767f378e390dc31400",
+    "adaptive-nce/anomaly": "783308b300ca42df1af1674c12b4eb3d11f14beffc41f4fb52c01fe843449ec7",
+    "adaptive-nce-langevin/model": "4e388ae93a961b0f6ddae7532f78a549b1c1a26d5e5cc8625897efb24bca5fa5",
+    "adaptive-nce-langevin/sample": "892c1abe18d0eaf700a2e220bb9f4b6b69a928714e04368f1684524ff3b53f14",
+    "adaptive-nce-langevin/reconstruct": "7b1c3207041c75e7b347290f90eca6f5b282d495209c36bae1240d4d1af08b8e",
+    "adaptive-nce-langevin/anomaly": "568208c850945b5d2a01360a1deb62b8a1d3cb39f895f83ba5e70cbdcd0ed9c5",
+    "non-adaptive/model": "8f4a2d0be7935e6aefe3c0d0cfcc4dd71a13042000725fc5af2acbae7f72cdfb",
+    "non-adaptive/sample": "76e85934166a10ac68db4140cca9b956d92b352f4b0ac98c4684db834a2eac6d",
+    "non-adaptive/reconstruct": "00bbdebc410dc963f61a646bfa7a6b9ad17371b633d57a7a5ca01748187cd419",
+    "non-adaptive/anomaly": "d8719df20ec1ec52d9b1cdf25357b291bf8156ef03869505925c4ae68fb8465b",
+    "nce/model": "42c109b226042b6df9796e949a30ac2294fac8e14fbbfebe32ee4c4836142f00",
+    "nce/sample": "70a622e8af2a82e94e4166e20868bcc5452f65c20845c776698c6e55ad5d1539",
+    "nce/reconstruct": "d00de638d185f3098f59bc14af1813353707f804247184a292268e420cfe2b40",
+    "nce/anomaly": "1e1597c175a3bd9356b884118db9c2908e0db32df35e54b9a29bdbe84a334f6e",
+    "joint-mle/model": "da2fcade349c04f1f8ce67f1b6bd76e972c38771584d644050040419bf16923b",
+    "joint-mle/sample": "8cc9f2a67537b91da6298966d1eea068f7a2af24329758939756bdf8f9cbea54",
+    "joint-mle/reconstruct": "ad42e3285ce127185979fb310d4eaf81ff27d0c0d59ce7bd255ad415a29218fb",
+    "joint-mle/anomaly": "e200924864b4fc254f11291d8b3baac11d1150aea101e4142cc2159826d25899",
+    "joint-vi/model": "d2360f4e619620e685a641c492f139a6e8010569d162cd25b63dc0a528b807fa",
+    "joint-vi/sample": "f6d8dba88d0c3da51845d1ff6387addc6102c397ae08a2b77a19df7ada93565a",
+    "joint-vi/reconstruct": "5936477c40abea3bab3ebc9620be2feacf44855638359a7d65a07f081a573cd4",
+    "joint-vi/anomaly": "62584cb51a8f4996fa8b22fc62870f1575ca1dd97977279765521addba19390c",
+    "joint-mle-ancestral/model": "82846b4bb435adb0ef542c36fb0981524f67a9ae23dc9f0403727085428e9233",
+    "joint-mle-ancestral/sample": "dd22659fa9d805b6eb59d47e9a09572eff9829fbc6f8caa647cfc5dc7944f496",
+    "joint-mle-ancestral/reconstruct": "edb2377e6218b339e19dd1271d1da130bbb60f8987ffe6ff61535c7ae1f149fd",
+    "joint-mle-ancestral/anomaly": "5f07e127fc42dc68a2d184c0f19bd6551674a4092e285b0de3ed2f7194b7b674",
+    "joint-vi-ancestral/model": "10766e8c3032cac642972b86b195f2e33bdcb5669d6d187c6586029c667fab98",
+    "joint-vi-ancestral/sample": "74714f19f11e957ca6dc4c6e1a2e8a7d0036fd1c14f2b287139b25268a90467a",
+    "joint-vi-ancestral/reconstruct": "07f375b0868d562ee8797f6b58b1921ce2e71e008a5116f5dda5f97e56fa8383",
+    "joint-vi-ancestral/anomaly": "9281f6348113d959a209ab417aa3a758d608d0afee6776e7f889c3f11fb017b4",
+    "bidvl/model": "54631f09e834539a03959c4b7ec52e1557300f1e7996b959c44e32c38deb5876",
+    "bidvl/sample": "ffe7b514cae92918723b5ce1c58d8db01097bfb7044351b9b8a3c49c97e4f7c4",
+    "bidvl/reconstruct": "8715ada707b94346537d3c95365384087e631798a94e666831894081374acea6",
+    "bidvl/anomaly": "9e794f6ebec8e3c30b4c2fb2af41514465b6b0969775eaaf5d644d18caa07ff0",
+}
+GOLDEN_BY = {(TORCH, "amx"): GOLDEN_AMX, (TORCH, "avx2-amd"): GOLDEN_AVX2, (TORCH, "avx512-amd"): GOLDEN_AVX512_AMD}
 GOLDEN = GOLDEN_BY.get((torch.__version__, cpu_isa()), {})
 # runs whose hashes a table still lacks, with why: recorded on the next session on that CPU (`python
 # tests/test_golden.py` prints them). The joint methods' N(0, I) chain start was made on an AMD EPYC session; their
