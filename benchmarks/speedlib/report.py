@@ -14,15 +14,9 @@ from .variants import hot_loop
 
 
 def cpu_info() -> dict[str, Any]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    from ebmtool import runtime  # the one CPU name (model + widest ISA) every row and figure carries
+
+    model, flags = runtime.cpu_name(), runtime.cpu_flags()
     wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni"]
     try:
         bf16_kernels = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
