@@ -63,9 +63,10 @@ class Flag:
 @dataclass(frozen=True)
 class Kept:
     """A config section that a run from ``--init`` takes from the init model instead of the config: its fields are
-    read from the init's saved spec under ``spec_key`` (default: the section's name). ``when``: only if that part
-    of the init has this ``type`` (e.g. an LEBM prior is continued, a Gaussian one is replaced by a new energy);
-    without it the section must be there, or the init is not a model this method continues."""
+    read from the init's saved spec under ``spec_key`` (default: the section's name; a dotted key such as
+    ``prior.energy`` reads a part nested in another). ``when``: only if that part of the init (for a dotted key,
+    its outermost part) has this ``type`` (e.g. an LEBM prior is continued, a Gaussian one is replaced by a new
+    energy); without it the section must be there, or the init is not a model this method continues."""
 
     section: str
     spec_key: Optional[str] = None

@@ -422,7 +422,7 @@ def test_continuing_a_model_from_ancestral_starts_says_the_start_changes(tmp_pat
     for asked, want, said in (("noise", "noise", 1), ("ancestral", "ancestral", 0)):
         old = SimpleNamespace(prior=JointPrior.from_spec(spec))
         lines = []
-        cfg = JointMLEConfig(layers=2, chain_start=asked)
+        cfg = JointMLEConfig(layers=2, nz_top=2, chain_start=asked)
         prior = _prior(cfg, 3, old, SimpleNamespace(path="old.safetensors"), "joint-mle", lines.append)
         assert prior is old.prior and prior.start == want and prior.spec()["chain_start"] == want
         assert len(lines) == said and all("chain_start=ancestral" in ln for ln in lines)
@@ -586,6 +586,34 @@ def test_continuing_a_model_with_the_other_ebm_value_is_refused():
     e = dict(hidden=8, layers=2, slope=0.2)
     old = SimpleNamespace(prior=JointPrior((3, 2), e, e, e, ebm=False))
     with pytest.raises(UserError, match="trained with ebm=false, not ebm=true"):
-        _prior(JointVIConfig(layers=2), 3, old, SimpleNamespace(path="old.safetensors"), "joint-vi", lambda s: None)
-    assert _prior(JointVIConfig(layers=2, ebm=False), 3, old, SimpleNamespace(path="old.safetensors"), "joint-vi",
+        _prior(JointVIConfig(layers=2, nz_top=2), 3, old, SimpleNamespace(path="old.safetensors"), "joint-vi", lambda s: None)
+    assert _prior(JointVIConfig(layers=2, nz_top=2, ebm=False), 3, old, SimpleNamespace(path="old.safetensors"), "joint-vi",
                   lambda s: None) is old.prior
+
+
+@pytest.mark.parametrize("opt, said", [
+    ("encoder.nef=8", "encoder has nef 16 and is kept"), ("energy.hidden=7", "energy has hidden 32 and is kept"),
+    ("energy_upper.hidden=5", "energy_upper has hidden 32 and is kept"),
+    ("conditional.layers=3", "conditional has layers 2 and is kept"), ("nz_top=7", "not nz_top 7")])
+def test_continuing_a_joint_model_refuses_another_architecture(runs, tmp_path, opt, said):
+    """--init of a joint model keeps its networks: a setting that would change them is refused in one line
+    (before, it was ignored and the new artifact's config named networks it did not have)."""
+    out = tmp_path / "m.safetensors"
+    r = run_cli(["fit-prior", "--method", "joint-vi", "--preset", "smoke", "--data", runs["synth"], "--init",
+                 runs["vi_synth"], "-o", out, "--epochs", "1", "--set", opt])
+    assert r.code == 2 and len(r.err_lines) == 1 and said in r.err and opt.split("=")[0] in r.err, r.err
+    assert not out.exists()
+
+
+def test_continuing_a_joint_model_keeps_its_networks_and_says_so_in_the_artifact(runs, tmp_path):
+    out = tmp_path / "m.safetensors"
+    cli("fit-prior", "--method", "joint-vi", "--preset", "smoke", "--data", runs["synth"], "--init", runs["vi_synth"],
+        "-o", out, "--epochs", "1", "--set", "nz_top=4", "--set", "encoder.nef=16", "-q")  # the same values pass
+    art, old = artifacts.load(out), artifacts.load(runs["vi_synth"])
+    assert art.meta["model"]["encoder"] == old.meta["model"]["encoder"]
+    assert art.config["encoder"]["nef"] == 16 and art.config["energy"] == old.meta["model"]["prior"]["energy"]
+    # a joint-mle model has no inference model: joint-vi from it builds one as the config says
+    vi = tmp_path / "vi.safetensors"
+    cli("fit-prior", "--method", "joint-vi", "--preset", "smoke", "--data", runs["synth"], "--init", runs["mle_synth"],
+        "-o", vi, "--epochs", "1", "--set", "nz_top=4", "--set", "encoder.nef=8", "-q")
+    assert artifacts.load(vi).meta["model"]["encoder"]["nef"] == 8

@@ -49,7 +49,7 @@ from ebmtool.models.latent import LatentModel, generator_for, latent_model
 from ebmtool.nets.encoders import BottomUpGaussianEncoder
 from ebmtool.priors import GaussianPrior, JointPrior
 from ebmtool.priors.joint import Layers
-from ebmtool.registry import Flag, register_method
+from ebmtool.registry import GENERATOR_KEPT, Flag, Kept, register_method
 from ebmtool.training import FitResult, chain_latents, adam, optimizer_step, train_loop
 
 
@@ -146,6 +146,10 @@ def _prior(cfg: JointConfig, nz: int, init, init_art, method: str, log) -> Joint
     if init is not None and isinstance(init.prior, JointPrior):
         if init.prior.layers != cfg.layers:
             raise UserError(f"--init {init_art.path}: the model has {init.prior.layers} latent layers, not --layers {cfg.layers}")
+        if tuple(init.prior.dims[1:]) != (cfg.nz_top,) * (cfg.layers - 1):
+            raise UserError(f"--init {init_art.path}: the model's layers above z_1 have dimensions "
+                            f"{list(init.prior.dims[1:])}, not nz_top {cfg.nz_top} (--set nz_top="
+                            f"{init.prior.dims[1]} continues it)")
         if init.prior.ebm != cfg.ebm:
             raise UserError(f"--init {init_art.path}: the model was trained with ebm={str(init.prior.ebm).lower()}, "
                             f"not ebm={str(cfg.ebm).lower()}")
@@ -265,12 +269,16 @@ def _fit(cfg: JointConfig, data, init, init_art, ctx, method: str, vi: bool) -> 
 
 
 JOINT_FLAGS = (Flag("--layers", "layers", int, "joint-mle/joint-vi: latent layers"),)
+# a joint model given to --init is continued with its saved architecture: these sections are read from it, and a
+# value the user sets that differs is refused in one line (stages.train.keep_init_structure), never ignored
+JOINT_KEPT = GENERATOR_KEPT + tuple(Kept(s, f"prior.{s}", when="joint") for s in ("energy", "energy_upper", "conditional"))
+JOINT_VI_KEPT = JOINT_KEPT + (Kept("encoder", when="bottom_up_gaussian"),)
 _SMALL = {"nz_top": 4, "opt_e": {"lr": 2e-4}, "energy_upper": {"hidden": 32}, "conditional": {"hidden": 32, "layers": 2}}
 
 
 @register_method("joint-mle", JointMLEConfig,
                  "joint EBM prior on a multi-layer generator, prior and posterior Langevin over all layers "
-                 "(Cui, Wu & Han 2023)", flags=JOINT_FLAGS,
+                 "(Cui, Wu & Han 2023)", flags=JOINT_FLAGS, kept_from_init=JOINT_KEPT,
                  presets={"smoke": _SMALL, "cpu": {"nz_top": 8, "opt_e": {"lr": 2e-4}}, "paper": {"nz_top": 100}})
 def fit_mle(cfg: JointMLEConfig, data, init, init_art, ctx) -> FitResult:
     return _fit(cfg, data, init, init_art, ctx, "joint-mle", vi=False)
@@ -278,7 +286,7 @@ def fit_mle(cfg: JointMLEConfig, data, init, init_art, ctx) -> FitResult:
 
 @register_method("joint-vi", JointVIConfig,
                  "joint EBM prior on a multi-layer generator with a bottom-up inference model (Cui, Wu & Han 2023, "
-                 "Sec. 3.3)", flags=JOINT_FLAGS,
+                 "Sec. 3.3)", flags=JOINT_FLAGS, kept_from_init=JOINT_VI_KEPT,
                  presets={"smoke": {**_SMALL, "encoder": {"nef": 16, "hidden": 32}, "opt_q": {"lr": 1e-3}},
                           "cpu": {"nz_top": 8, "opt_e": {"lr": 2e-4}, "encoder": {"nef": 32}, "opt_q": {"lr": 1e-3}},
                           "paper": {"nz_top": 100}})

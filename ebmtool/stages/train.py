@@ -51,10 +51,13 @@ def keep_init_structure(cfg, init, sections: tuple[Kept, ...], asked: dict[str, 
     spec = init.spec() if hasattr(init, "spec") else {}
     kept = {}
     for k in sections:
-        section, saved = getattr(cfg, k.section, None), spec.get(k.spec_key or k.section)
+        outer, *inner = (k.spec_key or k.section).split(".")
+        section, saved, part = getattr(cfg, k.section, None), spec.get(outer), spec.get(outer)
+        for key in inner:
+            saved = saved.get(key) if isinstance(saved, dict) else None
         fields = list(type(section).model_fields) if section is not None else []
         if (not isinstance(saved, dict) or not fields or any(f not in saved for f in fields)
-                or (k.when is not None and saved.get("type") != k.when)):
+                or (k.when is not None and (part.get("type") if isinstance(part, dict) else None) != k.when)):
             if k.when is None:
                 return cfg  # not a model this method continues: the method says why
             continue  # the init has no such part: this run builds it from the config
