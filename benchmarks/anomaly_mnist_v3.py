@@ -115,7 +115,7 @@ FIELDS = (["protocol", "method", "digit", "seed", "precision", "budget", "update
           ["auroc_joint", "auprc_recon_weight1", "mse_normal", "mse_anomalous", "train_wall_s", "score_wall_s",
            "train_cpu_s", "score_cpu_s", "cpu", "torch", "threads", "auprc_joint_second_permutation"])
 CURVE_FIELDS = ["protocol", "method", "digit", "seed", "precision", "epoch", "updates", "n_curve", "score_steps",
-                "auprc_joint", "auprc_recon", "auprc_prior", "cpu"]
+                "auprc_joint", "auprc_recon", "auprc_prior", "cpu", "nce_loss"]
 
 
 def set_budget(epochs: int, gen_epochs: int, suffix: str) -> None:
@@ -276,7 +276,8 @@ def evaluate(model_path: Path, p: dict[str, str], digit: int, seed: int, prec: s
 def curve(method: str, digit: int, seed: int, prec: str, points: list[tuple[int, Path]], steps: int,
           p: dict[str, str], cpu: str) -> None:
     """One curve row per (epoch, model) on the fixed subsample, with the final model's chain length (or its
-    q(z|x): ``steps`` = ENCODER)."""
+    q(z|x): ``steps`` = ENCODER). An adaptive-NCE stage's row also keeps the stage's NCE loss at its end
+    (``nce_loss``; chance, a ratio that tells nothing apart, is 2 ln 2 = 1.386)."""
     x, lab, _ = load_images(p["test"])
     y = binary_labels(lab, [digit]).numpy()
     idx = curve_subsample(y)
@@ -290,7 +291,16 @@ def curve(method: str, digit: int, seed: int, prec: str, points: list[tuple[int,
         append(CURVE, CURVE_FIELDS, {
             "protocol": PROTOCOL, "method": method, "digit": digit, "seed": seed, "precision": prec, "epoch": epoch,
             "updates": epoch * math.ceil(n_fit / 100), "n_curve": len(idx), "score_steps": steps, "cpu": cpu,
+            "nce_loss": stage_nce_loss(method, mp),
             **{f"auprc_{s}": f"{metrics(yy, S.score(s, t)).auprc:.4f}" for s in ("joint", "recon", "prior")}})
+
+
+def stage_nce_loss(method: str, model_path: Path) -> str:
+    """The NCE loss at the end of the stage that wrote an adaptive-NCE model (its last epoch's mean), else ""."""
+    if method != "adaptive-nce" or model_path.parent != WORK:  # the 0-stage generator's snapshots have none
+        return ""
+    nce = load(str(model_path)).meta.get("final", {}).get("nce")
+    return "" if nce is None else f"{nce:.4f}"
 
 
 def snapshots_of(folder: Path, offset: int = 0) -> list[tuple[int, Path]]:

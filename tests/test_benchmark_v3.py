@@ -137,3 +137,15 @@ def test_a_model_with_an_inference_model_is_scored_by_one_sample_of_it(tmp_path,
     np.testing.assert_allclose(t["tilt"] + t["base"], prior, rtol=1e-5, atol=1e-6)
     chained = B.terms_of(str(vi), x, 25, 3, "fp32")  # 25 noise-free steps from the encoder's z lower -log p(x, z)
     assert (chained["recon"] + chained["tilt"] + chained["base"]).mean() < (t["recon"] + t["tilt"] + t["base"]).mean()
+
+
+def test_an_adaptive_nce_stage_row_keeps_its_final_nce_loss(monkeypatch, nce_model):
+    """The curve's nce_loss cell is the stage's last-epoch mean NCE loss, read from the stage model it scores; the
+    0-stage generator's snapshots and other methods leave it empty."""
+    from ebmtool.artifacts import load
+
+    monkeypatch.setattr(B, "WORK", nce_model.parent)
+    want = load(str(nce_model)).meta["final"]["nce"]
+    assert B.stage_nce_loss("adaptive-nce", nce_model) == f"{want:.4f}" and 0 < want < 5
+    assert B.stage_nce_loss("mle", nce_model) == ""
+    assert B.stage_nce_loss("adaptive-nce", nce_model.parent / "gen.snapshots" / "epoch-001.safetensors") == ""
