@@ -267,14 +267,17 @@ def cpu_minutes(r: dict, what: str) -> float | None:
 
 
 def cost_table(rs) -> str:
-    out = ["| row | budget | updates | training CPU-min | scoring CPU-min | score chain steps | runs | CPU |",
+    out = ["| row | budget | updates | training CPU-min | scoring CPU-min | score chain steps | runs | CPU, precision |",
            "| --- " * 8 + "|"]
     for m in NAMES:
         if m == "random":
             continue
-        # one line per CPU: CPU-minutes of different CPUs are never averaged together
-        for cpu in sorted({r["cpu"].split(" (")[0] for r in rs if r["method"] == m}):
-            sel = [r for r in rs if r["method"] == m and r["cpu"].split(" (")[0] == cpu]
+        # one line per CPU and precision: CPU-minutes of different CPUs or precisions are never averaged together
+        def where(r):
+            return r["cpu"].rsplit(" (", 1)[0], r["precision"]
+
+        for cpu, prec in sorted({where(r) for r in rs if r["method"] == m}):
+            sel = [r for r in rs if r["method"] == m and where(r) == (cpu, prec)]
             tw = [v for r in sel for v in [cpu_minutes(r, "train")] if v is not None]
             sw = [v for r in sel for v in [cpu_minutes(r, "score")] if v is not None]
             steps = [s if s != "0" else "encoder" for s in  # "0": one sample of the model's q(z|x), no chain
@@ -282,7 +285,7 @@ def cost_table(rs) -> str:
             out.append(f"| {NAMES[m]} | {sel[0]['budget']} | {sel[0].get('updates') or '–'} | "
                        + (f"{statistics.mean(tw):.1f}" if tw else "–") + " | "
                        + (f"{statistics.mean(sw):.1f}" if sw else "–")
-                       + f" | {', '.join(steps) or '–'} | {len(sel)} | {cpu} |")
+                       + f" | {', '.join(steps) or '–'} | {len(sel)} | {cpu}, {prec} |")
     return "\n".join(out)
 
 

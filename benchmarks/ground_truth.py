@@ -42,6 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ebmtool import runtime  # noqa: E402
 from ebmtool.data.sources import ring_means  # noqa: E402
 from ebmtool.eval import ground_truth as G  # noqa: E402
 from ebmtool.priors import GaussianPrior  # noqa: E402
@@ -58,16 +59,6 @@ CONFIGS = {
 }
 GAPS = [0.5, 1.0, 2.0]
 N_EVAL = 2000
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def targets():
@@ -229,7 +220,7 @@ def main(argv=None) -> int:
     if a.seeds is not None:
         cfg["seeds"] = a.seeds
     torch.set_num_threads(a.threads)
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    machine = {"cpu": runtime.cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else [math.nan] * 3}
     print(f"{name}: {machine['cpu']} ({machine['cores']} cores, load {machine['loadavg'][0]:.1f}), "

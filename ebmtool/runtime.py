@@ -29,15 +29,20 @@ from ebmtool.errors import UserError
 from ebmtool.config import PRECISIONS as CHOICES  # noqa: E402  (the one list of choices)
 
 
-def cpu_flags() -> set[str]:
+def _cpuinfo(key: str) -> str | None:
+    """The value of the first ``key`` line of /proc/cpuinfo, or None (no such file or line)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    return set((_cpuinfo("flags") or "").split())
 
 
 def cpu_native_bf16() -> bool:
@@ -143,15 +148,7 @@ def cpu_name() -> str:
     ISA in brackets where the flags are known, e.g. ``AMD EPYC [AVX512-BF16]``. Virtual machines often report a bare
     model name ("AMD EPYC") for CPUs of different generations, whose speed and ``--precision auto`` differ: the
     bracket tells an AVX2 part from one with native bf16 in every speed figure and benchmark row."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    name = _cpuinfo("model name") or platform.processor() or platform.machine()
     flags = cpu_flags()
     isa = next((label for flag, label in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"),
                                           ("avx512f", "AVX512"), ("avx2", "AVX2")) if flag in flags), None)

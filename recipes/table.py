@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -77,13 +76,9 @@ def st_header(path: Path) -> dict:
 
 
 def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from ebmtool.runtime import cpu_name as name  # the one CPU name (model + widest ISA); torch only when a run ends
+
+    return name()
 
 
 # ------------------------------------------------------------------------------------------------ run

@@ -121,8 +121,12 @@ def test_label_free_scores_are_averaged_over_the_published_digits_apart_from_the
 def test_cost_table_never_averages_cpu_minutes_of_different_cpus():
     rs = [row("mle", 4, 0, 0.6, train_cpu_s="600", cpu="AMD EPYC [AVX2] (1 threads)"),
           row("mle", 4, 1, 0.6, train_cpu_s="1200", cpu="AMD EPYC [AVX2] (1 threads)"),
-          row("mle", 8, 0, 0.6, train_cpu_s="300", cpu="AMD EPYC [AVX512-BF16] (1 threads)")]
+          row("mle", 8, 0, 0.6, train_cpu_s="300", cpu="AMD EPYC [AVX512-BF16] (1 threads)"),
+          row("mle", 8, 1, 0.6, train_cpu_s="120", cpu="AMD EPYC [AVX512-BF16] (1 threads)", precision="bf16"),
+          row("mle", 9, 0, 0.6, train_cpu_s="60", cpu="Intel Core (Skylake, IBRS) [AVX512] (1 threads)")]
     lines = [ln for ln in R.cost_table(rs).splitlines() if "`mle`" in ln]
-    assert len(lines) == 2
-    assert "| 15.0 |" in lines[0] and lines[0].endswith("| 2 | AMD EPYC [AVX2] |")
-    assert "| 5.0 |" in lines[1] and lines[1].endswith("| 1 | AMD EPYC [AVX512-BF16] |")
+    assert len(lines) == 4
+    assert "| 15.0 |" in lines[0] and lines[0].endswith("| 2 | AMD EPYC [AVX2], fp32 |")
+    assert "| 2.0 |" in lines[1] and lines[1].endswith("| 1 | AMD EPYC [AVX512-BF16], bf16 |")
+    assert "| 5.0 |" in lines[2] and lines[2].endswith("| 1 | AMD EPYC [AVX512-BF16], fp32 |")
+    assert lines[3].endswith("| 1 | Intel Core (Skylake, IBRS) [AVX512], fp32 |")

@@ -606,12 +606,18 @@ def test_continuing_a_joint_model_refuses_another_architecture(runs, tmp_path, o
 
 
 def test_continuing_a_joint_model_keeps_its_networks_and_says_so_in_the_artifact(runs, tmp_path):
+    # no --preset: the default (paper) sizes differ from the smoke model's, and the artifact's config must name the
+    # networks the model has, not the defaults; the same value set by the user passes
     out = tmp_path / "m.safetensors"
-    cli("fit-prior", "--method", "joint-vi", "--preset", "smoke", "--data", runs["synth"], "--init", runs["vi_synth"],
-        "-o", out, "--epochs", "1", "--set", "nz_top=4", "--set", "encoder.nef=16", "-q")  # the same values pass
+    cli("fit-prior", "--method", "joint-vi", "--data", runs["synth"], "--init", runs["vi_synth"],
+        "-o", out, "--epochs", "1", "--set", "nz_top=4", "--set", "encoder.nef=16", "-q")
     art, old = artifacts.load(out), artifacts.load(runs["vi_synth"])
     assert art.meta["model"]["encoder"] == old.meta["model"]["encoder"]
-    assert art.config["encoder"]["nef"] == 16 and art.config["energy"] == old.meta["model"]["prior"]["energy"]
+    enc = {k: v for k, v in old.meta["model"]["encoder"].items() if k in art.config["encoder"]}
+    assert art.config["encoder"] == enc and enc["hidden"] == 32  # paper default: 200
+    for part in ("energy", "energy_upper", "conditional"):
+        assert art.config[part] == old.meta["model"]["prior"][part]
+    assert art.config["energy_upper"]["hidden"] == 32  # paper default: 200
     # a joint-mle model has no inference model: joint-vi from it builds one as the config says
     vi = tmp_path / "vi.safetensors"
     cli("fit-prior", "--method", "joint-vi", "--preset", "smoke", "--data", runs["synth"], "--init", runs["mle_synth"],

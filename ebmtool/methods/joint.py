@@ -174,8 +174,8 @@ def _divergence_hint(prior: JointPrior, step_size: float, device) -> str:
     if least >= step_size / 2:
         return ""
     return (f"; the Gaussian conditionals' sigma reaches {least:.3g} < s/2 = {step_size / 2:.3g}, where a Langevin "
-            f"step of size {step_size} is unstable (raise --set conditional.floor={step_size / 2:.3g} "
-            "or lower the conditionals' learning rate opt_c.lr)")
+            f"step of size {step_size} is unstable (lower the conditionals' learning rate opt_c.lr, or train anew "
+            f"with --set conditional.floor={step_size / 2:.3g}: a run from --init keeps its conditionals)")
 
 
 def joint_loss(model: LatentModel, x: torch.Tensor, z_pos: Layers, z_neg: Layers | None,

@@ -55,19 +55,23 @@ def keep_init_structure(cfg, init, sections: tuple[Kept, ...], asked: dict[str, 
         section, saved, part = getattr(cfg, k.section, None), spec.get(outer), spec.get(outer)
         for key in inner:
             saved = saved.get(key) if isinstance(saved, dict) else None
-        fields = list(type(section).model_fields) if section is not None else []
-        if (not isinstance(saved, dict) or not fields or any(f not in saved for f in fields)
-                or (k.when is not None and (part.get("type") if isinstance(part, dict) else None) != k.when)):
+        fields = type(section).model_fields if section is not None else {}
+        typed = k.when is not None and isinstance(saved, dict) and isinstance(part, dict) and part.get("type") == k.when
+        if not fields or not isinstance(saved, dict) or (k.when is not None and not typed) or (
+                not typed and any(f not in saved for f in fields)):
             if k.when is None:
                 return cfg  # not a model this method continues: the method says why
             continue  # the init has no such part: this run builds it from the config
-        kept[k.section] = {f: saved[f] for f in fields}
+        # a part of the right type saved before one of the section's fields existed: the fields it has are kept
+        # (and checked against what the user set), the missing one stays as the config says
+        kept[k.section] = {f: saved[f] for f in fields if f in saved}
     for name, values in kept.items():
         for f, (value, where) in asked.get(name, {}).items():
             if f in values and not (f == "arch" and value == "auto") and value != values[f]:
                 raise UserError(f"{where}: the --init model's {name} has {f} {values[f]} and is kept (drop the "
                                 "option, or give the same value)")
-    return cfg.model_copy(update={n: type(getattr(cfg, n))(**v) for n, v in kept.items()})
+    return cfg.model_copy(update={n: type(getattr(cfg, n))(**{**getattr(cfg, n).model_dump(), **v})
+                                  for n, v in kept.items()})
 
 
 class Snapshots:
