@@ -109,8 +109,14 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 def check_distinct(outputs: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:
-    """Refuse an output that names one of the inputs (writing it, even with --force, would replace that input).
-    Both are {option: path or None}; the message names the two options. Call before work."""
+    """Refuse an output that names one of the inputs (writing it, even with --force, would replace that input), or
+    another output of the same command (the second written would replace the first). Both are {option: path or
+    None}; the message names the two options. Call before work."""
+    given = [(opt, p) for opt, p in outputs.items() if p is not None]
+    for k, (o_opt, o) in enumerate(given):
+        for p_opt, p in given[k + 1:]:
+            if same_file(o, p):
+                raise UserError(f"{p_opt} {p}: must differ from the other output ({o_opt} {o})")
     for o_opt, o in outputs.items():
         for i_opt, i in inputs.items():
             if o is not None and i is not None and same_file(o, i):

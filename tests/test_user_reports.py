@@ -351,3 +351,19 @@ def test_pr_curve_labels_the_tables_auprc_and_names_average_precision(mle_model,
     score = [lb for lb in labels if lb.startswith("score")]
     assert score == [f"score (AUPRC {res['auprc']:.3f}, average precision {res['average_precision']:.3f})"], labels
     assert png.exists()
+
+
+# ------------------------------------------------------------------- two outputs of one command, one path
+@pytest.mark.parametrize("argv", [
+    ["sample", "--model", "{gen}", "-n", "4", "-o", "{o}", "--grid", "{o}"],
+    ["reconstruct", "--model", "{gen}", "--data", "{data}", "-o", "{o}", "--grid", "{o}"],
+    ["anomaly", "--model", "{gen}", "--data", "{data}", "--anomaly-class", "1", "-o", "{o}", "--pr-curve", "{o}"],
+    ["pretrain-generator", "--data", "{data}", "--preset", "smoke", "--epochs", "1", "-o", "{o}", "--snapshots", "{o}"],
+])
+def test_two_outputs_of_one_command_on_one_path_are_refused_before_work(argv, gen_model, digits_ds, tmp_path):
+    """The second output written would replace the first (a safetensors artifact overwritten by a PNG, exit 0), or a
+    snapshot folder would take the model's path after the whole training: refused up front, nothing written."""
+    out = tmp_path / "o.png"  # a figure's extension, so that the figure outputs reach the check
+    r = run_cli([a.format(gen=gen_model, data=digits_ds, o=out) for a in argv])
+    _refused(r, str(out), "must differ from the other output")
+    assert not out.exists() and _no_temp(tmp_path) == []
