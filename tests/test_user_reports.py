@@ -367,3 +367,19 @@ def test_two_outputs_of_one_command_on_one_path_are_refused_before_work(argv, ge
     r = run_cli([a.format(gen=gen_model, data=digits_ds, o=out) for a in argv])
     _refused(r, str(out), "must differ from the other output")
     assert not out.exists() and _no_temp(tmp_path) == []
+
+
+@pytest.mark.parametrize("cmd", ["sample", "reconstruct"])
+def test_scale_without_a_grid_is_refused(cmd, gen_model, digits_ds, tmp_path):
+    out = tmp_path / "o.safetensors"
+    argv = [cmd, "--model", gen_model, "-o", out, "--scale", "2"] + (
+        ["-n", "4"] if cmd == "sample" else ["--data", digits_ds])
+    _refused(run_cli(argv), "--scale", "--grid")
+    assert not out.exists()
+
+
+def test_plot_scale_of_a_figure_that_is_not_an_image_grid_is_refused(gen_model, tmp_path):
+    out = tmp_path / "p.png"
+    _refused(run_cli(["plot", gen_model, "-o", out, "--scale", "4"]), "--scale", "training curves")
+    assert not out.exists()
+    run_cli(["plot", gen_model, "-o", out]).ok()  # without it the curves are drawn

@@ -263,23 +263,33 @@ def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
 
     t = art.tensors
     fmt = figure_format(out)
+
+    def unscaled(what: str) -> str:  # --scale is honoured by image grids only: refused, not ignored, elsewhere
+        if scale is not None:
+            raise UserError(f"--scale: it upscales an image grid, and this {art.kind} artifact is plotted as {what}")
+        return what
+
     if art.kind == "model":
         stages = {int(k.split(".")[1][len("stage"):]): v.tolist() for k, v in t.items()
                   if k.startswith("history.stage") and k.endswith(".nce")}
         if stages:
+            what = unscaled("NCE loss per stage")
             nce_curves_png(stages, out)
-            return "NCE loss per stage"
+            return what
         hist = {k[len("history."):]: v.tolist() for k, v in t.items() if k.startswith("history.") and v.ndim == 1}
         if not hist:
             raise UserError(f"{art.path}: model has no training history to plot")
+        what = unscaled("training curves per epoch")
         loss_curves_png(hist, out, title=f"{art.meta.get('method', 'model')} training")
-        return "training curves per epoch"
+        return what
     if art.kind == "samples" and "trajectory.log_prob" in t:
+        what = unscaled("energy along the Langevin chains")
         energy_profile_png(t["trajectory.steps"].tolist(), t["trajectory.log_prob"].numpy(), out)
-        return "energy along the Langevin chains"
+        return what
     if art.kind == "scores":
+        what = unscaled("precision-recall and ROC curves")
         pr_curve_png(t["labels"].numpy(), t["scores"].numpy(), out)
-        return "precision-recall and ROC curves"
+        return what
     if "images" in t and t["images"].ndim == 4:
         import torch
 

@@ -108,6 +108,8 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     """Prior samples decoded, drawn ``batch_size`` chains at a time (one group with a trajectory)."""
     if out is None and grid is None:
         raise UserError("sample: give -o FILE.safetensors and/or --grid FILE.png")
+    if scale is not None and grid is None and trajectory_png is None:
+        raise UserError("--scale: it upscales a PNG grid; give --grid (or --trajectory-png) or drop it")
     check_n(n)
     artifacts.check_distinct({"-o": out, "--grid": grid, "--trajectory-png": trajectory_png}, {"--model": model_path})
     for p in (out, grid, trajectory_png):
@@ -211,6 +213,8 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
                 force: bool = False, precision: str = "fp32", scale: Optional[int] = None,
                 quiet: bool = False) -> dict[str, Any]:
     """Posterior reconstructions and their per-image MSE; the chain that made them is recorded (``chain``)."""
+    if scale is not None and grid is None:
+        raise UserError("--scale: it upscales the PNG grid; give --grid or drop it")
     dev, model, art, x, labels, data_art = _open(model_path, data_path, {"-o": out, "--grid": grid}, seed, device,
                                                  force, limit)
     with _precision(precision, dev):
