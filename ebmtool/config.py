@@ -224,6 +224,9 @@ def build(cls: type[M], *layers: dict[str, Any], where: str = "config") -> M:
         loc = ".".join(str(x) for x in err["loc"]) or "(root)"
         if err["type"] == "extra_forbidden":
             raise UserError(f"{where}: unknown key {loc!r}") from None
+        if not err["loc"]:  # a check across fields (a model validator): its message says what; the input is the
+            msg = err["msg"].removeprefix("Value error, ")  # whole config, too long for the one line
+            raise UserError(f"{where}: {msg}") from None
         raise UserError(f"{where}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
 
 

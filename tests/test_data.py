@@ -14,7 +14,7 @@ from ebmtool.data import DataConfig, load_images, prepare, protocol_split
 from ebmtool.data.sources import ring_means, synthetic_generator
 from ebmtool.errors import UserError
 
-from conftest import MNIST_TEST_COUNTS, SHARED_MNIST, need_shared_mnist
+from conftest import MNIST_TEST_COUNTS, SHARED_MNIST, need_shared_mnist, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -324,3 +324,16 @@ def test_second_test_permutation_reproduces_the_original_loaders_leak(tmp_path):
     assert meta["protocol"]["test_permutation"] == "second"
     with pytest.raises(ValueError, match="--test-permutation needs --anomaly-protocol"):
         DataConfig(dataset="digits", test_permutation="second")
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--dataset", "digits", "--root", "/nonexistent"], "--root/--download: the digits dataset is not read"),
+    (["--dataset", "synthetic", "--download"], "--root/--download: the synthetic dataset is not read"),
+    (["--dataset", "digits", "--anomaly-protocol", "3", "--part", "train", "--test-permutation", "second"],
+     "draws the test part only"),
+])
+def test_data_prepare_refuses_options_it_would_not_use(argv, said, tmp_path):
+    out = tmp_path / "q.safetensors"
+    r = run_cli(["data", "prepare", *argv, "--limit", "8", "-o", out])
+    assert r.code == 2 and len(r.err_lines) == 1 and said in r.err, r.err
+    assert not out.exists()

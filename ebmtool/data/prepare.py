@@ -50,6 +50,12 @@ class DataConfig(Strict):
             raise ValueError("--exclude-class and --only-class are exclusive")
         if self.test_permutation != "same" and self.anomaly_protocol is None:
             raise ValueError("--test-permutation needs --anomaly-protocol K")
+        if self.test_permutation != "same" and self.part != "test":
+            raise ValueError(f"--test-permutation {self.test_permutation} draws the test part only (--part test); "
+                             f"--part {self.part} is the same for both")
+        if self.dataset in ("digits", "synthetic") and (self.root is not None or self.download):
+            raise ValueError(f"--root/--download: the {self.dataset} dataset is not read from files "
+                             "(scikit-learn's digits / generated)")
         return self
 
 
