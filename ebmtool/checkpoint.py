@@ -251,6 +251,10 @@ def open_resume(path: str, config: dict[str, Any], inputs: dict[str, Any],
     for key in ("iteration", "structure", "history"):
         if key not in art.meta:
             raise UserError(f"{art.path}: checkpoint metadata lacks {key!r}")
+    wrote, runs = art.meta.get("inputs", {}).get("method"), inputs.get("method")
+    if wrote is not None and runs is not None and wrote != runs:  # (checkpoints before 2026-12 do not say)
+        raise UserError(f"{art.path}: checkpoint was written by {wrote}, not {runs}; resume it with the command "
+                        "that wrote it")
     if art.config != config and (also is None or art.config != also):
         diff = sorted(k for k in set(art.config) | set(config) if art.config.get(k) != config.get(k))
         newer = [k for k in diff if k not in art.config]

@@ -166,3 +166,23 @@ def test_a_checkpoint_older_than_an_option_says_it_cannot_be_resumed(tmp_path):
         open_resume(str(ck), {**old, "chain_start": "noise"}, {})
     with pytest.raises(UserError, match="different config .differs in epochs.; resume with the same command"):
         open_resume(str(ck), {**old, "epochs": 4}, {})
+
+
+def test_a_checkpoint_of_another_method_says_which_method_wrote_it(tmp_path):
+    """Resuming another method's checkpoint named the config keys the two methods do not share ("predates the
+    option(s) ..."); it now names the method that wrote it. Checkpoints that do not record a method are checked as
+    before."""
+    from ebmtool.checkpoint import open_resume
+    from ebmtool.errors import UserError
+
+    ck = tmp_path / "mle.ckpt.safetensors"
+    cfg = {"epochs": 3, "seed": 0}
+    artifacts.save(ck, "checkpoint", {"x": torch.zeros(1)}, config=cfg,
+                   meta={"iteration": 2, "structure": {}, "history": {}, "inputs": {"method": "mle"}})
+    with pytest.raises(UserError, match="checkpoint was written by mle, not joint-vi; resume it with the command"):
+        open_resume(str(ck), {**cfg, "chain_start": "noise"}, {"method": "joint-vi"})
+    assert open_resume(str(ck), cfg, {"method": "mle"}).meta["iteration"] == 2
+    artifacts.save(ck, "checkpoint", {"x": torch.zeros(1)}, config=cfg,
+                   meta={"iteration": 2, "structure": {}, "history": {}})
+    with pytest.raises(UserError, match="predates the option"):
+        open_resume(str(ck), {**cfg, "chain_start": "noise"}, {"method": "joint-vi"})

@@ -184,7 +184,8 @@ def fit(method: "str | MethodSpec", cfg, data: "str | TrainData", out: Optional[
         init.train()
         cfg = keep_init_structure(cfg, init, spec.kept_from_init, asked or {})
         config_asked, config_json = config_json, cfg.model_dump(mode="json")
-    inputs = {"data_content_sha256": data.content_sha256, "init_sha256": init_art.sha256 if init_art else None}
+    inputs = {"data_content_sha256": data.content_sha256, "init_sha256": init_art.sha256 if init_art else None,
+              "method": method}
     if distributed.world().parallel:
         inputs["world_size"] = distributed.world().size
     if resume:
