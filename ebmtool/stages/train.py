@@ -147,8 +147,10 @@ def fit(method: "str | MethodSpec", cfg, data: "str | TrainData", out: Optional[
     config_json = cfg.model_dump(mode="json")
     resume_art = None
     data_path = str(data) if not isinstance(data, TrainData) else None
-    artifacts.check_distinct({"-o": out, "--snapshots": snapshots, "--tensorboard": tensorboard},
-                             {"--data": data_path, "--init": init_path, "--resume": resume})
+    inputs_given = {"--data": data_path, "--init": init_path, "--resume": resume}
+    for folder in ("--snapshots", "--tensorboard"):  # (the two folders may be one: their files do not collide)
+        artifacts.check_distinct({"-o": out, folder: {"--snapshots": snapshots, "--tensorboard": tensorboard}[folder]},
+                                 inputs_given)
     resuming_it = False
     if ck_path is not None:
         artifacts.check_distinct({"--checkpoint": ck_path}, {"--data": data_path, "--init": init_path})
