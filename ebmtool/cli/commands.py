@@ -36,6 +36,9 @@ def data_prepare(
     test_permutation: str = typer.Option("same", "--test-permutation", help="same (default): test = the rest of the "
                                          "one permutation | second: the original loader's second draw, most test "
                                          "normals are training images (to measure that practice only)"),
+    anomaly_split: str = typer.Option("random", "--anomaly-split", help="random (default, protocol v3): the normals "
+                                      "split 80/20 once | standard (with --split train+test): train on the training "
+                                      "file's normals, test on the whole test file"),
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -48,7 +51,7 @@ def data_prepare(
     cfg = build(DataConfig, nested(dict(dataset=dataset, root=root, split=split, download=download,
                                         exclude_class=exclude_class, only_class=only_class,
                                         anomaly_protocol=anomaly_protocol, part=part, size=size, limit=limit,
-                                        test_permutation=test_permutation)),
+                                        test_permutation=test_permutation, anomaly_split=anomaly_split)),
                 where="data prepare")
     emit(stages.data_prepare(cfg, str(output), force, quiet=quiet), as_json, "dataset")
 

@@ -33,6 +33,10 @@ class DataConfig(Strict):
                           "normals held out from fitting for `anomaly --calibrate`")
     size: Optional[int] = Field(None, ge=4, le=512)
     limit: Optional[int] = Field(None, ge=1)
+    anomaly_split: Literal["random", "standard"] = Field(
+        "random", description="random (protocol v3): the normals of --split permuted once and split 80/20, every image "
+                              "of class K in the test part; standard (--split train+test only): the training file's "
+                              "normals train, the whole test file is the test part (the source's own split)")
     test_permutation: Literal["same", "second"] = Field(
         "same", description="same: the test part is the rest of the one permutation (disjoint from train); second: "
                             "the protocol's original loader, which draws a second permutation for the test part, so "
@@ -48,6 +52,11 @@ class DataConfig(Strict):
             raise ValueError("--anomaly-protocol cannot be combined with --exclude-class/--only-class")
         if self.exclude_class is not None and self.only_class is not None:
             raise ValueError("--exclude-class and --only-class are exclusive")
+        if self.anomaly_split == "standard" and (self.anomaly_protocol is None or self.split != "train+test"):
+            raise ValueError("--anomaly-split standard needs --anomaly-protocol K and --split train+test (it trains on "
+                             "the training file's normals and tests on the whole test file)")
+        if self.anomaly_split == "standard" and self.test_permutation != "same":
+            raise ValueError("--test-permutation: the standard split draws no permutation for its test part")
         if self.test_permutation != "same" and self.anomaly_protocol is None:
             raise ValueError("--test-permutation needs --anomaly-protocol K")
         if self.test_permutation != "same" and self.part != "test":
@@ -84,6 +93,15 @@ def protocol_split(labels: torch.Tensor, anomaly_class: int, test_permutation: s
     return train, test
 
 
+def standard_split(labels: torch.Tensor, anomaly_class: int, n_train_file: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The standard split of a source with its own training and test files (labels of train+test, training file
+    first, ``n_train_file`` images long): the training part is every normal of the training file, the test part the
+    whole test file (normals and class K, ~10% anomalies on MNIST). No permutation is drawn; the two are disjoint."""
+    idx = torch.arange(len(labels), device=labels.device)
+    train = idx[:n_train_file][labels[:n_train_file] != anomaly_class]
+    return train, idx[n_train_file:]
+
+
 def calibration_split(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Split the protocol's training part into fit (90%) and calibration (10%) normals, fixed seed.
 
@@ -97,8 +115,14 @@ def calibration_split(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def load_split(dataset: str, root, split: str, download: bool, show: bool):
     """A source's split; ``train+test`` is the training split followed by the test split (in that order, so an
     index below the training set's length is a training image), each source's loader called once per file set."""
+    return load_split_sized(dataset, root, split, download, show)[0]
+
+
+def load_split_sized(dataset: str, root, split: str, download: bool, show: bool):
+    """:func:`load_split`, and the number of its images that come from the training file."""
     if split != "train+test":
-        return SOURCES[dataset](root, split, download, show)
+        loaded = SOURCES[dataset](root, split, download, show)
+        return loaded, (len(loaded[1]) if split == "train" else 0)
     parts = [SOURCES[dataset](root, s, download, show) for s in ("train", "test")]
     keys = set(parts[0][2]) & set(parts[1][2])
     if parts[0][0].shape[1:] != parts[1][0].shape[1:]:
@@ -106,12 +130,13 @@ def load_split(dataset: str, root, split: str, download: bool, show: bool):
                         f"{tuple(parts[1][0].shape[1:])}")
     return (torch.cat([parts[0][0], parts[1][0]]), torch.cat([parts[0][1], parts[1][1]]),
             {k: torch.cat([parts[0][2][k], parts[1][2][k]]) for k in keys},
-            f"{parts[0][3]} + {parts[1][3]} (train first, then test)")
+            f"{parts[0][3]} + {parts[1][3]} (train first, then test)"), len(parts[0][1])
 
 
 def prepare(cfg: DataConfig, quiet: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The dataset's tensors and metadata; ``quiet=False``: download messages and a progress bar on stderr."""
-    images, labels, extra, source = load_split(cfg.dataset, cfg.root, cfg.split, cfg.download, not quiet)
+    (images, labels, extra, source), n_train_file = load_split_sized(cfg.dataset, cfg.root, cfg.split, cfg.download,
+                                                                      not quiet)
     classes_all = sorted(int(c) for c in labels.unique())
     idx = torch.arange(len(labels), device=labels.device)
     for k in (cfg.exclude_class, cfg.only_class, cfg.anomaly_protocol):
@@ -122,7 +147,10 @@ def prepare(cfg: DataConfig, quiet: bool = True) -> tuple[dict[str, torch.Tensor
     if cfg.only_class is not None:
         idx = idx[labels == cfg.only_class]
     if cfg.anomaly_protocol is not None:
-        train, test = protocol_split(labels, cfg.anomaly_protocol, cfg.test_permutation)
+        if cfg.anomaly_split == "standard":
+            train, test = standard_split(labels, cfg.anomaly_protocol, n_train_file)
+        else:
+            train, test = protocol_split(labels, cfg.anomaly_protocol, cfg.test_permutation)
         fit, cal = calibration_split(train)
         idx = {"train": train, "test": test, "fit": fit, "calibration": cal}[cfg.part]
     if cfg.limit is not None:
@@ -147,7 +175,9 @@ def prepare(cfg: DataConfig, quiet: bool = True) -> tuple[dict[str, torch.Tensor
     }
     if cfg.anomaly_protocol is not None:
         meta["protocol"] = {"anomaly_class": cfg.anomaly_protocol, "part": cfg.part, "seed": PROTOCOL_SEED,
-                            "train_fraction": PROTOCOL_TRAIN_FRACTION, "test_permutation": cfg.test_permutation,
+                            **({"split": "standard", "n_train_file": n_train_file} if cfg.anomaly_split == "standard"
+                               else {"train_fraction": PROTOCOL_TRAIN_FRACTION,
+                                     "test_permutation": cfg.test_permutation}),
                             **({"calibration_fraction": CALIBRATION_FRACTION} if cfg.part in ("fit", "calibration") else {})}
     return tensors, meta
 
