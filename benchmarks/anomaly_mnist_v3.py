@@ -87,6 +87,11 @@ SPENT_EVERY_S = 30.0
 # LEBM from scratch 154 epochs; the 0-stage generator 54; adaptive NCE that generator + 4 stages x 25 epochs (the
 # paper preset's stage length); the update-matched generator that generator + 100 epochs.
 PAPER_BUDGET = {"epochs": 154, "gen_epochs": 54}
+# --budget lineage (issue 35): the lineage's ~10k updates on a CPU, 20 epochs of the fit part (20 x 453 = 9,060), on
+# adaptive NCE's own schedule (Xiao & Han, arXiv:2209.08739, Appendix A: a new stage every quarter of the training,
+# the generator trained throughout, no separate pretraining): 4 stages x 5 epochs from scratch; LEBM 20 epochs from
+# scratch; the update-matched generator 20 epochs from scratch. Rows in anomaly_mnist_v3_lineage.csv.
+LINEAGE_BUDGET = {"epochs": 20, "gen_epochs": 0}
 BUDGET = {
     "pretrain": {"epochs": GEN_EPOCHS, **NET},
     "pretrain-matched": {"epochs": EPOCHS - GEN_EPOCHS, **NET},  # after the 0-stage generator
@@ -122,7 +127,7 @@ def set_budget(epochs: int, gen_epochs: int, suffix: str) -> None:
     """Another budget (--budget paper): every row's epochs, and result files and models of their own."""
     global EPOCHS, GEN_EPOCHS, RESULTS, CURVE, WORK
     EPOCHS, GEN_EPOCHS = epochs, gen_epochs
-    BUDGET["pretrain"]["epochs"] = gen_epochs
+    BUDGET["pretrain"]["epochs"] = gen_epochs or epochs  # gen_epochs 0: no 0-stage generator
     for m in FROM_SCRATCH:
         BUDGET[m]["epochs"] = epochs
     BUDGET["pretrain-matched"]["epochs"] = epochs - gen_epochs
@@ -338,10 +343,20 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict:
                 "random_auprc": f"{m.n_anomalous / m.n:.4f}", "train_wall_s": f"{time.perf_counter() - t0:.1f}"}
     tag = f"d{digit}-s{seed}-{prec}"
     gen, gen_snaps = WORK / f"pretrain-{tag}.safetensors", WORK / f"pretrain-{tag}.snapshots"
-    if method in ("pretrain", "pretrain-matched", "adaptive-nce"):  # the rows built on the 0-stage generator
+    points: list[tuple[int, Path]] = []
+    if GEN_EPOCHS == 0 and method in ("pretrain", "pretrain-matched"):  # --budget lineage: no 0-stage generator,
+        method_ = "pretrain"  # the update-matched generator is one generator trained EPOCHS from scratch
+        model, snaps = WORK / f"pretrain-matched-{tag}.safetensors", WORK / f"pretrain-matched-{tag}.snapshots"
+        gen_wall, gen = fit(method_, p["fit"], model, seed, prec, None, snaps), model
+        points = snapshots_of(snaps)
+    elif method in ("pretrain", "pretrain-matched", "adaptive-nce") and GEN_EPOCHS > 0:  # built on the 0-stage gen
         gen_wall = fit("pretrain", p["fit"], gen, seed, prec, None, gen_snaps)
         points = snapshots_of(gen_snaps)
-    if method == "pretrain":
+    else:
+        gen_wall = 0.0
+    if GEN_EPOCHS == 0 and method in ("pretrain", "pretrain-matched"):
+        wall, epochs = gen_wall, EPOCHS
+    elif method == "pretrain":
         model, wall, epochs = gen, gen_wall, GEN_EPOCHS
     elif method == "pretrain-matched":
         model, snaps = WORK / f"{method}-{tag}.safetensors", WORK / f"{method}-{tag}.snapshots"
@@ -349,7 +364,7 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict:
         points += snapshots_of(snaps, GEN_EPOCHS)
         epochs = EPOCHS
     elif method == "adaptive-nce":  # stage by stage, as the paper adds them: one model (and curve point) per stage
-        prev, wall = str(gen), 0.0
+        prev, wall = (str(gen) if GEN_EPOCHS > 0 else None), 0.0
         for k in range(1, STAGES + 1):
             out = WORK / f"{method}-{tag}-k{k}.safetensors"
             wall += fit(method, p["fit"], out, seed + 1000 * k, prec, prev, None)
@@ -367,16 +382,19 @@ def run_cell(method: str, digit: int, seed: int, prec: str, cpu: str) -> dict:
     if WORK.name.endswith("_paper"):  # ~150 snapshots of 5 MB per run: their curve rows are written, drop them
         for f in {mp.parent for _, mp in points if mp.parent != WORK}:
             shutil.rmtree(f, ignore_errors=True)
-    budget = (f"{PRESET} preset + {NET['generator']}; " +
-              {"pretrain": f"{GEN_EPOCHS} epochs", "pretrain-matched": f"{GEN_EPOCHS} + {EPOCHS - GEN_EPOCHS} epochs",
-               "adaptive-nce": f"{GEN_EPOCHS}-epoch generator + {STAGES} stages x "
-                               f"{BUDGET['adaptive-nce']['epochs_per_stage']} epochs"}.get(
-                  method, f"{EPOCHS} epochs from scratch" + (
-                      "; prior chains from q(z|x) (contrastive divergence)"
-                      if BUDGET.get(method, {}).get("negatives_from") == "positives" else "") + (
-                      "; joint-vi without energy terms (ebm=false)" if BUDGET.get(method, {}).get("ebm") is False else "")))
-    trained = [model] if method in FROM_SCRATCH else [gen] + [mp for _, mp in points if mp.parent == WORK] + (
-        [model] if method == "pretrain-matched" else [])
+    built = {"pretrain": f"{GEN_EPOCHS} epochs", "pretrain-matched": f"{GEN_EPOCHS} + {EPOCHS - GEN_EPOCHS} epochs",
+             "adaptive-nce": f"{GEN_EPOCHS}-epoch generator + {STAGES} stages x "
+                             f"{BUDGET['adaptive-nce']['epochs_per_stage']} epochs"}
+    if GEN_EPOCHS == 0:  # --budget lineage
+        built = {"pretrain": f"{EPOCHS} epochs from scratch", "pretrain-matched": f"{EPOCHS} epochs from scratch",
+                 "adaptive-nce": f"{STAGES} stages x {BUDGET['adaptive-nce']['epochs_per_stage']} epochs from "
+                                 "scratch, the generator trained throughout"}
+    budget = f"{PRESET} preset + {NET['generator']}; " + built.get(method, f"{EPOCHS} epochs from scratch" + (
+        "; prior chains from q(z|x) (contrastive divergence)"
+        if BUDGET.get(method, {}).get("negatives_from") == "positives" else "") + (
+        "; joint-vi without energy terms (ebm=false)" if BUDGET.get(method, {}).get("ebm") is False else ""))
+    trained = [model] if method in FROM_SCRATCH else [gen] * (GEN_EPOCHS > 0 or method != "adaptive-nce") + [
+        mp for _, mp in points if mp.parent == WORK] + ([model] if method == "pretrain-matched" else [])
     have = [f.with_suffix(".cpu_s") for f in set(trained)]
     cpu = f"{sum(float(f.read_text()) for f in have):.1f}" if all(f.exists() for f in have) else ""  # else unknown
     return {**common, **row, "budget": budget, "updates": epochs * math.ceil(n_fit / 100), "epochs": epochs,
@@ -431,7 +449,7 @@ def main() -> None:
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="auto: bf16 where the CPU runs it natively (AMX / AVX512-BF16), else fp32")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--budget", choices=["cpu", "paper"], default="cpu",
+    ap.add_argument("--budget", choices=["cpu", "lineage", "paper"], default="cpu",
                     help="cpu: 8 epochs per learned row (this project's CPUs); paper: the lineage's ~70k updates "
                          "(154 epochs; a GPU), rows in anomaly_mnist_v3_paper.csv")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (--budget paper)")
@@ -445,6 +463,8 @@ def main() -> None:
         set_protocol(args.protocol)
     if args.budget == "paper":
         set_budget(PAPER_BUDGET["epochs"], PAPER_BUDGET["gen_epochs"], "_paper")
+    if args.budget == "lineage":
+        set_budget(LINEAGE_BUDGET["epochs"], LINEAGE_BUDGET["gen_epochs"], "_lineage")
     global DEVICE
     from ebmtool.runtime import resolve_device
 
