@@ -71,7 +71,7 @@ bench-threads: $(STAMP)
 
 # A GPU node with no internet whose Python already holds torch (issue 22): every other dependency as a wheel, plus
 # ebmtool's own, in wheelhouse/cpXY-PLATFORM/ (ignored; copy it with the repository). Empty = this machine's; e.g.
-#   make wheelhouse WHEEL_PYTHON=3.12 WHEEL_PLATFORM=manylinux_2_28_x86_64   (docs/gpu_node_readme_section.md)
+#   make wheelhouse WHEEL_PYTHON=3.12 WHEEL_PLATFORM=manylinux_2_28_x86_64   (docs/gpu_node.md)
 WHEEL_PYTHON      ?=
 WHEEL_PLATFORM    ?=
 WHEEL_EXTRAS      ?= dev

@@ -1,7 +1,7 @@
 """Markdown tables (and the AUPRC figure) from benchmarks/results/anomaly_mnist_v2.csv.
 
-    .venv/bin/python benchmarks/anomaly_report.py [--figure docs/anomaly_mnist_auprc.png] [--score joint]
-    .venv/bin/python benchmarks/anomaly_report.py --curve [--figure docs/anomaly_mnist_curve.png]
+    .venv/bin/python benchmarks/anomaly_report.py [--figure docs/results/anomaly_mnist_auprc.png] [--score joint]
+    .venv/bin/python benchmarks/anomaly_report.py --curve [--figure docs/results/anomaly_mnist_curve.png]
 
 Every number is a mean ± std over the seeds measured so far (n in each cell); a cell with one seed shows
 that seed's value and, for latent models, "(c ±x)" the std over posterior chains instead.
@@ -354,7 +354,8 @@ if __name__ == "__main__":
     ap.add_argument("--figure", help="write the AUPRC-per-digit figure here (png|pdf|svg)")
     ap.add_argument("--score", default="joint", choices=list(SCORES), help="the score the figure shows")
     ap.add_argument("--curve", action="store_true", help="print the learning-curve table instead")
-    ap.add_argument("--readme", help="rewrite the results block of this markdown file (README.md) instead of printing")
+    ap.add_argument("--readme",
+                    help="rewrite the results block of this markdown file (docs/results/mnist_anomaly_v2.md)")
     a = ap.parse_args()
     if a.readme:
         update_readme(Path(a.readme))

@@ -7,7 +7,8 @@ committed CSVs, none hand-copied.
 - the lineage's practices on the published digits, each as a generated sentence of how much it moves AUPRC;
 - every label-free score; the budget and cost of each row; the learning curves (table and figure).
 
-    .venv/bin/python benchmarks/anomaly_report_v3.py [--readme README.md] [--figure docs/anomaly_mnist_v3_curve.png]
+    .venv/bin/python benchmarks/anomaly_report_v3.py [--readme docs/results/mnist_anomaly_v3.md] \
+        [--figure docs/results/anomaly_mnist_v3_curve.png]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One command that exercises every CUDA path of ebmtool (issue 17). Needs a CUDA machine, the repository and
 ebmtool's dependencies importable by the Python that runs it (torch, torchvision, pydantic, typer, pytest, ...): the
 checks run with that same Python (``sys.executable``), never .venv's. On a GPU node with no internet whose Python holds
-its own torch, install the rest from the wheelhouse (``make wheelhouse``; docs/gpu_node_readme_section.md) and run
+its own torch, install the rest from the wheelhouse (``make wheelhouse``; docs/gpu_node.md) and run
 ``PYTHONPATH=SITE python3 benchmarks/gpu_check.py``; a missing package is one line naming it, exit 2.
 
     .venv/bin/python benchmarks/gpu_check.py            # < 5 min on one H200; table + benchmarks/results/gpu_check.json
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run:
         missing = missing_package()
         if missing:
-            print(f"gpu_check: missing package {missing} (install the wheelhouse: see README)", file=sys.stderr)
+            print(f"gpu_check: missing package {missing} (install the wheelhouse: see docs/gpu_node.md)", file=sys.stderr)
             return 2
         import torch
 

@@ -6,16 +6,13 @@ Prior interface (:mod:`ebmtool.priors`).
 
 The Python API (docs/api.md) is re-exported here: :func:`load_model`, :func:`sample`, :func:`reconstruct`,
 :func:`score` and :func:`fit_prior` (defined in :mod:`ebmtool.stages.api`). They are imported on first use
-(PEP 562), so ``import ebmtool`` stays light (it imports neither torch nor a higher layer; docs/design.md §1).
+(PEP 562), so ``import ebmtool`` stays light: it imports ``ebmtool._version`` and nothing else, not torch. The root is
+the package's face, the top layer: it may import any module, and no module imports it (docs/design.md §1).
 """
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:  # the installed distribution's version (pyproject.toml), the one `ebmtool --version` prints
-    __version__ = version("ebmtool")
-except PackageNotFoundError:  # a source tree on sys.path without an install
-    __version__ = "0+unknown"
+from ebmtool._version import __version__
 
 __all__ = ["__version__", "load_model", "sample", "reconstruct", "score", "fit_prior"]
 _API = tuple(__all__[1:])

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from ebmtool import __version__
+from ebmtool._version import __version__
 from ebmtool.errors import UserError
 
 FORMAT = 1

@@ -200,7 +200,8 @@ class Checkpointer:
                 else:
                     obj.load_state_dict(_unflatten(structure[name]["state"], art.tensors))
             except (RuntimeError, KeyError, ValueError) as e:
-                raise UserError(f"{art.path}: checkpoint state {name!r} does not fit this run ({str(e).splitlines()[0]})") from None
+                raise UserError(f"{art.path}: checkpoint state {name!r} does not fit this run "
+                                f"({str(e).splitlines()[0]})") from None
 
     def restore_rng_and_history(self, history) -> None:
         if self.resume is None:
@@ -208,7 +209,8 @@ class Checkpointer:
         art = self.resume
         w = distributed.world()
         if "rng.torch.ranks" in art.tensors:
-            torch.set_rng_state(art.tensors["rng.torch.ranks"][w.rank].clone())  # clone: a row view would be read from its storage start
+            # clone: a row view would be read from its storage start
+            torch.set_rng_state(art.tensors["rng.torch.ranks"][w.rank].clone())
             if torch.cuda.is_available() and "rng.cuda.ranks" in art.tensors:
                 torch.cuda.set_rng_state(art.tensors["rng.cuda.ranks"][w.rank].clone())
         else:

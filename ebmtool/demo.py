@@ -35,8 +35,10 @@ def run(out: Path, seed: int = 0, quiet: bool = True) -> dict:
                                           scores="scores.safetensors").items()}
     t0 = time.perf_counter()
     for part in ("train", "test"):
-        stages.data_prepare(DataConfig(dataset="digits", anomaly_protocol=ANOMALY_DIGIT, part=part), p[part], force=True)
-    cfg = resolve(METHODS["pretrain"].config, method="pretrain", preset="cpu", toml=None, flags={**PRETRAIN, "seed": seed})
+        stages.data_prepare(DataConfig(dataset="digits", anomaly_protocol=ANOMALY_DIGIT, part=part), p[part],
+                            force=True)
+    cfg = resolve(METHODS["pretrain"].config, method="pretrain", preset="cpu", toml=None,
+                  flags={**PRETRAIN, "seed": seed})
     stages.train("pretrain", cfg, p["train"], p["gen"], force=True, quiet=quiet)
     cfg = resolve(METHODS["adaptive-nce"].config, method="adaptive-nce", preset="cpu", toml=None,
                   flags={**ADAPTIVE, "seed": seed})

@@ -194,7 +194,8 @@ def any_rank(flag: bool) -> bool:
         return flag
     import torch.distributed as dist
 
-    t = torch.tensor([1.0 if flag else 0.0], device="cpu")  # a CPU tensor: gloo's part of the group, also on CUDA machines
+    # a CPU tensor: gloo's part of the group, also on CUDA machines
+    t = torch.tensor([1.0 if flag else 0.0], device="cpu")
     dist.all_reduce(t)
     return bool(t[0] > 0)
 

@@ -40,7 +40,8 @@ class Interrupted(UserError):
                          f"(continue with the same command and --resume {checkpoint})")
 
 
-def adam(params: Iterable[nn.Parameter], o: Optim) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def adam(params: Iterable[nn.Parameter],
+         o: Optim) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     opt = torch.optim.Adam(list(params), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
     return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=o.decay)
 

@@ -1,5 +1,6 @@
 """benchmarks/anomaly_report.py on a hand-made CSV: the wins rule (beat PCA and the 0-stage generator by more than
-the larger seed std, digits with two seeds only), fp32 repeats kept out of the bf16 tables, and the README block."""
+the larger seed std, digits with two seeds only), fp32 repeats kept out of the bf16 tables, and the
+generated block of docs/results/mnist_anomaly_v2.md."""
 
 from __future__ import annotations
 
@@ -67,6 +68,9 @@ def test_wins_against_the_update_matched_generator(tmp_path):
     assert "| 0.700 | 0.600 | 0.710 | 0.500 | 1 of 1 | 0 of 1 |" in R.summary_table(rs)
 
 
-def test_readme_has_one_generated_results_block():
-    text = (REPO / "README.md").read_text()
+def test_the_results_page_holds_the_block_the_committed_csv_generates():
+    """docs/results/mnist_anomaly_v2.md has one generated block, byte for byte what ``--readme`` writes from the
+    committed CSVs (rerun ``benchmarks/anomaly_report.py --readme docs/results/mnist_anomaly_v2.md`` after a run)."""
+    text = (REPO / "docs" / "results" / "mnist_anomaly_v2.md").read_text()
     assert text.count(R.BEGIN) == 1 and text.count(R.END) == 1
+    assert f"{R.BEGIN}\n{R.report()}\n{R.END}" in text

@@ -1,5 +1,6 @@
 """benchmarks/anomaly_report_v3.py on hand-made CSVs: verdicts against the published cells, the floor below which
-no score's AUPRC can fall, the lineage's practices from the curve, and the README block."""
+no score's AUPRC can fall, the lineage's practices from the curve, and the
+generated block of docs/results/mnist_anomaly_v3.md."""
 
 from __future__ import annotations
 
@@ -69,6 +70,15 @@ def test_report_tables_and_practices(tmp_path):
     assert "second permutation" in text and "moves AUPRC by +0.300 on average (from +0.300 to +0.300, 1 runs)" in text
     # the published ABP cell (0.138) is below the floor of a 1000/400 test part
     assert "ABP on digit 4 (0.138 <" in text
+
+
+def test_the_results_page_holds_the_block_the_committed_csvs_generate():
+    """docs/results/mnist_anomaly_v3.md has one generated block, byte for byte what ``--readme`` writes from the
+    committed CSVs (rerun ``benchmarks/anomaly_report_v3.py --readme docs/results/mnist_anomaly_v3.md`` after a
+    run); the README's headline table is checked against it in tests/test_docs.py."""
+    text = (REPO / "docs" / "results" / "mnist_anomaly_v3.md").read_text()
+    assert text.count(R.BEGIN) == 1 and text.count(R.END) == 1
+    assert f"{R.BEGIN}\n{R.report()}\n{R.END}" in text
 
 
 def test_readme_block_is_replaced(tmp_path, monkeypatch):

@@ -178,7 +178,8 @@ def test_fit_prior_help_names_the_papers_and_every_method():
 
 
 def test_no_internal_shorthand_for_the_papers_where_users_read():
-    files = [*sorted((REPO / "ebmtool").rglob("*.py")), REPO / "README.md", *sorted((REPO / "recipes").glob("*"))]
+    files = [*sorted((REPO / "ebmtool").rglob("*.py")), REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")),
+             *sorted((REPO / "recipes").glob("*"))]
     hits = [f"{p.relative_to(REPO)}:{i}: {line.strip()}" for p in files if p.is_file()
             for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if SHORTHAND.search(line)]
     assert not hits, "\n".join(hits)

@@ -354,9 +354,9 @@ def test_resumed_run_is_identical(method, tmp_path, monkeypatch):
 
 
 def test_conditional_sigma_is_capped_at_e5_and_unchanged_below():
-    """A conditional whose log sigma runs to 1e5 gave MNIST prior chains non-finite latents (README, v3 joint-mle):
-    sigma is capped at exp(LOG_SIGMA_MAX) + floor, as the authors' two-stage Gaussian bounds it; below the cap the
-    head is exactly exp(log sigma) + floor."""
+    """A conditional whose log sigma runs to 1e5 gave MNIST prior chains non-finite latents
+    (docs/results/mnist_anomaly_v3.md, joint-mle): sigma is capped at exp(LOG_SIGMA_MAX) + floor, as the authors'
+    two-stage Gaussian bounds it; below the cap the head is exactly exp(log sigma) + floor."""
     from ebmtool.nets.encoders import LOG_SIGMA_MAX, GaussianMLP
 
     torch.manual_seed(0)

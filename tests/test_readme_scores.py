@@ -1,4 +1,4 @@
-"""The README's label-free score workflow (prepare fit/calibration/test parts of the shared MNIST test set,
+"""The label-free score workflow of docs/usage.md ("Anomaly scores and metrics") (prepare fit/calibration/test parts of the shared MNIST test set,
 pretrain, fit an LEBM prior, score with --score dose --calibrate), run verbatim by bash in a temporary folder
 whose data/mnist is the shared MNIST test set. About a minute on one core."""
 
@@ -13,9 +13,9 @@ from conftest import REPO, SHARED_MNIST, ebmtool_command, need_shared_mnist
 
 
 def readme_scores_block() -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "usage.md").read_text()
     blocks = [b for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S) if "--calibrate" in b]
-    assert len(blocks) == 1, "the README shows one label-free score workflow"
+    assert len(blocks) == 1, "docs/usage.md shows one label-free score workflow"
     return blocks[0]
 
 

@@ -1,6 +1,6 @@
-"""The README's resume paragraph, run verbatim: its first command is killed with SIGKILL once it has written a
+"""The resume paragraph of docs/usage.md (once the README's), run verbatim: its first command is killed with SIGKILL once it has written a
 checkpoint, its second command (the same plus --resume FILE, no --force) finishes the run, and the model equals
-an uninterrupted run's tensor for tensor. The README's relative file names resolve in a temporary folder that
+an uninterrupted run's tensor for tensor. The page's relative file names resolve in a temporary folder that
 holds the session's tiny digits data and smoke generator under those names."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from conftest import REPO, ebmtool_command, run_cli
 
 
 def readme_resume_commands() -> list[list[str]]:
-    text = (REPO / "README.md").read_text()
-    section = text.split("### Long runs: checkpoints and resume", 1)[1].split("\n### ", 1)[0]
+    text = (REPO / "docs" / "usage.md").read_text()
+    section = text.split("\n## Long runs: checkpoints and resume\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```\n(.*?)```", section, flags=re.S)
     assert len(blocks) == 1, "the resume paragraph shows its commands in one code block"
     return [shlex.split(line) for line in blocks[0].splitlines() if line.startswith("ebmtool ")]
@@ -34,7 +34,7 @@ def test_readme_resume_commands_verbatim(tmp_path, digits_ds, gen_model):
     assert "--force" not in second
     out = tmp_path / first[first.index("-o") + 1]
     ckpt = tmp_path / second[second.index("--resume") + 1]
-    for a in first[1:]:  # the input files the README names
+    for a in first[1:]:  # the input files the page names
         if a.endswith(".safetensors") and a != out.name:
             shutil.copyfile({"digits.safetensors": digits_ds, "gen.safetensors": gen_model}[a], tmp_path / a)
 

@@ -96,7 +96,7 @@ def test_wheelhouse_installs_offline_beside_the_nodes_torch(wheelhouse, node_pyt
     assert {"ebmtool", "pydantic", "pydantic_core", "pytorch-fid", "typer", "pytest"} <= names
     assert not {n for n in names if n in ("torch", "torchvision", "triton") or n.startswith("nvidia")}
     target = tmp_path / "site"
-    # the node-side install (docs/gpu_node_readme_section.md), --no-compile only to keep the test short
+    # the node-side install (docs/gpu_node.md), --no-compile only to keep the test short
     p = _pip("install", "--no-index", "--no-deps", "--no-compile", "-q", "--find-links", str(wheelhouse), "--target",
              str(target), "-r", str(wheelhouse / "requirements.txt"), timeout=300)
     assert p.returncode == 0, p.stderr
@@ -130,4 +130,4 @@ def test_wheelhouse_installs_offline_beside_the_nodes_torch(wheelhouse, node_pyt
     bare = {k: v for k, v in env.items() if k != "PYTHONPATH"}
     p = run(gpu_check, "--out", str(results), env=bare)
     assert p.returncode == 2 and p.stdout == "", p.stdout + p.stderr
-    assert p.stderr.strip() == "gpu_check: missing package pydantic (install the wheelhouse: see README)", p.stderr
+    assert p.stderr.strip() == "gpu_check: missing package pydantic (install the wheelhouse: see docs/gpu_node.md)", p.stderr

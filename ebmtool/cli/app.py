@@ -19,7 +19,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 def _print_version(value: bool) -> None:
     if value:
-        from ebmtool import __version__
+        from ebmtool._version import __version__
 
         print(f"ebmtool {__version__}")
         raise typer.Exit()

@@ -128,7 +128,8 @@ def anomaly(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="scores artifact"),
     pr_curve: Optional[Path] = typer.Option(None, "--pr-curve", help="PNG of the precision-recall curve"),
     score: str = typer.Option("joint", "--score", help="joint (the papers' -log p(x, z)) | recon | prior | "
-                              "typicality (needs --calibrate) | complexity (joint in bits - PNG bits) | dose (needs --calibrate); see README"),
+                              "typicality (needs --calibrate) | complexity (joint in bits - PNG bits) | "
+                              "dose (needs --calibrate); see docs/usage.md"),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="held-out normal images (dataset artifact, "
                                              "e.g. data prepare --part calibration) for --score typicality|dose"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="posterior Langevin steps"),

@@ -70,8 +70,9 @@ def train_features(
     on; ``val_fraction`` of the rest is the validation split for early stopping: training runs at most ``epochs``
     epochs and stops once the validation accuracy has not improved for ``patience`` epochs; the weights of the
     best validation epoch are kept. ``precision`` (:func:`ebmtool.runtime.resolve`, default fp32): the forward
-    passes run under its autocast context (the optimiser's state stays fp32). On MNIST 32x32 (9,000 test-set images, 2 CPU threads) the default reaches
-    0.98 test accuracy after 2 epochs (~15 s an epoch); 8x8 digits take about a second an epoch.
+    passes run under its autocast context (the optimiser's state stays fp32). On MNIST 32x32 (9,000 test-set
+    images, 2 CPU threads) the default reaches 0.98 test accuracy after 2 epochs (~15 s an epoch); 8x8 digits take
+    about a second an epoch.
     """
     out = artifacts.check_output(out_path, force)
     _check_options(epochs, patience, batch_size, test_fraction, val_fraction, arch)
@@ -201,7 +202,8 @@ class _Classifier:
                 loss = F.cross_entropy(self.net(xb).float(), self.y[idx].to(self.dev))
             if not torch.isfinite(loss):
                 raise DivergenceError(
-                    f"train-features: loss became non-finite at epoch {epoch + 1} step {step + 1}; try a smaller learning rate"
+                    f"train-features: loss became non-finite at epoch {epoch + 1} step {step + 1}; "
+                    "try a smaller learning rate"
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()

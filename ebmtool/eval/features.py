@@ -154,7 +154,8 @@ class FIDInceptionV3(nn.Module):
 
     FEATURE_DIMS = {0: 64, 1: 192, 2: 768, 3: 2048}
 
-    def __init__(self, state_dict: dict[str, torch.Tensor] | None = None, output_block: int = 3, resize_to: int | None = 299):
+    def __init__(self, state_dict: dict[str, torch.Tensor] | None = None, output_block: int = 3,
+                 resize_to: int | None = 299):
         super().__init__()
         if output_block not in self.FEATURE_DIMS:
             raise ValueError("output_block must be 0, 1, 2 or 3")
@@ -164,7 +165,8 @@ class FIDInceptionV3(nn.Module):
         blocks = [
             [net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, nn.MaxPool2d(kernel_size=3, stride=2)],
             [net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, nn.MaxPool2d(kernel_size=3, stride=2)],
-            [net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e],
+            [net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c, net.Mixed_6d,
+             net.Mixed_6e],
             [net.Mixed_7a, net.Mixed_7b, net.Mixed_7c, nn.AdaptiveAvgPool2d(output_size=(1, 1))],
         ]
         self.blocks = nn.ModuleList(nn.Sequential(*b) for b in blocks[: output_block + 1])
@@ -314,7 +316,8 @@ class ClassifierExtractor(FeatureExtractor):
             widths = [int(w) for w in meta.get("widths", ARCHS.get(arch, ARCHS["convpool"]))]
             accuracy = float(meta.get("accuracy", float("nan")))
         except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{p}: features artifact metadata is incomplete or malformed ({type(e).__name__}: {e})") from None
+            raise UserError(f"{p}: features artifact metadata is incomplete or malformed "
+                            f"({type(e).__name__}: {e})") from None
         if len(image_shape) != 3 or len(classes) < 2 or not widths or widths[-1] != feature_dim:
             raise UserError(f"{p}: features artifact metadata is inconsistent (image_shape, classes, feature_dim)")
         sd = art.group("classifier")

@@ -94,7 +94,8 @@ def compute_statistics(
     for i in bars.track(starts, len(starts), f"features ({what})", progress):
         f = extractor(images_to_float(x[i : min(i + batch_size, hi)]))
         if f.shape != (min(batch_size, hi - i), d):
-            raise UserError(f"feature extractor {extractor.name} returned shape {tuple(f.shape)}, expected (batch, {d})")
+            raise UserError(f"feature extractor {extractor.name} returned shape {tuple(f.shape)}, "
+                            f"expected (batch, {d})")
         local[i - lo : i - lo + f.shape[0]] = f.double().cpu()
     feats = distributed.gather(local).numpy()
     if not np.isfinite(feats).all():
@@ -176,7 +177,8 @@ def load_statistics(path: str | os.PathLike, extractor: FeatureExtractor | None 
 def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **meta: Any) -> Path:
     """``np.savez`` written atomically (temporary file in the same folder, then ``os.replace``)."""
     p = Path(path)
-    arrays = {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64), "format": np.asarray(STATS_FORMAT)}
+    arrays = {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64),
+              "format": np.asarray(STATS_FORMAT)}
     arrays.update({k: np.asarray(v) for k, v in meta.items() if v is not None})
     with artifacts.atomic_write(p) as tmp:
         with open(tmp, "wb") as f:
@@ -344,4 +346,7 @@ def fid(
     )
 
 
-__all__ = ["ClassifierExtractor", "FIDInceptionV3", "FIDResult", "FeatureExtractor", "INCEPTION_FILE", "InceptionExtractor", "SMALL_N", "TrainFeaturesResult", "build_fid_inception_net", "compute_statistics", "default_cache_dir", "fid", "frechet_distance", "images_to_float", "load_statistics", "reference_statistics", "save_statistics", "small_n_warning", "train_features"]
+__all__ = ["ClassifierExtractor", "FIDInceptionV3", "FIDResult", "FeatureExtractor", "INCEPTION_FILE",
+           "InceptionExtractor", "SMALL_N", "TrainFeaturesResult", "build_fid_inception_net", "compute_statistics",
+           "default_cache_dir", "fid", "frechet_distance", "images_to_float", "load_statistics",
+           "reference_statistics", "save_statistics", "small_n_warning", "train_features"]

@@ -38,11 +38,13 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 
     s1 = _matrix(sigma1, "sigma1")
     s2 = _matrix(sigma2, "sigma2")
     if m1.shape != m2.shape:
-        raise UserError(f"Fréchet distance: mu1 has {m1.shape[0]} dims but mu2 has {m2.shape[0]} (different feature spaces?)")
+        raise UserError(f"Fréchet distance: mu1 has {m1.shape[0]} dims but mu2 has {m2.shape[0]} "
+                        "(different feature spaces?)")
     d = m1.shape[0]
     for name, s in (("sigma1", s1), ("sigma2", s2)):
         if s.shape != (d, d):
-            raise UserError(f"Fréchet distance: {name} has shape {s.shape[0]}x{s.shape[1]}, expected {d}x{d} to match mu")
+            raise UserError(f"Fréchet distance: {name} has shape {s.shape[0]}x{s.shape[1]}, expected {d}x{d} "
+                            "to match mu")
 
     w1, v1 = _psd_eigh(s1, "sigma1", eps)
     _psd_eigh(s2, "sigma2", eps)  # validation only
@@ -104,7 +106,8 @@ def _psd_eigvals(a: np.ndarray, name: str, eps: float) -> np.ndarray:
 def _clip_eigs(w: np.ndarray, name: str, eps: float) -> np.ndarray:
     if w.size and w.min() < -eps * max(1.0, float(np.abs(w).max())):
         raise UserError(
-            f"Fréchet distance: {name} is not positive semi-definite (smallest eigenvalue {w.min():.3g}), not a covariance"
+            f"Fréchet distance: {name} is not positive semi-definite (smallest eigenvalue {w.min():.3g}), "
+            "not a covariance"
         )
     return np.clip(w, 0.0, None)
 

@@ -1,4 +1,5 @@
-"""``fit-prior --method adaptive-nce``: adaptive multi-stage density ratio estimation (Xiao & Han 2022, arXiv:2209.08739).
+"""``fit-prior --method adaptive-nce``: adaptive multi-stage density ratio estimation (Xiao & Han 2022,
+arXiv:2209.08739).
 
 Prior at stage k: p_k(z) = p0(z) prod_{i<k} r_i(z). Within stage k, per batch:
 
@@ -140,7 +141,8 @@ def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adapti
             if read_memory is not None:  # rows drawn for the global batch; this rank uses its shard of them
                 rows = torch.randint(0, n, (m if not W.parallel else cfg.batch_size,), generator=mem_gen, device="cpu")
                 return read_memory[distributed.take(rows)[:m].to(dev)]
-            return chain_latents(prior.chain(m, cfg.prior, f"prior Langevin (stage {k}, iteration {it + 1})", device=dev))
+            return chain_latents(prior.chain(m, cfg.prior, f"prior Langevin (stage {k}, iteration {it + 1})",
+                                             device=dev))
 
         def step(idx, x, it):
             z_pos = chain_latents(model.infer(x, what=f"posterior Langevin (stage {k}, iteration {it + 1})"))
@@ -156,7 +158,8 @@ def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adapti
                     "log_r_neg": lr_neg.mean().detach()}
 
         train_loop(ctx, data, epochs=cfg.epochs_per_stage, batch_size=cfg.batch_size, step=step, schedulers=[sched_g],
-                   history=hist, label=f"{method} stage {k}", log_every=cfg.log_every, epoch_offset=s * cfg.epochs_per_stage)
+                   history=hist, label=f"{method} stage {k}", log_every=cfg.log_every,
+                   epoch_offset=s * cfg.epochs_per_stage)
         prior.add_stage(r)  # freeze r_k: it is now part of p_{k+1}
         read_memory = write_memory  # swap: this stage's posterior samples are the next stage's negatives
     stage_losses = _per_stage(hist.epochs["nce"], cfg.epochs_per_stage)

@@ -25,8 +25,8 @@ batch's detached z+ (contrastive divergence): from N(0, I) starts joint-vi's q(z
 where the prior chains never went. ``ebm=false`` (not in the paper) is the ablation of the EBM prior: no f_i, p(z) is
 the normalised hierarchy, E_p[grad log p(z-)] = 0, so no prior chain runs: joint-mle learns the hierarchy by its MLE
 gradient at posterior samples, joint-vi is a hierarchical VAE of the same networks (loss: the negative ELBO, up to the
-constant of p(x|z) that ``log_lik`` leaves out). One Adam per module as in the authors' code (default betas, no decay): lr 2e-5
-for the energies, 1e-4 for the generator, the conditionals (and the inference model).
+constant of p(x|z) that ``log_lik`` leaves out). One Adam per module as in the authors' code (default betas, no
+decay): lr 2e-5 for the energies, 1e-4 for the generator, the conditionals (and the inference model).
 
 Chains run in z-space (eq. 13-14, the authors' code). A Langevin step s on a Gaussian conditional of std sigma is
 stable only while sigma > s/2; conditionals that sharpen during training (a fast ``opt_c.lr``) make chains diverge,
@@ -111,7 +111,8 @@ class JointConfig(TrainCommon):
     @model_validator(mode="after")
     def _ebm_options(self):
         if not self.ebm:
-            used = [k for k, off in (("negatives_from", self.negatives_from == "start"), ("energy_l2", self.energy_l2 == 0))
+            used = [k for k, off in (("negatives_from", self.negatives_from == "start"),
+                                     ("energy_l2", self.energy_l2 == 0))
                     if not off]
             if used:
                 raise PydanticCustomError("ebm", "{opts} acts on the energy terms, which ebm=false drops",
@@ -145,7 +146,8 @@ VI_MODEL_POSTERIOR = Langevin(steps=40, step_size=0.1)
 def _prior(cfg: JointConfig, nz: int, init, init_art, method: str, log) -> JointPrior:
     if init is not None and isinstance(init.prior, JointPrior):
         if init.prior.layers != cfg.layers:
-            raise UserError(f"--init {init_art.path}: the model has {init.prior.layers} latent layers, not --layers {cfg.layers}")
+            raise UserError(f"--init {init_art.path}: the model has {init.prior.layers} latent layers, "
+                            f"not --layers {cfg.layers}")
         if tuple(init.prior.dims[1:]) != (cfg.nz_top,) * (cfg.layers - 1):
             raise UserError(f"--init {init_art.path}: the model's layers above z_1 have dimensions "
                             f"{list(init.prior.dims[1:])}, not nz_top {cfg.nz_top} (--set nz_top="
@@ -256,7 +258,8 @@ def _fit(cfg: JointConfig, data, init, init_art, ctx, method: str, vi: bool) -> 
         try:
             z_neg, z_pos, log_q = chains(x, it)
         except DivergenceError as e:
-            chains_run = ([cfg.prior] if prior.ebm else []) + ([] if vi else [cfg.posterior])  # no prior chain without f
+            # no prior chain without f
+            chains_run = ([cfg.prior] if prior.ebm else []) + ([] if vi else [cfg.posterior])
             s = max(c.effective_step_size() for c in chains_run)
             raise DivergenceError(str(e) + _divergence_hint(prior, s, x.device)) from None
         loss, stats = joint_loss(model, x, z_pos, z_neg, log_q, cfg.energy_l2)
@@ -271,9 +274,11 @@ def _fit(cfg: JointConfig, data, init, init_art, ctx, method: str, vi: bool) -> 
 JOINT_FLAGS = (Flag("--layers", "layers", int, "joint-mle/joint-vi: latent layers"),)
 # a joint model given to --init is continued with its saved architecture: these sections are read from it, and a
 # value the user sets that differs is refused in one line (stages.train.keep_init_structure), never ignored
-JOINT_KEPT = GENERATOR_KEPT + tuple(Kept(s, f"prior.{s}", when="joint") for s in ("energy", "energy_upper", "conditional"))
+JOINT_KEPT = GENERATOR_KEPT + tuple(Kept(s, f"prior.{s}", when="joint")
+                                    for s in ("energy", "energy_upper", "conditional"))
 JOINT_VI_KEPT = JOINT_KEPT + (Kept("encoder", when="bottom_up_gaussian"),)
-_SMALL = {"nz_top": 4, "opt_e": {"lr": 2e-4}, "energy_upper": {"hidden": 32}, "conditional": {"hidden": 32, "layers": 2}}
+_SMALL = {"nz_top": 4, "opt_e": {"lr": 2e-4}, "energy_upper": {"hidden": 32},
+          "conditional": {"hidden": 32, "layers": 2}}
 
 
 @register_method("joint-mle", JointMLEConfig,

@@ -29,7 +29,8 @@ class MLEConfig(TrainCommon):
     epochs: int = Field(70, ge=1)
 
 
-@register_method("mle", MLEConfig, "LEBM: maximum likelihood with prior and posterior short-run Langevin (Pang et al. 2020)",
+@register_method("mle", MLEConfig,
+                 "LEBM: maximum likelihood with prior and posterior short-run Langevin (Pang et al. 2020)",
                  kept_from_init=(Kept("generator"), Kept("energy", "prior", when="energy")),
                  presets={"smoke": {"opt_e": {"lr": 2e-4}}, "cpu": {"opt_e": {"lr": 2e-4}}, "paper": {"epochs": 200}})
 def fit(cfg: MLEConfig, data, init, init_art, ctx) -> FitResult:
@@ -61,7 +62,8 @@ def fit(cfg: MLEConfig, data, init, init_art, ctx) -> FitResult:
             loss_e = loss_e + cfg.energy_l2 * (f_pos.pow(2).mean() + f_neg.pow(2).mean())
         optimizer_step(opt_e, loss_e, "the prior (energy) loss")
         return {"loss_g": loss_g.detach(), "loss_e": loss_e.detach(), "f_pos": f_pos.mean().detach(),
-                "f_neg": f_neg.mean().detach(), "z_pos_norm": z_pos.norm(dim=1).mean(), "z_neg_norm": z_neg.norm(dim=1).mean()}
+                "f_neg": f_neg.mean().detach(), "z_pos_norm": z_pos.norm(dim=1).mean(),
+                "z_neg_norm": z_neg.norm(dim=1).mean()}
 
     hist = train_loop(ctx, data, epochs=cfg.epochs, batch_size=cfg.batch_size, step=step,
                       schedulers=[sched_g, sched_e], label="mle", log_every=cfg.log_every)

@@ -21,7 +21,8 @@ class PretrainConfig(TrainCommon):
     sampling: Langevin = Langevin(steps=100, step_size=0.1)
 
 
-@register_method("pretrain", PretrainConfig, "generator under N(0, I) with short-run posterior Langevin", fit_prior=False)
+@register_method("pretrain", PretrainConfig, "generator under N(0, I) with short-run posterior Langevin",
+                 fit_prior=False)
 def fit(cfg: PretrainConfig, data, init, init_art, ctx) -> FitResult:
     gen = generator_for(cfg.generator, data.image_shape, init, init_art and init_art.path)
     model = latent_model(gen, GaussianPrior(gen.nz), cfg.sigma, data.image_shape, posterior=cfg.posterior,

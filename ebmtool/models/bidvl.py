@@ -61,7 +61,8 @@ class BiDVLModel(Model):
         if sampler == "sir":
             raise UserError(f"--sampler sir: not available for a {self.method} model (it has no latent-space prior)")
         if record_every:
-            raise UserError(f"--trajectory: not available for a {self.method} model (its samples are G(h), h ~ N(0, I))")
+            raise UserError(f"--trajectory: not available for a {self.method} model "
+                            "(its samples are G(h), h ~ N(0, I))")
         dev = next(self.parameters()).device
         ch = self.refine.override(steps, step_size)
         h = torch.randn(n, self.nz, device=dev)  # (n, nz)
@@ -82,7 +83,8 @@ class BiDVLModel(Model):
         N(0, I) prior whose ELBO is the lower level's VAE term ||G(h_q) - v||^2 + KL(q(h|v) || N(0, I))."""
         return -(v - self.generator(h)).pow(2).flatten(1).sum(1) - 0.5 * h.pow(2).sum(1)
 
-    def reconstruct(self, x: torch.Tensor, *, steps=None, step_size=None, noise=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def reconstruct(self, x: torch.Tensor, *, steps=None, step_size=None,
+                    noise=None) -> tuple[torch.Tensor, torch.Tensor]:
         """G(mu(x)): decode the mean of q(h|x) (Sec. 5.2's test reconstructions). With ``steps`` / ``step_size``
         (``--steps``/``--step-size``) h is refined from mu(x) by noise-free Langevin steps on :meth:`log_joint`
         (defaults: POSTERIOR_CHAIN, 20 steps of s = 0.1); ``steps`` 0 is the encoder alone."""
@@ -106,8 +108,8 @@ class BiDVLModel(Model):
     def anomaly_score(self, x: torch.Tensor, *, steps=None, step_size=None, noise=None) -> torch.Tensor:
         """E_psi(x), shape (B,): low on the training distribution, so higher = more anomalous (Sec. 5.3 uses -E)."""
         if steps is not None or step_size is not None or noise is not None:
-            raise UserError(f"--steps/--step-size/--noise: a {self.method} model's anomaly score is its image energy E(x), "
-                            "which runs no chain")
+            raise UserError(f"--steps/--step-size/--noise: a {self.method} model's anomaly score is its image "
+                            "energy E(x), which runs no chain")
         with _eval_mode(self), torch.no_grad():
             return self.ebm(x)
 
@@ -118,7 +120,8 @@ class BiDVLModel(Model):
 
     @classmethod
     def from_spec(cls, spec):
-        ebm, enc, gen = ImageEnergy(**spec["ebm"]), GaussianEncoder(**spec["encoder"]), ImageGenerator(**spec["generator"])
+        ebm, enc = ImageEnergy(**spec["ebm"]), GaussianEncoder(**spec["encoder"])
+        gen = ImageGenerator(**spec["generator"])
         shape = check_spec(spec["image_shape"], {})
         parts = {"encoder.nz": (enc.nz, gen.nz), "image_shape width": (shape[2], shape[1])}
         for name, net in (("ebm", ebm), ("encoder", enc), ("generator", gen)):

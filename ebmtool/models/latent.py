@@ -49,9 +49,9 @@ class LatentModel(Model):
     # --- posterior ----------------------------------------------------------------------------
     def infer(self, x: torch.Tensor, chain: Langevin | None = None, z0: Latent | None = None,
               record_every: int = 0, what: str = "posterior Langevin", refine: bool = False) -> ChainResult:
-        """Posterior samples: short-run Langevin on log p(x, z) from the prior's chain start (or z0), or the encoder if trained;
-        ``refine``: with an encoder, run the chain from the encoder's sample (``--steps``/``--step-size``). The
-        caller decides what a diverged chain means (``ChainResult.finite``)."""
+        """Posterior samples: short-run Langevin on log p(x, z) from the prior's chain start (or z0), or the encoder
+        if trained; ``refine``: with an encoder, run the chain from the encoder's sample
+        (``--steps``/``--step-size``). The caller decides what a diverged chain means (``ChainResult.finite``)."""
         if self.encoder is not None and z0 is None:
             with torch.no_grad():
                 z_enc = self.encoder.sample(x)
@@ -69,7 +69,8 @@ class LatentModel(Model):
             given = "/".join(o for o, v in (("--steps", steps), ("--step-size", step_size), ("--sampler", sampler))
                              if v is not None)
             what = "its Gaussian hierarchy" if getattr(self.prior, "layers", 1) > 1 else "N(0, I)"
-            raise UserError(f"{given}: a {self.method} model's prior is {what}, drawn exactly (there is no prior chain)")
+            raise UserError(f"{given}: a {self.method} model's prior is {what}, drawn exactly "
+                            "(there is no prior chain)")
         ch = self.sampling.override(steps, step_size)
         res = self.prior.sample(n, steps=ch.steps, step_size=ch.effective_step_size(), sampler=sampler or self.sampler,
                                 device=_device_of(self), record_every=record_every)
@@ -148,15 +149,18 @@ def hierarchical_sample(model: LatentModel, n: int, keep: int, *, group: int = 8
     ``steps`` / ``step_size`` are given."""
     prior = getattr(model, "prior", None)
     if not isinstance(prior, JointPrior):
-        raise UserError(f"--layer-resample: needs a multi-layer (joint-mle / joint-vi) model, not a {model.method} model")
+        raise UserError(f"--layer-resample: needs a multi-layer (joint-mle / joint-vi) model, "
+                        f"not a {model.method} model")
     if not 1 <= keep <= prior.layers:
-        raise UserError(f"--layer-resample {keep}: the model has {prior.layers} latent layers (1 = bottom .. {prior.layers} = top)")
-    if prior.is_base:  # no energy terms (ebm=false): the heads are drawn exactly, and given the top layer so is the rest
+        raise UserError(f"--layer-resample {keep}: the model has {prior.layers} latent layers "
+                        f"(1 = bottom .. {prior.layers} = top)")
+    # no energy terms (ebm=false): the heads are drawn exactly, and given the top layer so is the rest
+    if prior.is_base:
         exact = [o for o, v in (("--sampler", sampler),) + ((("--steps", steps), ("--step-size", step_size))
                                                            if keep == prior.layers else ()) if v is not None]
         if exact:
-            raise UserError(f"{'/'.join(exact)}: a {model.method} model without energy terms draws these layers exactly "
-                            "(there is no prior chain)")
+            raise UserError(f"{'/'.join(exact)}: a {model.method} model without energy terms draws these layers "
+                            "exactly (there is no prior chain)")
     ch = model.sampling.override(steps, step_size)
     device = next(model.parameters()).device
     heads = prior.sample(math.ceil(n / group), steps=ch.steps, step_size=ch.effective_step_size(),
@@ -177,7 +181,8 @@ def generator_for(spec: GeneratorSpec, image_shape, init: Optional[Model], init_
         if not isinstance(init, LatentModel):
             raise UserError(f"--init {init_path}: a {init.method} model has no latent generator to start from")
         if tuple(init.image_shape) != tuple(image_shape):
-            raise UserError(f"--init {init_path}: model makes {tuple(init.image_shape)} images but --data holds {tuple(image_shape)}")
+            raise UserError(f"--init {init_path}: model makes {tuple(init.image_shape)} images but --data holds "
+                            f"{tuple(image_shape)}")
         return init.generator
     arch = resolve_arch(spec.arch, image_shape)
     return Generator(arch, spec.nz, spec.ngf, image_shape[0], spec.slope)

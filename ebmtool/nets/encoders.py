@@ -22,8 +22,9 @@ encoder_from_spec = ENCODERS.from_spec
 # ------------------------------------------------------------------------------------------------
 SIGMA_FLOOR = 0.01  # sigma = exp(log sigma) + floor; 0.01 in the joint-EBM authors' code
 # log sigma is capped at 5 (sigma <= e^5 + floor, about 148): the bound of the Gaussian in the authors' two-stage
-# code (NVAE's Normal, which soft-clamps log sigma to [-5, 5]). Without it a conditional p(z_i|z_{i+1}) learned sigma ~ 1e5 on MNIST at the
-# prior chains' z_{i+1}, and the prior Langevin chain of z_i ran away to non-finite values (README, v3 joint-mle).
+# code (NVAE's Normal, which soft-clamps log sigma to [-5, 5]). Without it a conditional p(z_i|z_{i+1}) learned
+# sigma ~ 1e5 on MNIST at the prior chains' z_{i+1}, and the prior Langevin chain of z_i ran away to non-finite
+# values (docs/results/mnist_anomaly_v3.md, joint-mle).
 # A hard cap is the identity below 5, so every run that never reaches it is unchanged bit for bit.
 LOG_SIGMA_MAX = 5.0
 

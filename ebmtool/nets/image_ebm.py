@@ -84,7 +84,8 @@ class GaussianEncoder(nn.Module):
     def __init__(self, channels: int, size: int, nz: int = 100, nef: int = 48, slope: float = 0.2):
         super().__init__()
         L = levels(size)
-        layers: list[nn.Module] = [nn.Conv2d(channels, nef, 3, 1, 1, bias=False), nn.BatchNorm2d(nef), nn.LeakyReLU(slope)]
+        layers: list[nn.Module] = [nn.Conv2d(channels, nef, 3, 1, 1, bias=False), nn.BatchNorm2d(nef),
+                                   nn.LeakyReLU(slope)]
         w = nef
         for _ in range(L):
             layers += [nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * w), nn.LeakyReLU(slope)]

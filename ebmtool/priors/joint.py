@@ -43,8 +43,9 @@ class JointPrior(Prior):
     ``start`` is where the short-run chains start (:meth:`chain_start`): ``"noise"``, N(0, I) on every layer as
     in the authors' joint-training code, or ``"ancestral"``, draws of the Gaussian hierarchy. From ancestral
     starts a conditional whose sigma grows puts the chains' z_1 far out, the posterior z_1+ stays where it started,
-    the conditional fits that spread, and the loop ran away on MNIST (README, v3 joint-mle); the noise start breaks
-    it. Models saved before the option existed were trained from ancestral starts and keep them.
+    the conditional fits that spread, and the loop ran away on MNIST (docs/results/mnist_anomaly_v3.md,
+    joint-mle); the noise start breaks it. Models saved before the option existed were trained from ancestral
+    starts and keep them.
 
     ``ebm=False`` drops the energy terms: no f_i, ``tilt`` is 0 and p(z) is the Gaussian hierarchy alone, the
     ablation of the EBM prior (a hierarchical VAE when trained by joint-vi; the paper's baselines have no EBM either).
@@ -68,7 +69,8 @@ class JointPrior(Prior):
         self.energies = nn.ModuleList(EnergyMLP(d, **(energy if i == 0 else energy_upper))
                                       for i, d in enumerate(dims) if self.ebm)
         # conditionals[i]: p(z_i | z_{i+1}) with 0-based i (the paper's p(z_{i+1} | z_{i+2}), layers numbered from 1)
-        self.conditionals = nn.ModuleList(GaussianMLP(dims[i + 1], dims[i], **conditional) for i in range(len(dims) - 1))
+        self.conditionals = nn.ModuleList(GaussianMLP(dims[i + 1], dims[i], **conditional)
+                                          for i in range(len(dims) - 1))
 
     @property
     def layers(self) -> int:
@@ -97,7 +99,8 @@ class JointPrior(Prior):
         return log_top + self.conditional_log_prob(z)
 
     # --- sampling -------------------------------------------------------------------------------
-    def base_sample(self, n: int, device: torch.device | str = "cpu", given: dict[int, torch.Tensor] | None = None) -> Layers:
+    def base_sample(self, n: int, device: torch.device | str = "cpu",
+                    given: dict[int, torch.Tensor] | None = None) -> Layers:
         """Ancestral sampling: z_L ~ N(0, I), then z_i ~ N(mu_i(z_{i+1}), sigma_i^2) downwards.
         ``given`` {0-based layer: (n, d) tensor} clamps those layers (the layers below are drawn given them)."""
         given = given or {}
