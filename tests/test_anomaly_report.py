@@ -1,15 +1,12 @@
-"""benchmarks/anomaly_report.py on a hand-made CSV: the wins rule (beat PCA and the 0-stage generator by more than
+"""benchmarks/anomaly_report.py, v2, on a hand-made CSV: the wins rule (beat PCA and the 0-stage generator by more than
 the larger seed std, digits with two seeds only), fp32 repeats kept out of the bf16 tables, and the README block."""
 
 from __future__ import annotations
 
 import csv
-import sys
 
+import benchmarks.anomaly_report as R
 from conftest import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import anomaly_report as R  # noqa: E402
 
 FIELDS = ["method", "digit", "seed", "precision", "auprc_joint", "auprc_recon", "fid_features", "train_wall_s", "cpu",
           "budget", "updates", "random_auprc", "auprc_joint_chain_std"]
@@ -43,9 +40,9 @@ def test_fp32_repeats_stay_out_of_the_main_tables_and_are_paired(tmp_path):
     p = tmp_path / "r.csv"
     write(p, [row("pca", 3, 0, 0.5, "fp32"), row("mle", 3, 0, 0.8, fid="100"),
               row("mle", 3, 0, 0.7, "fp32", fid="120")])
-    main = R.rows(p)
+    main = R.v2_rows(p)
     assert [(r["method"], r["precision"]) for r in main] == [("pca", "fp32"), ("mle", "bf16")]
-    t = R.precision_table(R.rows(p, all_precisions=True))
+    t = R.v2_precision_table(R.v2_rows(p, all_precisions=True))
     assert "| LEBM (`mle`) from scratch | 3 | 0 | 0.8 | 0.7 | 100 | 120 | 10 / 10 | test cpu |" in t
 
 
@@ -67,6 +64,8 @@ def test_wins_against_the_update_matched_generator(tmp_path):
     assert "| 0.700 | 0.600 | 0.710 | 0.500 | 1 of 1 | 0 of 1 |" in R.summary_table(rs)
 
 
-def test_readme_has_one_generated_results_block():
-    text = (REPO / "README.md").read_text()
-    assert text.count(R.BEGIN) == 1 and text.count(R.END) == 1
+def test_readme_has_one_generated_results_block_per_protocol():
+    text = R.TARGET.read_text()
+    assert R.TARGET.parent == REPO
+    for begin, end in R.BLOCKS.values():
+        assert text.count(begin) == 1 and text.count(end) == 1

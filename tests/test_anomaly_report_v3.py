@@ -1,18 +1,13 @@
-"""benchmarks/anomaly_report_v3.py on hand-made CSVs: verdicts against the published cells, the floor below which
+"""benchmarks/anomaly_report.py, v3, on hand-made CSVs: verdicts against the published cells, the floor below which
 no score's AUPRC can fall, the lineage's practices from the curve, and the README block."""
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import anomaly_report_v3 as R  # noqa: E402
-from bench_csv import write_all  # noqa: E402
+import benchmarks.anomaly_report as R
+from benchmarks.bench_csv import write_all
 
 
 def row(method, digit, seed, auprc, **kw):
@@ -72,13 +67,12 @@ def test_report_tables_and_practices(tmp_path):
 
 
 def test_readme_block_is_replaced(tmp_path, monkeypatch):
-    res = tmp_path / "r.csv"
-    write_all(res, list(row("mle", 4, 0, 0).keys()), [row("mle", 4, 0, 0.6)])
-    monkeypatch.setattr(R, "RESULTS", res)
-    monkeypatch.setattr(R, "CURVE", tmp_path / "none.csv")
+    write_all(tmp_path / "anomaly_mnist_v3.csv", list(row("mle", 4, 0, 0).keys()), [row("mle", 4, 0, 0.6)])
+    monkeypatch.setattr(R, "RESULTS_DIR", tmp_path)
     md = tmp_path / "README.md"
-    md.write_text(f"intro\n{R.BEGIN}\nOLD-BLOCK\n{R.END}\nrest\n")
-    R.update_readme(md)
+    begin, end = R.BLOCKS["v3"]
+    md.write_text(f"intro\n{begin}\nOLD-BLOCK\n{end}\nrest\n")
+    R.main(["--write", str(md)])
     text = md.read_text()
     assert "OLD-BLOCK" not in text and text.startswith("intro") and text.endswith("rest\n") and "0.600 (1)" in text
 
