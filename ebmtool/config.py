@@ -114,7 +114,8 @@ def registered(registry: dict, also: tuple[str, ...] = ()) -> AfterValidator:
     registry). An empty registry (its module, in a higher layer, not imported yet) leaves the check to its users."""
     def check(v: str) -> str:
         if registry and v not in also and v not in registry:
-            raise PydanticCustomError("literal_error", "Input should be {choices}", {"choices": one_of([*also, *registry])})
+            raise PydanticCustomError("literal_error", "Input should be {choices}",
+                                      {"choices": one_of([*also, *registry])})
         return v
 
     return AfterValidator(check)
