@@ -575,6 +575,8 @@ def nce_stats() -> None:
                             "log_r_pos": f"{float(t['history.log_r_pos'][-1]):.4f}",
                             "log_r_neg": f"{float(t['history.log_r_neg'][-1]):.4f}"})
     nce_csv = RESULTS.with_name("anomaly_mnist_nce.csv")
+    if not out:  # the stage models are not on this machine: keep the committed statistics
+        refuse(f"--nce-stats: no adaptive-NCE stage model under {WORK} (the models stay where they were trained)")
     with locked(nce_csv):
         write_all(nce_csv, NCE_FIELDS, out)
 

@@ -75,10 +75,15 @@ def test_paper_budget_is_consistent_and_refused_on_a_cpu(bench, capsys):
     (["--protocol", "v2", "--methods", "vae"], "--methods: vae is not a row of protocol v2"),
     (["--protocol", "v2", "--budget", "paper"], "--budget paper: the v2 protocol has one budget"),
     (["--protocol", "standard", "--practices"], "--practices: protocol standard has no second-permutation"),
-    (["--nce-stats"], "--nce-stats: v2 only")])
-def test_an_option_a_protocol_has_not_is_refused_in_one_line(argv, says, capsys):
+    (["--nce-stats"], "--nce-stats: v2 only"),
+    (["--protocol", "v2", "--nce-stats"], "--nce-stats: no adaptive-NCE stage model under")])
+def test_an_option_a_protocol_has_not_is_refused_in_one_line(argv, says, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(B, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(B, "RUNS", tmp_path / "runs")
+    (tmp_path / "anomaly_mnist_v2.csv").write_text("protocol,method,digit,seed,precision\nv2,adaptive-nce,1,0,bf16\n")
     with pytest.raises(SystemExit) as e:
         B.main(argv)
+    B.use("v3")
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith(f"anomaly: {says}") and err.count("\n") == 1
 
