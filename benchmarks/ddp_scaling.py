@@ -22,10 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from ebmtool import runtime
 
-from ebmtool import runtime  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ddp_scaling.json"
 WORK = ROOT / "runs" / "ddp_scaling"
 MNIST = Path(os.environ.get("MNIST_ROOT") or ROOT.parent / "shared" / "data" / "mnist")  # $MNIST_ROOT overrides

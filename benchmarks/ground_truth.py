@@ -32,21 +32,19 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from ebmtool import runtime
+from ebmtool.data.sources import ring_means
+from ebmtool.eval import ground_truth as G
+from ebmtool.priors import GaussianPrior
+from ebmtool.sampling import sir
 
-from ebmtool import runtime  # noqa: E402
-from ebmtool.data.sources import ring_means  # noqa: E402
-from ebmtool.eval import ground_truth as G  # noqa: E402
-from ebmtool.priors import GaussianPrior  # noqa: E402
-from ebmtool.sampling import sir  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RING = "ring (8 modes, r=2, std 0.25)"
 CONFIGS = {

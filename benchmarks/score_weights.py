@@ -10,8 +10,8 @@ The score is -log p(x, z) = w * ||x - g(z)||^2 - f(z) + ||z||^2 / 2. Implementat
 A weight picked by reading this table is chosen with test labels: the table says what each weight is worth, it
 does not pick one.
 
-    python benchmarks/score_weights.py collect --protocol standard   # runs/ -> benchmarks/results/*.npz (float16)
-    python benchmarks/score_weights.py table --protocol standard     # the markdown table, from the committed file
+    python -m benchmarks.score_weights collect --protocol standard  # runs/ -> benchmarks/results/*.npz (float16)
+    python -m benchmarks.score_weights table --protocol standard [--write]  # the table, from the committed file
 
 ``collect`` packs the final models' test-part terms (saved by the anomaly benchmark beside each model as
 ``.terms.npz``) into one compact file, so that no later analysis needs the models or a retraining.
@@ -28,6 +28,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 WEIGHTS = ("model", "one", "pixel-mean", "zero")
+PAGE = ROOT / "docs" / "results" / "mnist_anomaly_splits.md"
+BLOCK = ("<!-- score-weights:begin (python -m benchmarks.score_weights table --write) -->",
+         "<!-- score-weights:end -->")
 # the final model of each core row, as the benchmark names it: METHOD-dDIGIT-sSEED-PREC[-k4].safetensors
 FINAL = re.compile(r"^(pretrain|pretrain-matched|mle|adaptive-nce|joint-mle|joint-vi|vae)-d(\d)-s(\d+)-(\w+?)(-k4)?$")
 
@@ -80,6 +83,8 @@ def table(path: Path) -> str:
     """One markdown row per (method, digit, seed, precision): the AUPRC of each weighting."""
     from ebmtool.eval.anomaly import metrics
 
+    if not path.exists():
+        return "(no final model's terms committed yet)\n"
     z = np.load(path)
     keys = sorted({k.rsplit("/", 1)[0] for k in z.files if "|" in k},
                   key=lambda k: (int(k.split("|")[1]), k.split("|")[0], int(k.split("|")[2])))
@@ -100,11 +105,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["collect", "table"])
     ap.add_argument("--protocol", default="standard", help="standard | v3 (the benchmark's runs/ folder and CSVs)")
+    ap.add_argument("--write", action="store_true", help=f"table: rewrite its block of {PAGE.relative_to(ROOT)}")
     args = ap.parse_args()
     out = terms_file(args.protocol)
     if args.what == "collect":
         keys = collect(ROOT / "runs" / f"anomaly_mnist_{args.protocol}", out)
         print(f"{len(keys)} rows -> {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    elif args.write:
+        from benchmarks.bench_csv import replace_block
+
+        replace_block(PAGE, *BLOCK, table(out).rstrip("\n"))
     else:
         print(table(out), end="")
 

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError
 
 from ebmtool.errors import UserError
+from ebmtool.registry import GENERATORS
 
 try:
     import tomllib
@@ -76,7 +77,7 @@ class Langevin(Strict):
 
 
 class GeneratorSpec(Strict):
-    arch: Literal["auto", "digits8", "mnist28", "mnist28conv", "mnist32", "svhn32", "cifar32", "celeba64"] = "auto"
+    arch: Annotated[str, registered(GENERATORS, also=("auto",))] = "auto"  # auto: by image size
     nz: int = Field(100, ge=1)
     ngf: int = Field(64, ge=1)
     slope: float = Field(0.2, ge=0)
@@ -99,6 +100,25 @@ class Optim(Strict):
 
 
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N, mps"
+
+
+def one_of(names) -> str:
+    """``'a', 'b' or 'c'``: a list of choices in pydantic's words for a Literal."""
+    q = [f"'{n}'" for n in names]
+    return q[0] if len(q) == 1 else ", ".join(q[:-1]) + " or " + q[-1]
+
+
+def registered(registry: dict, also: tuple[str, ...] = ()) -> AfterValidator:
+    """A field's check: the value is a name of ``registry`` or one of ``also``. The registry is read when a value is
+    checked, so every entry counts, also one registered after this module was imported (the one list is the
+    registry). An empty registry (its module, in a higher layer, not imported yet) leaves the check to its users."""
+    def check(v: str) -> str:
+        if registry and v not in also and v not in registry:
+            raise PydanticCustomError("literal_error", "Input should be {choices}",
+                                      {"choices": one_of([*also, *registry])})
+        return v
+
+    return AfterValidator(check)
 
 
 def _device_name(v: str) -> str:

@@ -93,6 +93,8 @@ class MethodSpec:
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
+# generator architectures by name (ebmtool.nets.generators fills it; the config checks --arch against it)
+GENERATORS: Registry[Any] = Registry("generator")
 
 
 def register_method(name: str, config: type, description: str, *, presets: Optional[dict[str, dict]] = None,

@@ -306,7 +306,7 @@ $(foreach o,random svhn celeba,$(eval $(call OOD_RULE,$(o))))
 
 # ---------------------------------------------------------------------------------------- anomaly rules
 # $(R)/anomaly/d<K>-s<S>/: held-out digit K, seed S (training, posterior chains and PCA all seeded with S).
-# Budgets: the preset of the scale; at cpu scale the budget of benchmarks/anomaly_mnist.py (plus joint-mle).
+# Budgets: the preset of the scale; at cpu scale the budget of benchmarks/anomaly.py --protocol v2 (plus joint-mle).
 ANO_FLAGS_pretrain_cpu     := --epochs 10 --set generator.ngf=16
 ANO_FLAGS_mle_cpu          := --epochs 5
 ANO_FLAGS_adaptive-nce_cpu := --stages 4 --epochs-per-stage 2

@@ -1,16 +1,12 @@
-"""benchmarks/anomaly_report.py on a hand-made CSV: the wins rule (beat PCA and the 0-stage generator by more than
-the larger seed std, digits with two seeds only), fp32 repeats kept out of the bf16 tables, and the
-generated block of docs/results/mnist_anomaly_v2.md."""
+"""benchmarks/anomaly_report.py, v2, on a hand-made CSV: the wins rule (beat PCA and the 0-stage generator by more than
+the larger seed std, digits with two seeds only), fp32 repeats kept out of the bf16 tables, and the README block."""
 
 from __future__ import annotations
 
 import csv
-import sys
 
+import benchmarks.anomaly_report as R
 from conftest import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import anomaly_report as R  # noqa: E402
 
 FIELDS = ["method", "digit", "seed", "precision", "auprc_joint", "auprc_recon", "fid_features", "train_wall_s", "cpu",
           "budget", "updates", "random_auprc", "auprc_joint_chain_std"]
@@ -44,9 +40,9 @@ def test_fp32_repeats_stay_out_of_the_main_tables_and_are_paired(tmp_path):
     p = tmp_path / "r.csv"
     write(p, [row("pca", 3, 0, 0.5, "fp32"), row("mle", 3, 0, 0.8, fid="100"),
               row("mle", 3, 0, 0.7, "fp32", fid="120")])
-    main = R.rows(p)
+    main = R.v2_rows(p)
     assert [(r["method"], r["precision"]) for r in main] == [("pca", "fp32"), ("mle", "bf16")]
-    t = R.precision_table(R.rows(p, all_precisions=True))
+    t = R.v2_precision_table(R.v2_rows(p, all_precisions=True))
     assert "| LEBM (`mle`) from scratch | 3 | 0 | 0.8 | 0.7 | 100 | 120 | 10 / 10 | test cpu |" in t
 
 
@@ -68,9 +64,14 @@ def test_wins_against_the_update_matched_generator(tmp_path):
     assert "| 0.700 | 0.600 | 0.710 | 0.500 | 1 of 1 | 0 of 1 |" in R.summary_table(rs)
 
 
-def test_the_results_page_holds_the_block_the_committed_csv_generates():
-    """docs/results/mnist_anomaly_v2.md has one generated block, byte for byte what ``--readme`` writes from the
-    committed CSVs (rerun ``benchmarks/anomaly_report.py --readme docs/results/mnist_anomaly_v2.md`` after a run)."""
-    text = (REPO / "docs" / "results" / "mnist_anomaly_v2.md").read_text()
-    assert text.count(R.BEGIN) == 1 and text.count(R.END) == 1
-    assert f"{R.BEGIN}\n{R.report()}\n{R.END}" in text
+def test_each_results_page_holds_the_block_the_committed_csvs_generate():
+    """docs/results/*.md: one generated block each, byte for byte what ``--write`` writes from the committed CSVs
+    (rerun ``python -m benchmarks.anomaly_report --protocol P --write`` after a run)."""
+    for protocol in ("v2", "v3", "splits"):
+        page = R.TARGETS[protocol]
+        assert page.parent == REPO / "docs" / "results"
+        begin, end = R.BLOCKS[protocol]
+        text = page.read_text()
+        assert text.count(begin) == 1 and text.count(end) == 1
+        assert f"{begin}\n{R.block(protocol)}\n{end}" in text, f"{page.name}: regenerate its block"
+

@@ -1,19 +1,13 @@
-"""benchmarks/anomaly_report_v3.py on hand-made CSVs: verdicts against the published cells, the floor below which
-no score's AUPRC can fall, the lineage's practices from the curve, and the
-generated block of docs/results/mnist_anomaly_v3.md."""
+"""benchmarks/anomaly_report.py, v3, on hand-made CSVs: verdicts against the published cells, the floor below which
+no score's AUPRC can fall, the lineage's practices from the curve, and the README block."""
 
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import anomaly_report_v3 as R  # noqa: E402
-from bench_csv import write_all  # noqa: E402
+import benchmarks.anomaly_report as R
+from benchmarks.bench_csv import write_all
 
 
 def row(method, digit, seed, auprc, **kw):
@@ -72,23 +66,13 @@ def test_report_tables_and_practices(tmp_path):
     assert "ABP on digit 4 (0.138 <" in text
 
 
-def test_the_results_page_holds_the_block_the_committed_csvs_generate():
-    """docs/results/mnist_anomaly_v3.md has one generated block, byte for byte what ``--readme`` writes from the
-    committed CSVs (rerun ``benchmarks/anomaly_report_v3.py --readme docs/results/mnist_anomaly_v3.md`` after a
-    run); the README's headline table is checked against it in tests/test_docs.py."""
-    text = (REPO / "docs" / "results" / "mnist_anomaly_v3.md").read_text()
-    assert text.count(R.BEGIN) == 1 and text.count(R.END) == 1
-    assert f"{R.BEGIN}\n{R.report()}\n{R.END}" in text
-
-
 def test_readme_block_is_replaced(tmp_path, monkeypatch):
-    res = tmp_path / "r.csv"
-    write_all(res, list(row("mle", 4, 0, 0).keys()), [row("mle", 4, 0, 0.6)])
-    monkeypatch.setattr(R, "RESULTS", res)
-    monkeypatch.setattr(R, "CURVE", tmp_path / "none.csv")
+    write_all(tmp_path / "anomaly_mnist_v3.csv", list(row("mle", 4, 0, 0).keys()), [row("mle", 4, 0, 0.6)])
+    monkeypatch.setattr(R, "RESULTS_DIR", tmp_path)
     md = tmp_path / "README.md"
-    md.write_text(f"intro\n{R.BEGIN}\nOLD-BLOCK\n{R.END}\nrest\n")
-    R.update_readme(md)
+    begin, end = R.BLOCKS["v3"]
+    md.write_text(f"intro\n{begin}\nOLD-BLOCK\n{end}\nrest\n")
+    R.main(["--write", str(md)])
     text = md.read_text()
     assert "OLD-BLOCK" not in text and text.startswith("intro") and text.endswith("rest\n") and "0.600 (1)" in text
 
@@ -140,3 +124,76 @@ def test_cost_table_never_averages_cpu_minutes_of_different_cpus():
     assert "| 2.0 |" in lines[1] and lines[1].endswith("| 1 | AMD EPYC [AVX512-BF16], bf16 |")
     assert "| 5.0 |" in lines[2] and lines[2].endswith("| 1 | AMD EPYC [AVX512-BF16], fp32 |")
     assert lines[3].endswith("| 1 | Intel Core (Skylake, IBRS) [AVX512], fp32 |")
+
+
+def test_the_worst_average_precision_is_every_anomaly_ranked_last():
+    """(1/P) sum_i i / (N - P + i) against sklearn's average precision of the reversed ranking, by hand on 2 of 5."""
+    from sklearn.metrics import average_precision_score
+
+    assert R.worst_ap(5, 2) == pytest.approx((1 / 4 + 2 / 5) / 2)
+    for n, p in ((5, 2), (7, 3), (12, 1), (40, 17)):
+        y = np.r_[np.zeros(n - p), np.ones(p)]
+        assert R.worst_ap(n, p) == pytest.approx(average_precision_score(y, -np.arange(n, dtype=float)))
+        y_mixed = np.random.default_rng(n).permutation(y)  # any other ranking is no worse
+        assert average_precision_score(y_mixed, np.arange(n, dtype=float)) >= R.worst_ap(n, p) - 1e-12
+        assert abs(R.worst_auprc(n, p) - R.worst_ap(n, p)) < 0.5 / p  # the trapezoid differs in its first step
+
+
+def test_split_compositions_come_from_the_label_counts_and_match_the_measured_rows():
+    from benchmarks.bench_csv import read
+
+    assert R.split_counts("standard", 1) == (10_000, 1135) and R.split_counts("v3", 1) == (20_302, 7877)
+    for split in ("v3", "standard"):
+        for r in read(R.RESULTS_DIR / R.FILES[split][0]):
+            if r.get("n_test"):
+                assert R.split_counts(split, int(r["digit"])) == (int(r["n_test"]), int(r["n_anomalous"]))
+    # issue 35's numbers for digit 1: random 0.388 and worst 0.226 on v3, 0.114 and 0.059 on the standard split
+    table = R.splits_table()
+    assert "| v3: random AUPRC (the prevalence) | 0.388 |" in table and "| v3: worst AUPRC" in table
+    assert "(every anomaly ranked last) | 0.226 |" in table and "(the prevalence) | 0.114 |" in table
+    assert "(every anomaly ranked last) | 0.059 |" in table
+
+
+def test_mnist_label_counts_are_the_idx_files():
+    from conftest import SHARED_MNIST
+    from ebmtool.data.sources import MNIST_FILES, mnist_file, read_idx
+
+    files = {s: mnist_file(SHARED_MNIST, MNIST_FILES[s][1]) for s in ("train", "test")}
+    if None in files.values():
+        pytest.skip("needs the MNIST label files ($MNIST_ROOT)")
+    for s, f in files.items():
+        assert np.bincount(read_idx(f), minlength=10).tolist() == R.MNIST_COUNTS[s]
+
+
+def test_each_published_cell_is_possible_only_above_a_split_s_worst_auprc():
+    assert R.possible("0.063", 1) == ["standard"]  # the published VAE cell: 1s ranked as the most normal images
+    assert R.possible("0.336±0.008", 1) == ["v3", "standard"] and R.possible("0.04", 5) == []
+    feas = R.feasibility_table()
+    abp = next(ln for ln in feas.splitlines() if ln.startswith("| ABP |"))
+    assert abp.count(": standard") == 5  # 0.095-0.147: below every v3 floor (0.188-0.226)
+    assert "| VAE | 0.063: standard | 0.337: both |" in feas and len(feas.splitlines()) == 2 + 8
+
+
+def test_verdicts_under_both_splits_side_by_side():
+    v3 = [row("mle", 4, 0, 0.60), row("mle", 4, 1, 0.64), row("pretrain", 4, 0, 0.55)]
+    std = [{**row("mle", 4, 0, 0.30), "protocol": "standard"}]
+    lines = R.side_by_side(v3, std).splitlines()
+    mle4 = next(ln for ln in lines if ln.startswith("| LEBM (`mle`) | 4 |"))
+    assert mle4 == ("| LEBM (`mle`) | 4 | 0.630±0.017 | v3 and standard | 0.620 ± 0.028 (2) | within 2 std | 0.300 (1) "
+                    "| below |")
+    assert "| LEBM (`mle`) | 1 | 0.336±0.008 | v3 and standard | — | — | — | — |" in lines
+    abp4 = next(ln for ln in lines if ln.startswith("| ABP (`pretrain`) | 4 |"))
+    assert "| standard | 0.550 (1) | above (the cell cannot come from v3) | — | — |" in abp4
+    assert not any("`joint-vi`" in ln for ln in lines)  # no runs: no rows
+
+
+def test_the_splits_block_is_written_between_its_markers(tmp_path, monkeypatch):
+    write_all(tmp_path / "anomaly_mnist_v3.csv", list(row("mle", 4, 0, 0).keys()), [row("mle", 4, 0, 0.6)])
+    monkeypatch.setattr(R, "RESULTS_DIR", tmp_path)  # no standard rows yet
+    md = tmp_path / "results.md"
+    begin, end = R.BLOCKS["splits"]
+    md.write_text(f"# page\n{begin}\nOLD\n{end}\n")
+    R.main(["--splits", "--write", str(md)])
+    text = md.read_text()
+    assert "OLD" not in text and text.endswith(f"{end}\n")
+    assert "| LEBM (`mle`) | 4 | 0.630±0.017 | v3 and standard | 0.600 (1) | within 2 std | — | — |" in text

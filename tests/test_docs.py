@@ -100,7 +100,7 @@ def test_the_link_check_finds_a_missing_file_and_a_missing_anchor(tmp_path, monk
 
 def test_the_headline_table_is_the_results_pages_verdict_table():
     """Every row of the README's headline table is a verdict row of docs/results/mnist_anomaly_v3.md (generated
-    from the committed CSV by benchmarks/anomaly_report_v3.py), with ", published" left out of its first cell."""
+    from the committed CSV by python -m benchmarks.anomaly_report), with ", published" left out of its first cell."""
     head = section(README.read_text(), "Headline result")
     readme_rows = [ln for ln in head.splitlines() if ln.startswith("| ") and not ln.startswith("| published")]
     assert sum(1 for ln in head.splitlines() if ln.strip()) <= 10, "the headline result in at most 10 lines"

@@ -3,16 +3,10 @@ table is computed from the committed per-image terms alone."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
-from conftest import REPO
-
-spec = importlib.util.spec_from_file_location("score_weights", REPO / "benchmarks" / "score_weights.py")
-W = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(W)
+from benchmarks import score_weights as W
 
 
 def test_each_weight_is_the_score_it_names():

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ebmtool.config import PRECISIONS, PRESETS
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ebmtool: energy-based priors in the latent space of generator models. "
@@ -54,14 +56,17 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bar or log lin
                         "when stderr is a terminal)")
 SeedOpt = typer.Option(None, "--seed", help="random seed")
 DeviceOpt = typer.Option(None, "--device", help="auto|cpu|cuda|cuda:N|mps")
-PrecisionOpt = typer.Option(None, "--precision", help="fp32 (default, exact) | auto (reduced only where native) | bf16 | fp16 | tf32")
-EvalPrecisionOpt = typer.Option("fp32", "--precision", help="fp32 (default) | auto | bf16 | fp16 | tf32")
+_PRECISION_NOTES = {"fp32": "default, exact", "auto": "reduced only where native"}
+PrecisionOpt = typer.Option(None, "--precision", help=" | ".join(
+    f"{p} ({_PRECISION_NOTES[p]})" if p in _PRECISION_NOTES else p for p in sorted(PRECISIONS, key="fp32".__ne__)))
+EvalPrecisionOpt = typer.Option("fp32", "--precision", help=" | ".join(
+    f"{p} (default)" if p == "fp32" else p for p in sorted(PRECISIONS, key="fp32".__ne__)))
 ModelOpt = typer.Option(..., "--model", help="model artifact")
 EvalBatchOpt = typer.Option(500, "--batch-size", min=1, help="images run through the model at a time")
 EvalSeedOpt = typer.Option(0, "--seed", help="random seed: the same seed, inputs and device give the same result "
                            "(under torchrun each rank draws its own stream from it)")
 EvalDeviceOpt = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU) | cpu | cuda | cuda:N | mps")
-PresetOpt = typer.Option(None, "--preset", help="smoke | cpu | paper (see `ebmtool presets`)")
+PresetOpt = typer.Option(None, "--preset", help=" | ".join(PRESETS) + " (see `ebmtool presets`)")
 ConfigOpt = typer.Option(None, "--config", help="TOML file with config values (flags override it)")
 SetOpt = typer.Option(None, "--set", help="any config field, e.g. --set posterior.steps=30 (repeatable)")
 CkEveryOpt = typer.Option(0, "--checkpoint-every", help="write a resumable checkpoint every N iterations (0: only on Ctrl-C/SIGTERM)")

@@ -11,10 +11,14 @@ from rich.table import Table
 
 from ebmtool.cli.app import (EvalBatchOpt, EvalDeviceOpt, EvalPrecisionOpt, EvalSeedOpt, ForceOpt, ModelOpt, JsonOpt, OutOpt, QuietOpt, ScaleOpt, _s, app, data_app,
                                  emit, out_console)
+from ebmtool.data.sources import SOURCES
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
 
 STEP_HELP = "Langevin step size s, read in the model's chain convention (lebm: s; xiao-han: the sampler runs at sqrt(s))"
+# the posterior chain's options of the commands that infer z (reconstruct, anomaly), defined once
+StepsOpt = typer.Option(None, "--steps", min=1, help="posterior Langevin steps")
+StepSizeOpt = typer.Option(None, "--step-size", min=1e-12, help=STEP_HELP)
 NoiseOpt = typer.Option(None, "--noise/--no-noise", help="posterior chain with (default: the model's) or without "
                         "Langevin noise (--no-noise: gradient ascent to a near-MAP z, the papers' anomaly code)")
 
@@ -22,7 +26,7 @@ NoiseOpt = typer.Option(None, "--noise/--no-noise", help="posterior chain with (
 # ------------------------------------------------------------------------------------------------
 @data_app.command("prepare")
 def data_prepare(
-    dataset: str = typer.Option(..., "--dataset", help="digits | mnist | svhn | cifar10 | celeba | synthetic"),
+    dataset: str = typer.Option(..., "--dataset", help=" | ".join(SOURCES)),
     output: Path = OutOpt,
     root: Optional[str] = typer.Option(None, "--root", help="folder with the dataset's standard files"),
     split: str = typer.Option("train", "--split", help="train | test | train+test (both, training images first)"),
@@ -64,7 +68,7 @@ def sample(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="samples artifact"),
     grid: Optional[Path] = typer.Option(None, "--grid", help="PNG grid of the samples"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="prior Langevin steps (default: the model's)"),
-    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help=STEP_HELP),
+    step_size: Optional[float] = StepSizeOpt,
     sampler: Optional[str] = typer.Option(None, "--sampler", help="langevin | sir (multi-stage and joint priors)"),
     trajectory: int = typer.Option(0, "--trajectory", min=0, help="record every K-th Langevin state (all chains in one batch)"),
     trajectory_png: Optional[Path] = typer.Option(None, "--trajectory-png", help="PNG: one row per chain (8), time left to right"),
@@ -96,8 +100,8 @@ def reconstruct(
     data: Path = typer.Option(..., "--data", help="dataset artifact"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="reconstructions artifact"),
     grid: Optional[Path] = typer.Option(None, "--grid", help="PNG of (real | reconstructed) pairs"),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="posterior Langevin steps"),
-    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help=STEP_HELP),
+    steps: Optional[int] = StepsOpt,
+    step_size: Optional[float] = StepSizeOpt,
     noise: Optional[bool] = NoiseOpt,
     batch_size: int = EvalBatchOpt,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="first N images only"),
@@ -132,8 +136,8 @@ def anomaly(
                               "dose (needs --calibrate); see docs/usage.md"),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="held-out normal images (dataset artifact, "
                                              "e.g. data prepare --part calibration) for --score typicality|dose"),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="posterior Langevin steps"),
-    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help=STEP_HELP),
+    steps: Optional[int] = StepsOpt,
+    step_size: Optional[float] = StepSizeOpt,
     noise: Optional[bool] = NoiseOpt,
     batch_size: int = EvalBatchOpt,
     seed: int = EvalSeedOpt,
@@ -283,7 +287,7 @@ def methods():
 
 @app.command("presets")
 def presets():
-    """List the presets (smoke / cpu / paper) and what they set, for every method and per method."""
+    """List the presets and what they set, for every method and per method."""
     from ebmtool.config import PRESETS
 
     t = Table(title="--preset")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from ebmtool import artifacts
-from ebmtool.config import Strict
+from ebmtool.config import Strict, registered
 from ebmtool.data.sources import SOURCES
 from ebmtool.errors import UserError
 
@@ -19,7 +19,7 @@ CALIBRATION_FRACTION = 0.1  # of the training part: --part calibration (the rest
 
 
 class DataConfig(Strict):
-    dataset: Literal["digits", "mnist", "svhn", "cifar10", "celeba", "synthetic"]
+    dataset: Annotated[str, registered(SOURCES)]  # a name of data.sources.SOURCES, the one list
     root: Optional[str] = None
     split: Literal["train", "test", "train+test"] = Field(
         "train", description="train | test | train+test (both files, training images first: the 70,000-image MNIST "

@@ -18,7 +18,25 @@ import torch
 from torch import nn
 
 
-class FeatureClassifier(nn.Module):
+class _Classifier(nn.Module):
+    """What both classifiers share: ``features`` (the subclass's) and a linear head on them; ``widths[-1]`` is the
+    feature dimension."""
+
+    widths: list[int]
+    head: nn.Linear
+
+    @property
+    def feature_dim(self) -> int:
+        return self.widths[-1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) in [0, 1] -> (N, D)
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) in [0, 1] -> (N, classes) logits
+        return self.head(self.features(x))
+
+
+class FeatureClassifier(_Classifier):
     """conv(3->w0) + [conv stride 2 (w_i-1 -> w_i)]... each with BatchNorm + ReLU, avg pool, linear head."""
 
     def __init__(self, num_classes: int, widths: Sequence[int] = (32, 64, 64)):
@@ -41,18 +59,11 @@ class FeatureClassifier(nn.Module):
         self.widths = widths
         self.num_classes = int(num_classes)
 
-    @property
-    def feature_dim(self) -> int:
-        return self.widths[-1]
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) in [0, 1] -> (N, D)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.body(2.0 * x - 1.0)).flatten(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) in [0, 1] -> (N, classes) logits
-        return self.head(self.features(x))
 
-
-class LeNetClassifier(nn.Module):
+class LeNetClassifier(_Classifier):
     """LeNet-style: [conv 5x5 (pad 2) + ReLU + max-pool 2] x 2 (widths[0], widths[1] channels), a dense layer of
     widths[2] units + ReLU (the features), a linear head. Needs H, W >= 4. Grey images (C = 1 in ``image_shape``)
     read channel 0 of the RGB-repeated input only (a third of the first layer's work)."""
@@ -77,15 +88,8 @@ class LeNetClassifier(nn.Module):
         self.widths = widths
         self.num_classes = int(num_classes)
 
-    @property
-    def feature_dim(self) -> int:
-        return self.widths[-1]
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) in [0, 1] -> (N, D)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(2.0 * x[:, : self.in_channels] - 1.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) in [0, 1] -> (N, classes) logits
-        return self.head(self.features(x))
 
 
 ARCHS = {"lenet": (16, 32, 128), "convpool": (32, 64, 64)}  # arch -> default widths

@@ -25,7 +25,7 @@ from torch import nn
 
 from ebmtool.errors import UserError
 from ebmtool.nets.mlp import xavier_init
-from ebmtool.registry import Registry
+from ebmtool.registry import GENERATORS  # the one registry of architectures (the config checks --arch in it)
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,6 @@ class Arch:
     dense: tuple[int, ...] = ()  # fully connected: hidden widths as multiples of ngf (hidden/out unused)
 
 
-GENERATORS: Registry[Arch] = Registry("generator")
 for _name, _arch in {
     # 1x1 -> 2 -> 4 -> 8
     "digits8": Arch(8, ((2, 2, 1, 0), (1, 4, 2, 1)), (4, 2, 1), "CPU: 8x8 (scikit-learn digits)"),

@@ -46,7 +46,7 @@ def _images(model: Model, images: torch.Tensor, where: str = "images") -> torch.
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Model:
-    """Open a model artifact (any method: ``pretrain``, ``mle``, ``adaptive-nce``, ``joint-*``, ``bidvl``).
+    """Open a model artifact of any method (``ebmtool methods`` lists them; ``pretrain``: a generator).
 
     path: a ``.safetensors`` model artifact (``fit-prior -o``, ``pretrain-generator -o`` or :func:`fit_prior`).
     device: "cpu" | "cuda" | "cuda:N" | "mps" | "auto".
@@ -125,8 +125,8 @@ def fit_prior(method: str, data: Union[PathLike, torch.Tensor], labels: Optional
               init: Optional[PathLike] = None, preset: Optional[str] = None,
               overrides: Optional[Mapping[str, Any]] = None, out: Optional[PathLike] = None, force: bool = False,
               quiet: bool = True) -> Model:
-    """Fit a model by ``method`` ("mle", "adaptive-nce", "nce", "joint-mle", "joint-vi", "bidvl"; "pretrain": a
-    generator under N(0, I)), exactly as ``ebmtool fit-prior`` does.
+    """Fit a model by ``method`` (a name of the method registry, ``ebmtool.registry.METHODS``: ``ebmtool methods``
+    lists them; "pretrain": a generator under N(0, I)), exactly as ``ebmtool fit-prior`` does.
 
     data: a dataset artifact's path (``ebmtool data prepare``), or images (N, C, H, W) uint8 in [0, 255] or float
     in [-1, 1]; labels: (N,) integers for image tensors (optional; a dataset artifact holds its own). init: a model
