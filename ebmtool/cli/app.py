@@ -57,7 +57,7 @@ DeviceOpt = typer.Option(None, "--device", help="auto|cpu|cuda|cuda:N|mps")
 PrecisionOpt = typer.Option(None, "--precision", help="fp32 (default, exact) | auto (reduced only where native) | bf16 | fp16 | tf32")
 EvalPrecisionOpt = typer.Option("fp32", "--precision", help="fp32 (default) | auto | bf16 | fp16 | tf32")
 ModelOpt = typer.Option(..., "--model", help="model artifact")
-EvalBatchOpt = typer.Option(500, "--batch-size", min=1, help="images run through the model at a time")
+EvalBatchOpt = typer.Option(500, "--batch-size", help="images run through the model at a time")
 EvalSeedOpt = typer.Option(0, "--seed", help="random seed: the same seed, inputs and device give the same result "
                            "(under torchrun each rank draws its own stream from it)")
 EvalDeviceOpt = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU) | cpu | cuda | cuda:N | mps")
@@ -71,7 +71,7 @@ TensorBoardOpt = typer.Option(None, "--tensorboard", help="DIR: TensorBoard scal
                               "(needs pip install -e '.\\[tensorboard]')")
 SnapshotsOpt = typer.Option(None, "--snapshots", help="DIR: the model at each epoch end as DIR/epoch-NNN.safetensors "
                             "(learning curves; not for adaptive-nce/nce, whose stages are separate models)")
-ScaleOpt = typer.Option(None, "--scale", min=1, help="upscale the PNG grid by this whole factor, nearest neighbour "
+ScaleOpt = typer.Option(None, "--scale", help="upscale the PNG grid by this whole factor, nearest neighbour "
                         "(default: the least giving >= 256 px on the short side)")
 
 

@@ -12,6 +12,7 @@ import torch
 from ebmtool import artifacts, distributed
 from ebmtool import progress as bars
 from ebmtool.data import load_images
+from ebmtool.config import MAX_SAMPLES, check_options  # noqa: F401  (MAX_SAMPLES: the limit of -n, re-exported)
 from ebmtool.errors import UserError
 from ebmtool.eval import scores as S
 from ebmtool.eval.anomaly import binary_labels, metrics
@@ -22,20 +23,9 @@ from ebmtool.runtime import resolve as resolve_precision
 from ebmtool.runtime import resolve_device, seed_everything
 
 
-# sample -n: at most this many samples per command (FID takes 50,000). All of them are held in memory together
-# (float images while drawing, then uint8), so a larger n is refused up front, as is one the machine cannot hold.
-MAX_SAMPLES = 1_000_000
-
-
-def check_n(n: int, name: str = "-n") -> None:
-    """Refuse a number of samples below 1 or above MAX_SAMPLES (``name``: "-n" for the CLI, "n" for the API)."""
-    if n < 1:
-        raise UserError(f"{name}: the number of samples must be at least 1")
-    if n > MAX_SAMPLES:
-        more = ("per command (they are all held in memory; draw several files with different --seed for more)"
-                if name == "-n" else "per call (they are all held in memory; draw several batches with different "
-                "seeds for more)")
-        raise UserError(f"{name} {n}: at most {MAX_SAMPLES:,} samples {more}")
+# sample -n: at most MAX_SAMPLES samples per command (FID takes 50,000). All of them are held in memory together
+# (float images while drawing, then uint8), so a larger n is refused up front (config.check_options), as is one the
+# machine cannot hold (check_memory).
 
 
 def check_memory(n: int, image_shape, name: str = "-n") -> None:
@@ -108,9 +98,10 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     """Prior samples decoded, drawn ``batch_size`` chains at a time (one group with a trajectory)."""
     if out is None and grid is None:
         raise UserError("sample: give -o FILE.safetensors and/or --grid FILE.png")
+    check_options("cli", n=n, steps=steps, step_size=step_size, sampler=sampler, batch_size=batch_size, seed=seed,
+                  scale=scale, trajectory_every=trajectory_every, layer_resample=layer_resample, precision=precision)
     if scale is not None and grid is None and trajectory_png is None:
         raise UserError("--scale: it upscales a PNG grid; give --grid (or --trajectory-png) or drop it")
-    check_n(n)
     artifacts.check_distinct({"-o": out, "--grid": grid, "--trajectory-png": trajectory_png}, {"--model": model_path})
     for p in (out, grid, trajectory_png):
         if p is not None:
@@ -213,6 +204,8 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
                 force: bool = False, precision: str = "fp32", scale: Optional[int] = None,
                 quiet: bool = False) -> dict[str, Any]:
     """Posterior reconstructions and their per-image MSE; the chain that made them is recorded (``chain``)."""
+    check_options("cli", steps=steps, step_size=step_size, noise=noise, batch_size=batch_size, limit=limit, seed=seed,
+                  scale=scale, precision=precision)
     if scale is not None and grid is None:
         raise UserError("--scale: it upscales the PNG grid; give --grid or drop it")
     dev, model, art, x, labels, data_art = _open(model_path, data_path, {"-o": out, "--grid": grid}, seed, device,
@@ -293,6 +286,8 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
             calibrate: Optional[str] = None) -> dict[str, Any]:
     """Anomaly / OOD evaluation with the label-free score ``score`` (:data:`ebmtool.eval.scores.SCORES`).
     ``calibrate``: a dataset of held-out normals, the reference of ``typicality`` and ``dose``."""
+    check_options("cli", steps=steps, step_size=step_size, noise=noise, batch_size=batch_size, seed=seed,
+                  precision=precision)
     if (positive is None) == (ood_path is None):
         raise UserError("anomaly: give exactly one of --anomaly-class/--labels-positive or --ood-data")
     check_score(score, calibrate is not None)
