@@ -236,8 +236,10 @@ def read_toml(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"{p}: config file not found")
+    if not p.is_file():  # a folder, a FIFO (reading it would block), a device
+        raise UserError(f"{p}: config path is not a regular file")
     try:
         return tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

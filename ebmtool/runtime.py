@@ -159,6 +159,7 @@ def cpu_name() -> str:
 # CPU threads: --threads auto (docs/performance.md, "Threads on a busy machine")
 # ------------------------------------------------------------------------------------------------
 _AUTO_THREADS: Optional[tuple[int, str]] = None
+MAX_THREADS = 1024  # --threads N: at most this (README, "Limits"); torch takes a C int, and each thread has a stack
 
 
 def allowed_cpus() -> set[int] | None:
@@ -289,5 +290,8 @@ def set_threads(spec: str | int | None) -> tuple[int, str]:
             raise UserError(f"--threads: expected a whole number or auto, got {spec!r}") from None
         if n < 1:
             raise UserError(f"--threads {n}: must be at least 1 (or auto)")
+        if n > MAX_THREADS:
+            raise UserError(f"--threads {n}: at most {MAX_THREADS} (this machine has {usable_cpus()} usable CPUs; "
+                            "more threads than cores only slow every operation)")
     torch.set_num_threads(n)
     return n, why

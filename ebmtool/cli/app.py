@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -75,13 +76,30 @@ ScaleOpt = typer.Option(None, "--scale", help="upscale the PNG grid by this whol
                         "(default: the least giving >= 256 px on the short side)")
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by its name ("inf", "-inf", "nan"): strict JSON has no
+    Infinity or NaN, and a value written by an older ebmtool (a config's ``sigma = 1e400``) may hold one."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    """The one JSON line of ``--json``: strict JSON (``allow_nan=False``; non-finite floats as strings)."""
+    return json.dumps(_finite(obj), default=str, allow_nan=False)
+
+
 def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
     from ebmtool.distributed import world
 
     if not world().is_main:  # under torchrun rank 0 reports for all
         return
     if as_json:
-        print(json.dumps(result, default=str))
+        print(dumps(result))
         return
     t = Table(title=title, show_header=False)
     t.add_column("key", style="bold")

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ebmtool.cli.app import (EvalBatchOpt, EvalDeviceOpt, EvalPrecisionOpt, EvalSeedOpt, ForceOpt, ModelOpt, JsonOpt, OutOpt, QuietOpt, ScaleOpt, _s, app, data_app,
-                                 emit, out_console)
+                                 dumps, emit, out_console)
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
 
@@ -187,7 +187,7 @@ def fid(
     for w in res.warnings:
         typer.echo(f"ebmtool: warning: {w}", err=True)
     if as_json:
-        print(json.dumps(res.to_dict(), default=str))
+        print(dumps(res.to_dict()))
     else:
         out_console.print(f"FID {res.value:.4f}")
         out_console.print(res.protocol_line())
@@ -225,7 +225,7 @@ def inspect(path: Path = typer.Argument(..., help="any ebmtool artifact"), as_js
 
     info = stages.inspect(str(path))
     if as_json:
-        print(json.dumps(info, default=str))
+        print(dumps(info))
         return
     t = Table(title=f"{info['path']} ({info['kind']})", show_header=False)
     t.add_column("key", style="bold")
@@ -261,7 +261,7 @@ def plot(
 
     res = stages.plot(str(path), str(output), force, scale=scale)
     if as_json:
-        print(json.dumps(res, default=str))
+        print(dumps(res))
     else:
         out_console.print(f"{res['output']}: {res['drew']}")
 

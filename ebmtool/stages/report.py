@@ -41,6 +41,8 @@ def fid(samples: str, ref: str, *, inception_weights: Optional[str] = None, feat
 
     if features is not None and inception_weights is not None:
         raise UserError("give --features or --inception-weights, not both")
+    if str(ref).endswith(".npz"):  # a damaged or hand-made statistics file: refused before any weights are read
+        F.load_statistics(ref)
     torch_dev = resolve_device(device)
     prec = resolve_precision(precision, torch_dev)
     dev = str(torch_dev)
