@@ -143,6 +143,26 @@ def seed_everything(seed: int, per_rank: bool = False) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    import os
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return total if total > 0 else None
+
+
+def check_fits_memory(need: int, what: str, fix: str) -> None:
+    """Refuse, before allocating, ``need`` bytes that exceed this machine's memory: one line naming ``what`` and
+    the ``fix``."""
+    total = machine_memory()
+    if total is not None and need > total:
+        raise UserError(f"{what} need about {need / 2**30:.1f} GiB of memory, more than this machine's "
+                        f"{total / 2**30:.1f} GiB; {fix}")
+
+
 def cpu_name() -> str:
     """The CPU model (from /proc/cpuinfo where there is one, else what ``platform`` says), with its widest vector
     ISA in brackets where the flags are known, e.g. ``AMD EPYC [AVX512-BF16]``. Virtual machines often report a bare

@@ -70,3 +70,28 @@ def test_a_damaged_fid_cache_entry_is_recomputed(tmp_path):
         again = F.reference_statistics(ref, ex, cache)
         assert again.source == "computed" and np.array_equal(again.mu, first.mu)
         assert F.reference_statistics(ref, ex, cache).source == "cache"  # replaced by a good entry
+
+
+def test_a_network_larger_than_memory_is_refused_before_allocation(monkeypatch, digits_ds, tmp_path):
+    """Sizes within the configs' limits can combine into a network this machine cannot hold: its parameters are
+    counted before any is allocated (here against a machine of 1 GiB)."""
+    from ebmtool import runtime
+    from ebmtool.nets.encoders import GaussianMLP
+    from ebmtool.nets.generators import Generator
+    from ebmtool.nets.mlp import EnergyMLP
+
+    monkeypatch.setattr(runtime, "machine_memory", lambda: 2**30)
+    with pytest.raises(UserError, match=r"an energy MLP 8 -> 8192 x 8 -> 1: its 469,901,313 parameters need about "
+                                        r"1.8 GiB of memory, more than this machine's 1.0 GiB; use smaller layers"):
+        EnergyMLP(8, 8192, 8)
+    with pytest.raises(UserError, match="a Gaussian MLP 8 -> 8192 x 8 -> 16: its"):
+        GaussianMLP(8, 8, 8192, 8)
+    with pytest.raises(UserError, match=r"the cifar32 generator \(nz 4096, ngf 1024\): its"):
+        Generator("cifar32", 4096, 1024, 3)
+    EnergyMLP(8, 200, 2)  # the papers' sizes pass
+    run = run_cli(["fit-prior", "--method", "mle", "--preset", "smoke", "--set", "energy.hidden=8192",
+                   "--set", "energy.layers=8", "--data", str(digits_ds), "-o", str(tmp_path / "m.safetensors")])
+    assert run.code == 2 and run.err_lines == [
+        "ebmtool: error: an energy MLP 8 -> 8192 x 8 -> 1: its 469,901,313 parameters need about 1.8 GiB of memory, "
+        "more than this machine's 1.0 GiB; use smaller layers"]
+    assert not (tmp_path / "m.safetensors").exists()

@@ -4,7 +4,6 @@ runs the model's verb in batches (sharded across torchrun ranks) and writes one 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Optional
 
 import torch
@@ -20,7 +19,7 @@ from ebmtool.eval.plots import figure_format, pr_curve_png
 from ebmtool.images import GRID_MAX_IMAGES, check_grid_path, grid_image, grid_size, to_uint8, write_png
 from ebmtool.models import LatentModel, Model, SampleOutput, bottom, hierarchical_sample, load_model
 from ebmtool.runtime import resolve as resolve_precision
-from ebmtool.runtime import resolve_device, seed_everything
+from ebmtool.runtime import check_fits_memory, resolve_device, seed_everything
 
 
 # sample -n: at most MAX_SAMPLES samples per command (FID takes 50,000). All of them are held in memory together
@@ -30,14 +29,8 @@ from ebmtool.runtime import resolve_device, seed_everything
 
 def check_memory(n: int, image_shape, name: str = "-n") -> None:
     """Refuse an n whose images (float32 while drawn, then uint8: 5 bytes a value) exceed this machine's RAM."""
-    need = 5 * n * math.prod(int(v) for v in image_shape)
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return
-    if total > 0 and need > total:
-        raise UserError(f"{name} {n}: {n} images of {'x'.join(map(str, image_shape))} need about {need / 2**30:.1f} GiB "
-                        f"of memory, more than this machine's {total / 2**30:.1f} GiB; use a smaller {name}")
+    check_fits_memory(5 * n * math.prod(int(v) for v in image_shape),
+                      f"{name} {n}: {n} images of {'x'.join(map(str, image_shape))}", f"use a smaller {name}")
 
 
 def _precision(name: str, device: torch.device):
