@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import ebmtool
+import ebmtool.stages
 from ebmtool import stages
 from ebmtool.config import MAX_SEED, MAX_STEP_SIZE
 from ebmtool.data import DataConfig
@@ -91,6 +92,14 @@ def test_wrong_argument_types_are_user_errors(models, images, tmp_path):
         lambda: ebmtool.fit_prior("mle", images, preset="smoke", overrides={"energy.hidden": 1e14}),
         lambda: ebmtool.fit_prior("mle", images, preset="smoke", overrides={"generator.nz": 2**63 - 1}),
         lambda: ebmtool.fit_prior("mle", images, preset="smoke", overrides={"seed": 2**70}),
+        lambda: ebmtool.fit_prior(3, images),
+        lambda: ebmtool.fit_prior(["mle"], images),
+        lambda: ebmtool.fit_prior("mle", images, preset=5),
+        lambda: ebmtool.fit_prior("mle", images, preset="smoke", overrides=[("epochs", 1)]),
+        lambda: ebmtool.fit_prior("mle", images, preset="smoke", overrides={"epochs": 1}, out=5),
+        lambda: ebmtool.fit_prior("mle", images, preset="smoke", overrides={"epochs": 1}, force="yes"),
+        lambda: ebmtool.stages.train_features(str(tmp_path / "d.safetensors"), str(tmp_path / "f.safetensors"),
+                                              seed=2**70),
     ]
     for i, call in enumerate(calls):
         with pytest.raises(UserError) as e:

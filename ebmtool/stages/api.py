@@ -169,8 +169,18 @@ def fit_prior(method: str, data: Union[PathLike, torch.Tensor], labels: Optional
     artifact there (refused if it exists, unless ``force``); nothing is written without it. quiet: no progress.
     Returns the model, in eval mode, on the config's device.
     """
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise UserError(f"method: unknown method {method!r} (choose from {', '.join(METHODS)})")
+    if preset is not None and not isinstance(preset, str):
+        raise UserError(f"preset: expected a preset name, got {preset!r}")
+    if overrides is not None and not (isinstance(overrides, Mapping) and all(isinstance(k, str) for k in overrides)):
+        raise UserError(f"overrides: expected a mapping of config fields to values, got {type(overrides).__name__}")
+    for name, value in (("out", out), ("init", init)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise UserError(f"{name}: expected a file name (str or os.PathLike), got {type(value).__name__}")
+    for name, value in (("force", force), ("quiet", quiet)):
+        if not isinstance(value, bool):
+            raise UserError(f"{name}: expected True or False, got {value!r}")
     flags: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
         flags = deep_merge(flags, nested({key: value}))

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ebmtool import artifacts
+from ebmtool.config import check_options
 from ebmtool.errors import UserError
 from ebmtool.runtime import resolve as resolve_precision
 from ebmtool.runtime import resolve_device
@@ -66,6 +67,7 @@ def train_features(data: str, out: str, *, epochs: int = 30, seed: int = 0, pati
     forward passes run under it (fp16 is refused: training in fp16 needs loss scaling); the artifact records it."""
     from ebmtool.eval import fid as F
 
+    check_options("cli", seed=seed)
     artifacts.check_distinct({"-o": out}, {"--data": data})
     torch_dev = resolve_device(device)
     prec = resolve_precision(precision, torch_dev)
