@@ -387,7 +387,8 @@ def check_options(door: Literal["cli", "api"] = "cli", **values: Any) -> None:
     (:data:`OPTION_NAMES`); None means not given (the model's own setting, no seed, every image), except for ``n``,
     ``batch_size`` and ``trajectory_every``, which have no default there. Whole numbers
     must be ints (not ``True``, not ``2.5``); ``step_size`` a finite number in (0, MAX_STEP_SIZE]; ``noise`` a
-    bool; ``sampler`` one of :data:`SAMPLERS`; ``precision`` one of :data:`PRECISIONS`; ``n`` at most :data:`MAX_SAMPLES`; ``seed`` 0 .. :data:`MAX_SEED`."""
+    bool; ``sampler`` one of :data:`SAMPLERS`; ``precision`` one of :data:`PRECISIONS`;
+    ``n`` at most :data:`MAX_SAMPLES`; ``seed`` 0 .. :data:`MAX_SEED`."""
     for key, v in values.items():
         if key not in OPTION_NAMES:
             raise TypeError(f"check_options: unknown option {key!r}")

@@ -74,8 +74,8 @@ def grid_size(n: int, image_shape, nrow: Optional[int] = None, scale: Optional[i
         gh, gw = -(-n // cols) * (h + 1) + 1, cols * (w + 1) + 1
     k = grid_scale(min(gh, gw), scale)
     if max(gh, gw) * k > MAX_GRID_PX:
-        raise UserError(f"--scale {k}: the grid would be {gw * k:,} x {gh * k:,} pixels; at most {MAX_GRID_PX:,} a side "
-                        f"(use --scale {max(1, MAX_GRID_PX // max(gh, gw))} or less)")
+        raise UserError(f"--scale {k}: the grid would be {gw * k:,} x {gh * k:,} pixels; at most {MAX_GRID_PX:,} "
+                        f"a side (use --scale {max(1, MAX_GRID_PX // max(gh, gw))} or less)")
     return gh * k, gw * k
 
 

@@ -76,7 +76,8 @@ class BiDVLConfig(StageCommon):
     opt_e: Optim = Optim(lr=1e-4, beta1=0.0, beta2=0.9, decay=0.998)
     opt_qp: Optim = Optim(lr=3e-4, beta1=0.0, beta2=0.9, decay=0.998, weight_decay=1e-4)  # the authors' QPdecay
     refine_steps: int = Field(0, ge=0, description="image-space Langevin steps on -E after G(h) at sample time")
-    refine_step_size: float = Field(0.01, gt=0, le=MAX_STEP_SIZE, description="s of that chain (sample --step-size overrides)")
+    refine_step_size: float = Field(0.01, gt=0, le=MAX_STEP_SIZE,
+                                    description="s of that chain (sample --step-size overrides)")
 
 
 def default_basic_ratio(size: int) -> float:

@@ -43,8 +43,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from ebmtool.config import (MAX_CHANNELS, MAX_HIDDEN, MAX_LATENT, MAX_LAYERS, EnergySpec, GeneratorSpec, Langevin, Optim,
-                            Strict, TrainCommon)
+from ebmtool.config import (MAX_CHANNELS, MAX_HIDDEN, MAX_LATENT, MAX_LAYERS, EnergySpec, GeneratorSpec, Langevin,
+                            Optim, Strict, TrainCommon)
 from ebmtool.errors import DivergenceError, UserError
 from ebmtool.models.latent import LatentModel, generator_for, latent_model
 from ebmtool.nets.encoders import BottomUpGaussianEncoder
