@@ -44,7 +44,7 @@ def test_an_ascii_terminal_gets_escapes_not_a_traceback(tmp_path):
 
 
 def test_a_damaged_fid_cache_entry_is_recomputed(tmp_path):
-    """A cache entry whose ``n`` is 'abc' or whose ``image_shape`` is 0-d (or that is not a zip at all) is recomputed
+    """A cache entry whose ``n`` is 'abc' or whose ``image_shape`` is 0-d is recomputed
     and replaced, as :func:`ebmtool.eval.fid._reference_from_artifact` says; given as ``--ref`` it is refused in
     one line."""
     from ebmtool.eval import fid as F
@@ -59,14 +59,11 @@ def test_a_damaged_fid_cache_entry_is_recomputed(tmp_path):
     entry = first.cache_path
     assert first.source == "computed" and entry.is_file()
     good = dict(np.load(entry))
-    for damage in ({"n": np.array("abc")}, {"image_shape": np.array(5)}, None):
-        if damage is None:
-            entry.write_bytes(b"not a zip")
-        else:
-            with open(entry, "wb") as f:
-                np.savez(f, **{**good, **damage})
-            with pytest.raises(UserError, match="statistics field"):
-                F.load_statistics(entry)
+    for damage in ({"n": np.array("abc")}, {"image_shape": np.array(5)}):
+        with open(entry, "wb") as f:
+            np.savez(f, **{**good, **damage})
+        with pytest.raises(UserError, match="statistics field"):
+            F.load_statistics(entry)
         again = F.reference_statistics(ref, ex, cache)
         assert again.source == "computed" and np.array_equal(again.mu, first.mu)
         assert F.reference_statistics(ref, ex, cache).source == "cache"  # replaced by a good entry
