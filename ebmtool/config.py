@@ -59,7 +59,7 @@ MAX_SEED = 2**63 - 1  # --seed: 0 .. 2^63 - 1 (torch's generators take 64 bits; 
 MAX_STEP_SIZE = 1e3  # a Langevin step s: 0 < s <= 1000 (the papers use 0.1 to 0.4; s^2/2 overflows fp32 near 2.6e19)
 MAX_LATENT = 4096  # a latent layer's dimension (nz, nz_top): the papers use 100 to 200
 MAX_HIDDEN = 8192  # width of an MLP layer (energy, ratio, conditional and encoder MLPs): the papers use 100 to 200
-MAX_LAYERS = 64  # hidden layers of one MLP
+MAX_LAYERS = 64  # hidden layers of one MLP, and latent layers of a joint prior
 MAX_CHANNELS = 1024  # base channel width of a convolutional net (ngf, nef, ndf): the papers use 32 to 128
 MAX_SAMPLES = 1_000_000  # images per sample command or call (all are held in memory; FID takes 50,000)
 
