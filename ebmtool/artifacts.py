@@ -246,6 +246,8 @@ def load(path: str | os.PathLike, kind: str | Iterable[str] | None = None, *, wh
         raise UserError(f"{p}: {what} file not found")
     if p.is_dir():
         raise UserError(f"{p}: {what} is a folder, not an artifact file")
+    if not p.is_file():  # a FIFO or a device: reading it would block, or never end
+        raise UserError(f"{p}: {what} is not a regular file")
     if not os.access(p, os.R_OK):
         raise UserError(f"{p}: {what} file is not readable")
     if p.stat().st_size < 8:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import numbers
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, TypeVar
@@ -27,7 +28,41 @@ except ModuleNotFoundError:  # Python 3.10: tomli is the same parser (a dependen
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """The base of every config: unknown keys refused, every value checked where the config is made (also on
+    assignment), in strict mode (``true`` is not the integer 1, ``2.5`` or ``1e14`` not an integer, a string not a
+    number) and finite (``1e400`` and ``Infinity`` are refused). Made directly (``DataConfig(dataset=...)`` in the
+    Python API), a wrong value raises :class:`~ebmtool.errors.UserError` with the one line :func:`build` writes."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise UserError(validation_line(e, type(self).__name__)) from None
+
+    # pydantic's own mark of a base __init__: validation of nested configs does not go through this one (so a nested
+    # error keeps its full location, opt_g.lr), only a config made directly does
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as e:
+            raise UserError(validation_line(e, type(self).__name__)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits (README, "Limits"): a value beyond them is refused in one line where it is given, before any memory is
+# taken, instead of overflowing a C type or asking the machine for terabytes.
+# ---------------------------------------------------------------------------------------------
+MAX_SEED = 2**63 - 1  # --seed: 0 .. 2^63 - 1 (torch's generators take 64 bits; per-rank seeds are taken mod 2^63)
+MAX_STEP_SIZE = 1e3  # a Langevin step s: 0 < s <= 1000 (the papers use 0.1 to 0.4; s^2/2 overflows fp32 near 2.6e19)
+MAX_LATENT = 4096  # a latent layer's dimension (nz, nz_top): the papers use 100 to 200
+MAX_HIDDEN = 8192  # width of an MLP layer (energy, ratio, conditional and encoder MLPs): the papers use 100 to 200
+MAX_LAYERS = 64  # hidden layers of one MLP, and latent layers of a joint prior
+MAX_CHANNELS = 1024  # base channel width of a convolutional net (ngf, nef, ndf): the papers use 32 to 128
+MAX_SAMPLES = 1_000_000  # images per sample command or call (all are held in memory; FID takes 50,000)
 
 
 # The two ways the papers write one Langevin step (docs/design.md §3). ebmtool has one sampler, in the LEBM form;
@@ -46,7 +81,7 @@ class Langevin(Strict):
     (its spec) are both this class."""
 
     steps: int = Field(20, ge=1, description="number of Langevin steps")
-    step_size: float = Field(0.1, gt=0, description="s, read in `convention`")
+    step_size: float = Field(0.1, gt=0, le=MAX_STEP_SIZE, description="s, read in `convention`")
     noise: bool = True
     convention: LangevinConvention = Field(
         "lebm", description="how step_size is read: lebm = z + s^2/2 grad + s eps | "
@@ -78,16 +113,16 @@ class Langevin(Strict):
 
 class GeneratorSpec(Strict):
     arch: Annotated[str, registered(GENERATORS, also=("auto",))] = "auto"  # auto: by image size
-    nz: int = Field(100, ge=1)
-    ngf: int = Field(64, ge=1)
+    nz: int = Field(100, ge=1, le=MAX_LATENT)
+    ngf: int = Field(64, ge=1, le=MAX_CHANNELS)
     slope: float = Field(0.2, ge=0)
 
 
 class EnergySpec(Strict):
     """Energy / ratio MLP d -> hidden x layers -> 1 (returns f = -energy)."""
 
-    hidden: int = Field(200, ge=1)
-    layers: int = Field(2, ge=1)
+    hidden: int = Field(200, ge=1, le=MAX_HIDDEN)
+    layers: int = Field(2, ge=1, le=MAX_LAYERS)
     slope: float = Field(0.2, ge=0)
 
 
@@ -132,7 +167,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "tf32")  # the one list of --preci
 
 
 class StageCommon(Strict):
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Annotated[str, AfterValidator(_device_name)] = Field("auto", description=DEVICE_FORMS)
     precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
         "fp32", description="fp32 (exact, default) | auto (reduced only where native) | bf16 | fp16 | tf32")
@@ -221,8 +256,10 @@ def read_toml(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"{p}: config file not found")
+    if not p.is_file():  # a folder, a FIFO (reading it would block), a device
+        raise UserError(f"{p}: config path is not a regular file")
     try:
         return tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -230,6 +267,17 @@ def read_toml(path: str | Path | None) -> dict[str, Any]:
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def validation_line(e: ValidationError, where: str) -> str:
+    """A pydantic error as the one line of a :class:`UserError`, naming the key (the first error)."""
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "(root)"
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown key {loc!r}"
+    if not err["loc"]:  # a check across fields (a model validator): its message says what; the input is the
+        return f"{where}: {err['msg'].removeprefix('Value error, ')}"  # whole config, too long for the one line
+    return f"{where}: {loc}: {err['msg']} (got {err.get('input')!r})"
 
 
 def build(cls: type[M], *layers: dict[str, Any], where: str = "config") -> M:
@@ -240,14 +288,7 @@ def build(cls: type[M], *layers: dict[str, Any], where: str = "config") -> M:
     try:
         return cls.model_validate(d)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "(root)"
-        if err["type"] == "extra_forbidden":
-            raise UserError(f"{where}: unknown key {loc!r}") from None
-        if not err["loc"]:  # a check across fields (a model validator): its message says what; the input is the
-            msg = err["msg"].removeprefix("Value error, ")  # whole config, too long for the one line
-            raise UserError(f"{where}: {msg}") from None
-        raise UserError(f"{where}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
+        raise UserError(validation_line(e, where)) from None
 
 
 def nested_defaults(cls: type[BaseModel]) -> dict[str, Any]:
@@ -331,3 +372,77 @@ def nested(flags: dict[str, Any]) -> dict[str, Any]:
             d = d.setdefault(p, {})
         d[parts[-1]] = v
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The options of the evaluation stages (sample, reconstruct, anomaly) and of the Python API (ebmtool.sample,
+# ebmtool.reconstruct, ebmtool.score): one check for both doors, so they cannot drift apart.
+# ---------------------------------------------------------------------------------------------
+SAMPLERS = ("langevin", "sir")
+
+# how each option is named at each door: the CLI's flag, the API's keyword
+OPTION_NAMES: dict[str, tuple[str, str]] = {
+    "n": ("-n", "n"), "steps": ("--steps", "steps"), "step_size": ("--step-size", "step_size"),
+    "noise": ("--noise/--no-noise", "noise"), "sampler": ("--sampler", "sampler"),
+    "batch_size": ("--batch-size", "batch_size"), "seed": ("--seed", "seed"), "limit": ("--limit", "limit"),
+    "scale": ("--scale", "scale"), "trajectory_every": ("--trajectory", "trajectory_every"),
+    "layer_resample": ("--layer-resample", "layer_resample"), "precision": ("--precision", "precision"),
+}
+# the least value of each whole-number option (and the most, where there is one)
+_WHOLE: dict[str, tuple[int, Optional[int]]] = {
+    "n": (1, MAX_SAMPLES), "steps": (1, None), "batch_size": (1, None), "seed": (0, MAX_SEED), "limit": (1, None),
+    "scale": (1, None), "trajectory_every": (0, None), "layer_resample": (1, None),
+}
+
+_REQUIRED = {"n", "batch_size", "trajectory_every"}  # the others' None means: not given
+
+
+def _is_whole(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_options(door: Literal["cli", "api"] = "cli", **values: Any) -> None:
+    """Refuse, in one line naming the option as this ``door`` spells it (``--step-size`` / ``step_size``), any
+    evaluation option that is the wrong type or out of range. ``values``: the options given, by their API name
+    (:data:`OPTION_NAMES`); None means not given (the model's own setting, no seed, every image), except for ``n``,
+    ``batch_size`` and ``trajectory_every``, which have no default there. Whole numbers
+    must be ints (not ``True``, not ``2.5``); ``step_size`` a finite number in (0, MAX_STEP_SIZE]; ``noise`` a
+    bool; ``sampler`` one of :data:`SAMPLERS`; ``precision`` one of :data:`PRECISIONS`;
+    ``n`` at most :data:`MAX_SAMPLES`; ``seed`` 0 .. :data:`MAX_SEED`."""
+    for key, v in values.items():
+        if key not in OPTION_NAMES:
+            raise TypeError(f"check_options: unknown option {key!r}")
+        name = OPTION_NAMES[key][0 if door == "cli" else 1]
+        if v is None and key in _REQUIRED:
+            raise UserError(f"{name}: expected a whole number, got None")
+        if v is None:
+            continue
+        if key in _WHOLE:
+            lo, hi = _WHOLE[key]
+            if not _is_whole(v):
+                raise UserError(f"{name}: expected a whole number, got {v!r}")
+            if key == "n" and v < 1:
+                raise UserError(f"{name}: the number of samples must be at least 1")
+            if v < lo:
+                raise UserError(f"{name} {v}: must be at least {lo}")
+            if key == "n" and v > MAX_SAMPLES:
+                more = ("per command (they are all held in memory; draw several files with different --seed for more)"
+                        if door == "cli" else "per call (they are all held in memory; draw several batches with "
+                        "different seeds for more)")
+                raise UserError(f"{name} {v}: at most {MAX_SAMPLES:,} samples {more}")
+            if hi is not None and v > hi:
+                raise UserError(f"{name} {v}: must be at most {hi}")
+        elif key == "step_size":
+            if not isinstance(v, numbers.Real) or isinstance(v, bool):
+                raise UserError(f"{name}: expected a number, got {v!r}")
+            if not (math.isfinite(v) and 0 < v <= MAX_STEP_SIZE):
+                raise UserError(f"{name} {v}: must be a number in (0, {MAX_STEP_SIZE:g}]")
+        elif key == "noise":
+            if not isinstance(v, bool):
+                raise UserError(f"{name}: expected True or False, got {v!r}")
+        elif key == "precision":
+            if not isinstance(v, str) or v not in PRECISIONS:
+                raise UserError(f"{name}: unknown precision {v!r} (choose from {', '.join(PRECISIONS)})")
+        elif key == "sampler":
+            if not isinstance(v, str) or v not in SAMPLERS:
+                raise UserError(f"{name}: unknown sampler {v!r} ({' | '.join(SAMPLERS)})")

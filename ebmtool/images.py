@@ -17,6 +17,15 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 MIN_GRID_PX = 256  # short side of a saved grid when --scale is not given
+MAX_GRID_PX = 16384  # longest side of a saved grid (README, "Limits"): --scale beyond it is refused up front
+GRID_MAX_IMAGES = 256  # a grid draws the first 256 images
+
+
+def check_grid_path(path: str, option: str = "--grid") -> None:
+    """An image grid is a PNG: refuse any other extension (``sample --grid``, ``--trajectory-png``, ``reconstruct
+    --grid`` and ``plot`` of images share this check), before any work."""
+    if not str(path).lower().endswith(".png"):
+        raise UserError(f"{option} {path}: an image grid is written as .png")
 
 
 def grid_scale(short_side: int, scale: Optional[int] = None) -> int:
@@ -51,9 +60,29 @@ def tile(images: torch.Tensor, nrow: int, padding: int = 1, pad_value: int = 128
     return g
 
 
+def grid_size(n: int, image_shape, nrow: Optional[int] = None, scale: Optional[int] = None) -> tuple[int, int]:
+    """(height, width) in pixels of the grid :func:`grid_image` draws of ``n`` images (at most 256 are drawn) of
+    ``image_shape`` (C, H, W); refuses, in one line and before anything is drawn or sampled, a ``scale`` that makes a
+    side longer than MAX_GRID_PX."""
+    n = max(1, min(int(n), GRID_MAX_IMAGES))
+    _, h, w = (int(v) for v in image_shape)
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    if n == 1:
+        gh, gw = h, w
+    else:
+        cols = min(nrow, n)
+        gh, gw = -(-n // cols) * (h + 1) + 1, cols * (w + 1) + 1
+    k = grid_scale(min(gh, gw), scale)
+    if max(gh, gw) * k > MAX_GRID_PX:
+        raise UserError(f"--scale {k}: the grid would be {gw * k:,} x {gh * k:,} pixels; at most {MAX_GRID_PX:,} "
+                        f"a side (use --scale {max(1, MAX_GRID_PX // max(gh, gw))} or less)")
+    return gh * k, gw * k
+
+
 def grid_image(images_u8: torch.Tensor, nrow: Optional[int] = None, scale: Optional[int] = None) -> torch.Tensor:
     """The grid as a uint8 (C, H, W) tensor: ``nrow`` images per row (default: a square grid, ceil(sqrt(n))),
     upscaled by nearest neighbour by ``scale`` (default: enough for MIN_GRID_PX on the short side)."""
+    grid_size(len(images_u8), images_u8.shape[1:], nrow, scale)  # refuses a grid too large to hold
     nrow = nrow or max(1, math.ceil(math.sqrt(len(images_u8))))
     g = tile(images_u8, nrow)  # uint8 (C, H, W); C is 3 for grey input
     k = grid_scale(min(g.shape[1], g.shape[2]), scale)
@@ -62,10 +91,15 @@ def grid_image(images_u8: torch.Tensor, nrow: Optional[int] = None, scale: Optio
 
 def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None, scale: Optional[int] = None) -> None:
     """PNG grid of the first 256 images (written atomically; see :func:`grid_image`), large enough to judge by eye."""
-    from PIL import Image
 
     if len(images_u8) == 0:
         raise UserError(f"{path}: there are no images to draw")
-    g = grid_image(images_u8[:256], nrow, scale)
+    write_png(grid_image(images_u8[:GRID_MAX_IMAGES], nrow, scale), path)
+
+
+def write_png(g: torch.Tensor, path: str) -> None:
+    """A uint8 (C, H, W) image (:func:`grid_image`) as a PNG file, written atomically."""
+    from PIL import Image
+
     with artifacts.atomic_write(path) as tmp:
         Image.fromarray(g.permute(1, 2, 0).contiguous().numpy()).save(tmp, format="PNG")

@@ -143,6 +143,26 @@ def seed_everything(seed: int, per_rank: bool = False) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    import os
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return total if total > 0 else None
+
+
+def check_fits_memory(need: int, what: str, fix: str) -> None:
+    """Refuse, before allocating, ``need`` bytes that exceed this machine's memory: one line naming ``what`` and
+    the ``fix``."""
+    total = machine_memory()
+    if total is not None and need > total:
+        raise UserError(f"{what} need about {need / 2**30:.1f} GiB of memory, more than this machine's "
+                        f"{total / 2**30:.1f} GiB; {fix}")
+
+
 def cpu_name() -> str:
     """The CPU model (from /proc/cpuinfo where there is one, else what ``platform`` says), with its widest vector
     ISA in brackets where the flags are known, e.g. ``AMD EPYC [AVX512-BF16]``. Virtual machines often report a bare
@@ -159,6 +179,7 @@ def cpu_name() -> str:
 # CPU threads: --threads auto (docs/performance.md, "Threads on a busy machine")
 # ------------------------------------------------------------------------------------------------
 _AUTO_THREADS: Optional[tuple[int, str]] = None
+MAX_THREADS = 1024  # --threads N: at most this (README, "Limits"); torch takes a C int, and each thread has a stack
 
 
 def allowed_cpus() -> set[int] | None:
@@ -289,5 +310,8 @@ def set_threads(spec: str | int | None) -> tuple[int, str]:
             raise UserError(f"--threads: expected a whole number or auto, got {spec!r}") from None
         if n < 1:
             raise UserError(f"--threads {n}: must be at least 1 (or auto)")
+        if n > MAX_THREADS:
+            raise UserError(f"--threads {n}: at most {MAX_THREADS} (this machine has {usable_cpus()} usable CPUs; "
+                            "more threads than cores only slow every operation)")
     torch.set_num_threads(n)
     return n, why

@@ -113,10 +113,12 @@ def langevin(
     """
     if steps < 0:
         raise ValueError("steps must be >= 0")
-    zs = [t.detach().clone() for t in _as_tuple(z0)]
     traj = Trajectory() if record_every > 0 else None
     half_s2 = 0.5 * step_size * step_size
-    with frozen(freeze), torch.enable_grad():
+    # autograd even where the caller is in torch.inference_mode() or no_grad(): the chain needs grad_z (its start
+    # is copied outside inference mode, so that autograd may record it)
+    with torch.inference_mode(False), frozen(freeze), torch.enable_grad():
+        zs = [t.detach().clone() for t in _as_tuple(z0)]
         for i in range(steps + (1 if traj is not None else 0)):
             for t in zs:
                 t.requires_grad_(True)

@@ -132,6 +132,29 @@ def build(spec: str, dst: Path, src_of) -> None:
         spec = json.loads(json.dumps(a.meta["model"]))
         spec["generator"]["arch"] = "no-such-arch"
         _resave(src_of(arg), dst, meta={**a.meta, "model": spec})
+    elif name == "mnist_bad_label":  # real IDX test files whose label file holds one label outside 0..9
+        import struct
+
+        dst.mkdir()
+        idx = struct.pack(">BBBBIII", 0, 0, 8, 3, 20, 28, 28) + bytes(i % 7 for i in range(20 * 28 * 28))
+        (dst / "t10k-images-idx3-ubyte").write_bytes(idx)
+        labels_b = bytearray(i % 10 for i in range(20))
+        labels_b[7] = int(arg)
+        (dst / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">BBBBI", 0, 0, 8, 1, 20) + bytes(labels_b))
+    elif name == "toml_text":  # a TOML file of the given text (\n for new lines)
+        dst.write_text(arg.replace("\\n", "\n"))
+    elif name == "fifo":  # reading it would block forever: it must be refused before it is opened
+        os.mkfifo(dst)
+    elif name == "copy":
+        dst.write_bytes(src_of(arg).read_bytes())
+    elif name == "npz":  # FID statistics of 2048 dims with one hand-made field: n=abc | shape0d
+        import numpy as np
+
+        extra = {"n": {"n": np.array("abc")}, "shape0d": {"image_shape": np.array(5)}}[arg]
+        with open(dst, "wb") as f:
+            np.savez(f, mu=np.zeros(2048), sigma=np.eye(2048), **extra)
+    elif name == "scores_no_labels":
+        artifacts.save(dst, "scores", {"scores": torch.linspace(0, 1, 8, dtype=torch.float64)})
     else:
         raise AssertionError(f"unknown builder {spec!r} in {CASES_FILE}")
 
@@ -173,7 +196,9 @@ def test_corpus_is_well_formed():
 def test_bad_input(case, tmp_path, request):
     folder = tmp_path / "case"
     folder.mkdir()
-    values = {"dir": str(folder), "out": str(folder / "out.safetensors")}
+    # {nonutf8}: a file name whose bytes are not UTF-8 (0xff), as Python hands it over: a lone surrogate (PEP 383)
+    values = {"dir": str(folder), "out": str(folder / "out.safetensors"),
+              "nonutf8": str(folder / "bad\udcffname.safetensors")}
     text = json.dumps(case)
     for key in set(re.findall(r"\{(\w+)\}", text)):
         if key in FIXTURES:

@@ -322,7 +322,7 @@ def test_second_test_permutation_reproduces_the_original_loaders_leak(tmp_path):
     t, meta = prepare(DataConfig(dataset="mnist", root=str(tmp_path), split="train+test", anomaly_protocol=3,
                                  part="test", test_permutation="second"))
     assert meta["protocol"]["test_permutation"] == "second"
-    with pytest.raises(ValueError, match="--test-permutation needs --anomaly-protocol"):
+    with pytest.raises(UserError, match="--test-permutation needs --anomaly-protocol"):  # one line, as on the CLI
         DataConfig(dataset="digits", test_permutation="second")
 
 

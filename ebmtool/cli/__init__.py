@@ -79,12 +79,37 @@ def _command_name(args: list[str]) -> Optional[str]:
     return None
 
 
+def _tolerant_output() -> None:
+    """Whatever the terminal's encoding (``PYTHONIOENCODING=ascii``, a C locale), a character it cannot show is
+    written as a backslash escape, never a UnicodeEncodeError (a non-ASCII file name in a result or a message)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", None) == "strict":
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream that cannot change now (closed, or already written through)
+                pass
+
+
+def check_arguments(args: list[str]) -> None:
+    """Every argument must be valid UTF-8: a file name that is not would be written, then be unreadable by any
+    command (artifacts record their parents' names as JSON text)."""
+    for a in args:
+        try:
+            a.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes arrive as lone surrogates (PEP 383)
+            shown = a.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise UserError(f"argument {shown!r} is not valid UTF-8 (file names must be UTF-8 text)") from None
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     from ebmtool import distributed
 
+    _tolerant_output()
     args = sys.argv[1:] if argv is None else list(argv)
     ok = False
     try:
+        check_arguments(args)
         args = hoist_threads(args)
         if distributed.launched_by_torchrun():
             command = _command_name(args)

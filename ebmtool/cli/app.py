@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -62,7 +63,7 @@ PrecisionOpt = typer.Option(None, "--precision", help=" | ".join(
 EvalPrecisionOpt = typer.Option("fp32", "--precision", help=" | ".join(
     f"{p} (default)" if p == "fp32" else p for p in sorted(PRECISIONS, key="fp32".__ne__)))
 ModelOpt = typer.Option(..., "--model", help="model artifact")
-EvalBatchOpt = typer.Option(500, "--batch-size", min=1, help="images run through the model at a time")
+EvalBatchOpt = typer.Option(500, "--batch-size", help="images run through the model at a time")
 EvalSeedOpt = typer.Option(0, "--seed", help="random seed: the same seed, inputs and device give the same result "
                            "(under torchrun each rank draws its own stream from it)")
 EvalDeviceOpt = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU) | cpu | cuda | cuda:N | mps")
@@ -76,8 +77,25 @@ TensorBoardOpt = typer.Option(None, "--tensorboard", help="DIR: TensorBoard scal
                               "(needs pip install -e '.\\[tensorboard]')")
 SnapshotsOpt = typer.Option(None, "--snapshots", help="DIR: the model at each epoch end as DIR/epoch-NNN.safetensors "
                             "(learning curves; not for adaptive-nce/nce, whose stages are separate models)")
-ScaleOpt = typer.Option(None, "--scale", min=1, help="upscale the PNG grid by this whole factor, nearest neighbour "
+ScaleOpt = typer.Option(None, "--scale", help="upscale the PNG grid by this whole factor, nearest neighbour "
                         "(default: the least giving >= 256 px on the short side)")
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by its name ("inf", "-inf", "nan"): strict JSON has no
+    Infinity or NaN, and a value written by an older ebmtool (a config's ``sigma = 1e400``) may hold one."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    """The one JSON line of ``--json``: strict JSON (``allow_nan=False``; non-finite floats as strings)."""
+    return json.dumps(_finite(obj), default=str, allow_nan=False)
 
 
 def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
@@ -86,7 +104,7 @@ def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
     if not world().is_main:  # under torchrun rank 0 reports for all
         return
     if as_json:
-        print(json.dumps(result, default=str))
+        print(dumps(result))
         return
     t = Table(title=title, show_header=False)
     t.add_column("key", style="bold")

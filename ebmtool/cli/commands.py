@@ -10,15 +10,16 @@ import typer
 from rich.table import Table
 
 from ebmtool.cli.app import (EvalBatchOpt, EvalDeviceOpt, EvalPrecisionOpt, EvalSeedOpt, ForceOpt, ModelOpt, JsonOpt, OutOpt, QuietOpt, ScaleOpt, _s, app, data_app,
-                                 emit, out_console)
+                                 dumps, emit, out_console)
 from ebmtool.data.sources import SOURCES
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
 
 STEP_HELP = "Langevin step size s, read in the model's chain convention (lebm: s; xiao-han: the sampler runs at sqrt(s))"
 # the posterior chain's options of the commands that infer z (reconstruct, anomaly), defined once
-StepsOpt = typer.Option(None, "--steps", min=1, help="posterior Langevin steps")
-StepSizeOpt = typer.Option(None, "--step-size", min=1e-12, help=STEP_HELP)
+# checked with every other evaluation option by config.check_options (one check for the CLI and the API)
+StepsOpt = typer.Option(None, "--steps", help="posterior Langevin steps")
+StepSizeOpt = typer.Option(None, "--step-size", help=STEP_HELP)
 NoiseOpt = typer.Option(None, "--noise/--no-noise", help="posterior chain with (default: the model's) or without "
                         "Langevin noise (--no-noise: gradient ascent to a near-MAP z, the papers' anomaly code)")
 
@@ -67,14 +68,14 @@ def sample(
     n: int = typer.Option(64, "-n", help="number of samples (at most 1,000,000, all held in memory)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="samples artifact"),
     grid: Optional[Path] = typer.Option(None, "--grid", help="PNG grid of the samples"),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="prior Langevin steps (default: the model's)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="prior Langevin steps (default: the model's)"),
     step_size: Optional[float] = StepSizeOpt,
     sampler: Optional[str] = typer.Option(None, "--sampler", help="langevin | sir (multi-stage and joint priors)"),
-    trajectory: int = typer.Option(0, "--trajectory", min=0, help="record every K-th Langevin state (all chains in one batch)"),
+    trajectory: int = typer.Option(0, "--trajectory", help="record every K-th Langevin state (all chains in one batch)"),
     trajectory_png: Optional[Path] = typer.Option(None, "--trajectory-png", help="PNG: one row per chain (8), time left to right"),
     scale: Optional[int] = ScaleOpt,
-    layer_resample: Optional[int] = typer.Option(None, "--layer-resample", min=1, help="joint models: each grid row shares one sample of layer K (1 = bottom); the other layers are resampled"),
-    batch_size: int = typer.Option(500, "--batch-size", min=1, help="chains drawn at a time"),
+    layer_resample: Optional[int] = typer.Option(None, "--layer-resample", help="joint models: each grid row shares one sample of layer K (1 = bottom); the other layers are resampled"),
+    batch_size: int = typer.Option(500, "--batch-size", help="chains drawn at a time"),
     seed: int = EvalSeedOpt,
     device: str = EvalDeviceOpt,
     precision: str = EvalPrecisionOpt,
@@ -85,8 +86,6 @@ def sample(
     """Draw samples from a model's prior and decode them."""
     from ebmtool import stages
 
-    if sampler is not None and sampler not in ("langevin", "sir"):
-        raise UserError(f"--sampler: unknown sampler {sampler!r} (langevin | sir)")
     res = stages.sample(str(model), n, out=_s(output), grid=_s(grid), steps=steps, step_size=step_size,
                         sampler=sampler, trajectory_every=trajectory, trajectory_png=_s(trajectory_png), seed=seed,
                         device=device, force=force, layer_resample=layer_resample, precision=precision, scale=scale,
@@ -104,7 +103,7 @@ def reconstruct(
     step_size: Optional[float] = StepSizeOpt,
     noise: Optional[bool] = NoiseOpt,
     batch_size: int = EvalBatchOpt,
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="first N images only"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="first N images only"),
     scale: Optional[int] = ScaleOpt,
     seed: int = EvalSeedOpt,
     device: str = EvalDeviceOpt,
@@ -194,7 +193,7 @@ def fid(
     for w in res.warnings:
         typer.echo(f"ebmtool: warning: {w}", err=True)
     if as_json:
-        print(json.dumps(res.to_dict(), default=str))
+        print(dumps(res.to_dict()))
     else:
         out_console.print(f"FID {res.value:.4f}")
         out_console.print(res.protocol_line())
@@ -232,7 +231,7 @@ def inspect(path: Path = typer.Argument(..., help="any ebmtool artifact"), as_js
 
     info = stages.inspect(str(path))
     if as_json:
-        print(json.dumps(info, default=str))
+        print(dumps(info))
         return
     t = Table(title=f"{info['path']} ({info['kind']})", show_header=False)
     t.add_column("key", style="bold")
@@ -268,7 +267,7 @@ def plot(
 
     res = stages.plot(str(path), str(output), force, scale=scale)
     if as_json:
-        print(json.dumps(res, default=str))
+        print(dumps(res))
     else:
         out_console.print(f"{res['output']}: {res['drew']}")
 

@@ -204,6 +204,8 @@ def as_images(x: torch.Tensor, labels: Optional[torch.Tensor] = None,
     if x.dtype == torch.uint8:
         xf = x.float().div_(127.5).sub_(1.0)
     elif x.is_floating_point():
+        if not bool(torch.isfinite(x).all()):
+            raise UserError(f"{where}: float images hold non-finite values (NaN or infinity)")
         if x.min() < -1 or x.max() > 1:
             raise UserError(f"{where}: float images must lie in [-1, 1] (found {float(x.min()):.3g}..{float(x.max()):.3g})")
         xf = x.float()

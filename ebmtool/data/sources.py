@@ -133,6 +133,9 @@ def load_mnist(root, split, download, show=False) -> Loaded:
         raise UserError(f"--root: MNIST files in {r} disagree ({tuple(data.shape)} images, {len(targets)} labels)")
     if len(data) == 0:
         raise UserError(f"--root: the MNIST {split} files in {r} hold no images")
+    if targets.max() > 9:  # (uint8: never below 0) a damaged or foreign label file, not MNIST's digits
+        bad = int(np.argmax(targets > 9))
+        raise UserError(f"{found[1]}: label {int(targets[bad])} at image {bad}; MNIST labels are the digits 0..9")
     return (_to_nchw_uint8(torch.from_numpy(data)), torch.from_numpy(targets).long(), {},
             f"MNIST IDX files ({split}) from {r}")
 

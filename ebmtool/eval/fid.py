@@ -134,6 +134,8 @@ def load_statistics(path: str | os.PathLike, extractor: FeatureExtractor | None 
         raise UserError(f"{p}: reference statistics file not found")
     if p.is_dir():
         raise UserError(f"{p}: reference statistics path is a folder, expected a .npz")
+    if not p.is_file():  # a FIFO, a device: reading it would block or never end
+        raise UserError(f"{p}: reference statistics path is not a regular file, expected a .npz")
     if not zipfile.is_zipfile(p):  # np.load would try it as a pickle and talk about allow_pickle
         raise UserError(f"{p}: is not a .npz statistics file (not a zip archive of arrays; expected mu and sigma, "
                         "as written by pytorch-fid --save-stats or numpy.savez)")
@@ -163,8 +165,8 @@ def load_statistics(path: str | os.PathLike, extractor: FeatureExtractor | None 
             raise UserError(f"{p}: statistics were computed with extractor {eid}, not {extractor.id}")
         if extractor.feature_dim is not None and mu.shape[0] != extractor.feature_dim:
             raise UserError(f"{p}: statistics have {mu.shape[0]} dims but the extractor gives {extractor.feature_dim}")
-    n = int(data["n"]) if "n" in data else None
-    shape = tuple(int(s) for s in data["image_shape"]) if "image_shape" in data else None
+    n = _stored_count(p, data["n"]) if "n" in data else None
+    shape = _stored_shape(p, data["image_shape"]) if "image_shape" in data else None
     parts = []
     if "ref_sha256" in data:
         parts.append(f"reference sha256 {str(data['ref_sha256'])[:12]}")
@@ -172,6 +174,21 @@ def load_statistics(path: str | os.PathLike, extractor: FeatureExtractor | None 
         parts.append("extractor not recorded")
     desc = f"{p.name} ({', '.join(['statistics file'] + parts)})"
     return ReferenceStatistics(mu, sigma, n, desc, "npz", None, shape, eid)
+
+
+def _stored_count(p: Path, v: np.ndarray) -> int:
+    """The ``n`` of a statistics file: one whole number >= 2 (a covariance needs two images), else one line."""
+    if v.ndim != 0 or not np.issubdtype(v.dtype, np.integer) or int(v) < 2:
+        raise UserError(f"{p}: statistics field n must be a whole number of images >= 2, got {v.tolist()!r:.60}")
+    return int(v)
+
+
+def _stored_shape(p: Path, v: np.ndarray) -> tuple[int, ...]:
+    """The ``image_shape`` of a statistics file: (C, H, W) of positive whole numbers, else one line."""
+    if v.ndim != 1 or len(v) != 3 or not np.issubdtype(v.dtype, np.integer) or (v < 1).any():
+        raise UserError(f"{p}: statistics field image_shape must be [channels, height, width], got "
+                        f"{v.tolist()!r:.60}")
+    return tuple(int(s) for s in v)
 
 
 def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **meta: Any) -> Path:

@@ -262,7 +262,7 @@ def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
     from ebmtool.errors import UserError
 
     t = art.tensors
-    fmt = figure_format(out)
+    figure_format(out)  # a wrong extension is refused before anything is drawn
 
     def unscaled(what: str) -> str:  # --scale is honoured by image grids only: refused, not ignored, elsewhere
         if scale is not None:
@@ -288,15 +288,21 @@ def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
         return what
     if art.kind == "scores":
         what = unscaled("precision-recall and ROC curves")
-        pr_curve_png(t["labels"].numpy(), t["scores"].numpy(), out)
+        y, scores = t.get("labels"), t.get("scores")
+        if scores is None or scores.ndim != 1:
+            raise UserError(f"{art.path}: scores artifact has no 1-d tensor 'scores' to plot")
+        if y is None or y.shape != scores.shape or not set(y.unique().tolist()) == {0, 1}:
+            raise UserError(f"{art.path}: the precision-recall and ROC curves need labels 0 (normal) and 1 "
+                            f"(anomaly), one per score; this scores artifact has "
+                            f"{'none' if y is None else 'labels ' + str(sorted(set(y.unique().tolist())))[:40]}")
+        pr_curve_png(y.numpy(), scores.double().numpy(), out)
         return what
     if "images" in t and t["images"].ndim == 4:
         import torch
 
-        from ebmtool.images import save_grid, to_uint8
+        from ebmtool.images import check_grid_path, save_grid, to_uint8
 
-        if fmt != "png":
-            raise UserError(f"{out}: an image grid is written as .png")
+        check_grid_path(out, "-o")
         imgs = t["images"]
         save_grid((imgs if imgs.dtype == torch.uint8 else to_uint8(imgs))[:100], out, scale=scale)
         return "image grid"

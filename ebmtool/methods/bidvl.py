@@ -37,7 +37,7 @@ from typing import Optional
 import torch
 from pydantic import Field
 
-from ebmtool.config import Langevin, Optim, StageCommon, Strict
+from ebmtool.config import MAX_CHANNELS, MAX_LATENT, MAX_STEP_SIZE, Langevin, Optim, StageCommon, Strict
 from ebmtool.errors import UserError
 from ebmtool.models.bidvl import BiDVLModel
 from ebmtool.nets.image_ebm import GaussianEncoder, ImageEnergy, ImageGenerator, levels
@@ -50,17 +50,17 @@ from ebmtool.training import FitResult, adam, optimizer_step, train_loop
 # config
 # ---------------------------------------------------------------------------------------------------------
 class BiDVLGeneratorSpec(Strict):
-    nz: int = Field(100, ge=1, description="latent dimension h_dim")
-    ngf: int = Field(48, ge=1, description="generator base width (authors' Pbasec)")
+    nz: int = Field(100, ge=1, le=MAX_LATENT, description="latent dimension h_dim")
+    ngf: int = Field(48, ge=1, le=MAX_CHANNELS, description="generator base width (authors' Pbasec)")
 
 
 class BiDVLEncoderSpec(Strict):
-    nef: int = Field(48, ge=1, description="encoder base width (authors' Qbasec)")
+    nef: int = Field(48, ge=1, le=MAX_CHANNELS, description="encoder base width (authors' Qbasec)")
     slope: float = Field(0.2, ge=0)
 
 
 class BiDVLEnergySpec(Strict):
-    ndf: int = Field(64, ge=1, description="energy net base width (authors' Ebasec)")
+    ndf: int = Field(64, ge=1, le=MAX_CHANNELS, description="energy net base width (authors' Ebasec)")
     slope: float = Field(0.1, ge=0)
 
 
@@ -76,7 +76,8 @@ class BiDVLConfig(StageCommon):
     opt_e: Optim = Optim(lr=1e-4, beta1=0.0, beta2=0.9, decay=0.998)
     opt_qp: Optim = Optim(lr=3e-4, beta1=0.0, beta2=0.9, decay=0.998, weight_decay=1e-4)  # the authors' QPdecay
     refine_steps: int = Field(0, ge=0, description="image-space Langevin steps on -E after G(h) at sample time")
-    refine_step_size: float = Field(0.01, gt=0, description="s of that chain (sample --step-size overrides)")
+    refine_step_size: float = Field(0.01, gt=0, le=MAX_STEP_SIZE,
+                                    description="s of that chain (sample --step-size overrides)")
 
 
 def default_basic_ratio(size: int) -> float:

@@ -43,7 +43,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, Strict, TrainCommon
+from ebmtool.config import (MAX_CHANNELS, MAX_HIDDEN, MAX_LATENT, MAX_LAYERS, EnergySpec, GeneratorSpec, Langevin,
+                            Optim, Strict, TrainCommon)
 from ebmtool.errors import DivergenceError, UserError
 from ebmtool.models.latent import LatentModel, generator_for, latent_model
 from ebmtool.nets.encoders import BottomUpGaussianEncoder
@@ -59,8 +60,8 @@ from ebmtool.training import FitResult, chain_latents, adam, optimizer_step, tra
 class GaussianMLPSpec(Strict):
     """Conditional Gaussian MLP d_in -> hidden (x layers) -> (mu, log sigma); sigma = exp(log sigma) + floor."""
 
-    hidden: int = Field(200, ge=1)
-    layers: int = Field(4, ge=1)
+    hidden: int = Field(200, ge=1, le=MAX_HIDDEN)
+    layers: int = Field(4, ge=1, le=MAX_LAYERS)
     slope: float = Field(0.2, ge=0)
     floor: float = Field(0.01, gt=0, description="least sigma (0.01: authors' code); z-space Langevin with step s "
                                                   "is stable on a Gaussian conditional only while sigma > s/2")
@@ -70,17 +71,17 @@ class EncoderSpec(Strict):
     """Bottom-up inference model: conv trunk (nef channels, doubling per stride-2 conv) for q(z_1|x),
     Gaussian MLPs (hidden x layers) for q(z_{i+1}|z_i)."""
 
-    nef: int = Field(64, ge=1)
-    hidden: int = Field(200, ge=1)
-    layers: int = Field(2, ge=1)
+    nef: int = Field(64, ge=1, le=MAX_CHANNELS)
+    hidden: int = Field(200, ge=1, le=MAX_HIDDEN)
+    layers: int = Field(2, ge=1, le=MAX_LAYERS)
     slope: float = Field(0.2, ge=0)
 
 
 class JointConfig(TrainCommon):
     """Shared by joint-mle and joint-vi. Defaults: the authors' CIFAR-10 code (z_1 = generator.nz)."""
 
-    layers: int = Field(2, description="latent layers L (z_1 bottom .. z_L top), at least 2")
-    nz_top: int = Field(100, ge=1, description="dimension of each layer above z_1 (z_1 = generator.nz)")
+    layers: int = Field(2, le=MAX_LAYERS, description="latent layers L (z_1 bottom .. z_L top), at least 2")
+    nz_top: int = Field(100, ge=1, le=MAX_LATENT, description="dimension of each layer above z_1 (z_1 = generator.nz)")
     generator: GeneratorSpec = GeneratorSpec()
     energy: EnergySpec = EnergySpec(hidden=200, layers=3, slope=0.2)
     energy_upper: EnergySpec = EnergySpec(hidden=100, layers=2, slope=0.2)

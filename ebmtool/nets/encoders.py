@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ebmtool.nets.mlp import xavier_init
+from ebmtool.nets.mlp import mlp_blocks, xavier_init
 from ebmtool.registry import Registry
 
 ENCODERS: Registry[type[nn.Module]] = Registry("encoder", nn.Module)
@@ -45,12 +45,8 @@ class GaussianMLP(nn.Module):
     def __init__(self, d_in: int, d_out: int, hidden: int = 200, layers: int = 4, slope: float = 0.2,
                  floor: float = SIGMA_FLOOR):
         super().__init__()
-        dims = [d_in] + [hidden] * layers
-        blocks: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            blocks += [nn.Linear(a, b), nn.LeakyReLU(slope)]
-        blocks.append(nn.Linear(dims[-1], 2 * d_out))
-        self.net = nn.Sequential(*blocks)
+        self.net = mlp_blocks([d_in] + [hidden] * layers, 2 * d_out, slope,
+                              f"a Gaussian MLP {d_in} -> {hidden} x {layers} -> {2 * d_out}")
         self.d_in, self.d_out, self.floor = d_in, d_out, float(floor)
         xavier_init(self)
 

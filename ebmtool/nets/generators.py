@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ebmtool.errors import UserError
-from ebmtool.nets.mlp import xavier_init
+from ebmtool.nets.mlp import check_parameters, xavier_init
 from ebmtool.registry import GENERATORS  # the one registry of architectures (the config checks --arch in it)
 
 
@@ -120,6 +120,11 @@ class Generator(nn.Module):
     def __init__(self, arch: str, nz: int, ngf: int, channels: int, slope: float = 0.2):
         super().__init__()
         spec = GENERATORS[arch]
+        widths = [nz] + [ngf * m for m in (spec.dense or [h[0] for h in spec.hidden])]
+        outs = widths[1:] + [channels * spec.size * spec.size if spec.dense else channels]
+        kk = [1] * len(outs) if spec.dense else [h[1] ** 2 for h in spec.hidden] + [spec.out[0] ** 2]
+        check_parameters(sum(a * b * k + b for a, b, k in zip(widths, outs, kk)),
+                         f"the {arch} generator (nz {nz}, ngf {ngf})")
         layers: list[nn.Module] = []
         cin = nz
         if spec.dense:

@@ -17,14 +17,14 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from ebmtool.config import deep_merge, nested, resolve
+from ebmtool.config import check_options, deep_merge, nested, resolve
 from ebmtool.data import as_images
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
 from ebmtool.models import Model
 from ebmtool.models import load_model as open_model
 from ebmtool.runtime import resolve_device, seed_everything
-from ebmtool.stages.evaluate import (_check_fits, _precision, check_memory, check_n, draw_samples, reconstruct_images,
+from ebmtool.stages.evaluate import (_check_fits, _precision, check_memory, draw_samples, reconstruct_images,
                                      score_images)
 from ebmtool.stages.train import fit, tensor_training_data
 
@@ -38,11 +38,25 @@ def _device(model: Model) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def _check_model(model: Any) -> None:
+    """A model from :func:`load_model` or :func:`fit_prior`, in float32 (what ebmtool's chains, whose latents are
+    float32, run; ``precision`` gives reduced precision), else one line."""
+    if not isinstance(model, Model):
+        raise UserError(f"model: expected a model from ebmtool.load_model or ebmtool.fit_prior, got "
+                        f"{type(model).__name__}")
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()} - {"float32"})
+    if dtypes:
+        raise UserError(f"model: its parameters are {', '.join(dtypes)}; ebmtool runs models in float32 (call "
+                        "model.float(); precision='bf16' or 'fp16' runs the networks in reduced precision)")
+
+
 def _images(model: Model, images: torch.Tensor, where: str = "images") -> torch.Tensor:
-    """uint8 or [-1, 1] float (N, C, H, W) -> float32 in [-1, 1] on the CPU, checked against the model's shape."""
-    x, _ = as_images(images, None, where)
-    _check_fits(model, x, where)
-    return x.cpu()
+    """uint8 or [-1, 1] float (N, C, H, W) -> float32 in [-1, 1] on the CPU, checked against the model's shape
+    (a copy outside inference mode: the chains differentiate through it)."""
+    with torch.inference_mode(False):
+        x, _ = as_images(images, None, where)
+        _check_fits(model, x, where)
+        return x.cpu().clone()
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Model:
@@ -52,7 +66,11 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Mode
     device: "cpu" | "cuda" | "cuda:N" | "mps" | "auto".
     Returns the model (a :class:`torch.nn.Module` in eval mode on ``device``), rebuilt from its saved spec.
     """
-    model, _ = open_model(path, what="model", device=resolve_device(str(device)))
+    if not isinstance(path, (str, os.PathLike)):
+        raise UserError(f"path: expected a file name (str or os.PathLike), got {type(path).__name__}")
+    if not isinstance(device, (str, torch.device)):
+        raise UserError(f"device: expected a string or torch.device, got {device!r}")
+    model, _ = open_model(os.fspath(path), what="model", device=resolve_device(str(device)))
     return model
 
 
@@ -66,12 +84,19 @@ def sample(model: Model, n: int, *, steps: Optional[int] = None, step_size: Opti
     first (None: draw from the global generator as it stands). batch_size: chains run at a time.
     Returns images: (n, C, H, W) float32 in [-1, 1], on the CPU.
     """
-    check_n(n, "n")
+    _check_model(model)
+    check_options("api", n=n, steps=steps, step_size=step_size, sampler=sampler, seed=seed, batch_size=batch_size,
+                  precision=precision)
     check_memory(n, model.image_shape, "n")
+    if sampler == "sir" and not getattr(getattr(model, "prior", None), "supports_sir", False):
+        raise UserError(f"sampler='sir': not available for a {model.method} model")
+    if sampler == "sir" and (steps is not None or step_size is not None):
+        raise UserError("steps/step_size: sampler='sir' runs no Langevin chain (it resamples draws of the prior's "
+                        "base distribution)")
     dev = _device(model)
     if seed is not None:
         seed_everything(seed)
-    with _precision(precision, dev):
+    with torch.inference_mode(False), _precision(precision, dev):  # chains need autograd, even in inference mode
         res = draw_samples(model, n, steps=steps, step_size=step_size, sampler=sampler, batch_size=batch_size,
                            device=dev)
     return res.images.float()
@@ -87,11 +112,14 @@ def reconstruct(model: Model, images: torch.Tensor, *, steps: Optional[int] = No
     :func:`sample`.
     Returns images: (N, C, H, W) float32 in [-1, 1], on the CPU.
     """
+    _check_model(model)
+    check_options("api", steps=steps, step_size=step_size, noise=noise, seed=seed, batch_size=batch_size,
+                  precision=precision)
     x = _images(model, images)
     dev = _device(model)
     if seed is not None:
         seed_everything(seed)
-    with _precision(precision, dev):
+    with torch.inference_mode(False), _precision(precision, dev):
         xhat, _ = reconstruct_images(model, x, steps=steps, step_size=step_size, noise=noise,
                                      batch_size=batch_size, device=dev)
     return xhat
@@ -110,12 +138,17 @@ def score(model: Model, images: torch.Tensor, *, kind: str = "joint", calibratio
     Returns (scores: (N,) float64, terms: {"recon", "tilt", "base"} -> (N,) float64 for a latent model, whose sum
     is the "joint" score; {"score"} for a BiDVL model), on the CPU.
     """
+    _check_model(model)
+    check_options("api", steps=steps, step_size=step_size, noise=noise, seed=seed, batch_size=batch_size,
+                  precision=precision)
+    if not isinstance(kind, str):
+        raise UserError(f"kind: expected a score name, got {kind!r}")
     x = _images(model, images)
     xc = _images(model, calibration, "calibration") if calibration is not None else None
     dev = _device(model)
     if seed is not None:
         seed_everything(seed)
-    with _precision(precision, dev):
+    with torch.inference_mode(False), _precision(precision, dev):
         scores, terms, _ = score_images(model, x, score=kind, calibration=xc, steps=steps, step_size=step_size,
                                         noise=noise, batch_size=batch_size, device=dev)
     return scores, terms
@@ -136,8 +169,18 @@ def fit_prior(method: str, data: Union[PathLike, torch.Tensor], labels: Optional
     artifact there (refused if it exists, unless ``force``); nothing is written without it. quiet: no progress.
     Returns the model, in eval mode, on the config's device.
     """
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise UserError(f"method: unknown method {method!r} (choose from {', '.join(METHODS)})")
+    if preset is not None and not isinstance(preset, str):
+        raise UserError(f"preset: expected a preset name, got {preset!r}")
+    if overrides is not None and not (isinstance(overrides, Mapping) and all(isinstance(k, str) for k in overrides)):
+        raise UserError(f"overrides: expected a mapping of config fields to values, got {type(overrides).__name__}")
+    for name, value in (("out", out), ("init", init)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise UserError(f"{name}: expected a file name (str or os.PathLike), got {type(value).__name__}")
+    for name, value in (("force", force), ("quiet", quiet)):
+        if not isinstance(value, bool):
+            raise UserError(f"{name}: expected True or False, got {value!r}")
     flags: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
         flags = deep_merge(flags, nested({key: value}))

@@ -4,7 +4,6 @@ runs the model's verb in batches (sharded across torchrun ranks) and writes one 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Optional
 
 import torch
@@ -12,42 +11,26 @@ import torch
 from ebmtool import artifacts, distributed
 from ebmtool import progress as bars
 from ebmtool.data import load_images
+from ebmtool.config import MAX_SAMPLES, check_options  # noqa: F401  (MAX_SAMPLES: the limit of -n, re-exported)
 from ebmtool.errors import UserError
 from ebmtool.eval import scores as S
 from ebmtool.eval.anomaly import binary_labels, metrics
 from ebmtool.eval.plots import figure_format, pr_curve_png
-from ebmtool.images import save_grid, to_uint8
+from ebmtool.images import GRID_MAX_IMAGES, check_grid_path, grid_image, grid_size, to_uint8, write_png
 from ebmtool.models import LatentModel, Model, SampleOutput, bottom, hierarchical_sample, load_model
 from ebmtool.runtime import resolve as resolve_precision
-from ebmtool.runtime import resolve_device, seed_everything
+from ebmtool.runtime import check_fits_memory, resolve_device, seed_everything
 
 
-# sample -n: at most this many samples per command (FID takes 50,000). All of them are held in memory together
-# (float images while drawing, then uint8), so a larger n is refused up front, as is one the machine cannot hold.
-MAX_SAMPLES = 1_000_000
-
-
-def check_n(n: int, name: str = "-n") -> None:
-    """Refuse a number of samples below 1 or above MAX_SAMPLES (``name``: "-n" for the CLI, "n" for the API)."""
-    if n < 1:
-        raise UserError(f"{name}: the number of samples must be at least 1")
-    if n > MAX_SAMPLES:
-        more = ("per command (they are all held in memory; draw several files with different --seed for more)"
-                if name == "-n" else "per call (they are all held in memory; draw several batches with different "
-                "seeds for more)")
-        raise UserError(f"{name} {n}: at most {MAX_SAMPLES:,} samples {more}")
+# sample -n: at most MAX_SAMPLES samples per command (FID takes 50,000). All of them are held in memory together
+# (float images while drawing, then uint8), so a larger n is refused up front (config.check_options), as is one the
+# machine cannot hold (check_memory).
 
 
 def check_memory(n: int, image_shape, name: str = "-n") -> None:
     """Refuse an n whose images (float32 while drawn, then uint8: 5 bytes a value) exceed this machine's RAM."""
-    need = 5 * n * math.prod(int(v) for v in image_shape)
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return
-    if total > 0 and need > total:
-        raise UserError(f"{name} {n}: {n} images of {'x'.join(map(str, image_shape))} need about {need / 2**30:.1f} GiB "
-                        f"of memory, more than this machine's {total / 2**30:.1f} GiB; use a smaller {name}")
+    check_fits_memory(5 * n * math.prod(int(v) for v in image_shape),
+                      f"{name} {n}: {n} images of {'x'.join(map(str, image_shape))}", f"use a smaller {name}")
 
 
 def _precision(name: str, device: torch.device):
@@ -108,21 +91,27 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
     """Prior samples decoded, drawn ``batch_size`` chains at a time (one group with a trajectory)."""
     if out is None and grid is None:
         raise UserError("sample: give -o FILE.safetensors and/or --grid FILE.png")
+    check_options("cli", n=n, steps=steps, step_size=step_size, sampler=sampler, batch_size=batch_size, seed=seed,
+                  scale=scale, trajectory_every=trajectory_every, layer_resample=layer_resample, precision=precision)
     if scale is not None and grid is None and trajectory_png is None:
         raise UserError("--scale: it upscales a PNG grid; give --grid (or --trajectory-png) or drop it")
-    check_n(n)
     artifacts.check_distinct({"-o": out, "--grid": grid, "--trajectory-png": trajectory_png}, {"--model": model_path})
     for p in (out, grid, trajectory_png):
         if p is not None:
             artifacts.check_output(p, force)
     if trajectory_png is not None and trajectory_every < 1:
         raise UserError("--trajectory-png needs --trajectory K (record every K-th step)")
+    for option, p in (("--grid", grid), ("--trajectory-png", trajectory_png)):
+        if p is not None:
+            check_grid_path(p, option)
     if sampler == "sir" and (steps is not None or step_size is not None):
         raise UserError("--steps/--step-size: --sampler sir runs no Langevin chain (it resamples draws of the prior's base distribution)")
     dev = resolve_device(device)
     seed_everything(seed, per_rank=True)
     model, art = load_model(model_path, device=dev)
     check_memory(n, model.image_shape)
+    if grid is not None:  # a --scale too large is refused before the samples are drawn
+        grid_size(n, model.image_shape, 8 if layer_resample else None, scale)
     if sampler == "sir" and not getattr(getattr(model, "prior", None), "supports_sir", False):
         raise UserError(f"--sampler sir: not available for a {model.method} model")
     if layer_resample is not None:
@@ -161,13 +150,17 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
         with torch.no_grad():
             tensors["trajectory.images"] = torch.stack(
                 [to_uint8(model.generator(bottom(s if len(s) > 1 else s[0]))[:8].cpu()) for s in tr.states])
-    if out is not None:
-        artifacts.save(out, "samples", tensors, meta=meta, parents=[art], force=True)
+    pngs = {}  # drawn before anything is written: a grid refused (its size) leaves no file behind
     if grid is not None:
-        save_grid(images, grid, nrow=8 if layer_resample else None, scale=scale)
+        pngs[grid] = grid_image(images[:GRID_MAX_IMAGES], nrow=8 if layer_resample else None, scale=scale)
     if trajectory_png is not None:
         t = tensors["trajectory.images"]  # (T, 8, C, H, W): rows = chains, columns = time
-        save_grid(t.transpose(0, 1).reshape(-1, *t.shape[2:]), trajectory_png, nrow=t.shape[0], scale=scale)
+        pngs[trajectory_png] = grid_image(t.transpose(0, 1).reshape(-1, *t.shape[2:])[:GRID_MAX_IMAGES],
+                                          nrow=t.shape[0], scale=scale)
+    if out is not None:
+        artifacts.save(out, "samples", tensors, meta=meta, parents=[art], force=True)
+    for p, g in pngs.items():
+        write_png(g, p)
     return {"output": out, "grid": grid, "n": n, "image_shape": list(images.shape[1:])}
 
 
@@ -213,10 +206,16 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
                 force: bool = False, precision: str = "fp32", scale: Optional[int] = None,
                 quiet: bool = False) -> dict[str, Any]:
     """Posterior reconstructions and their per-image MSE; the chain that made them is recorded (``chain``)."""
+    check_options("cli", steps=steps, step_size=step_size, noise=noise, batch_size=batch_size, limit=limit, seed=seed,
+                  scale=scale, precision=precision)
     if scale is not None and grid is None:
         raise UserError("--scale: it upscales the PNG grid; give --grid or drop it")
+    if grid is not None:
+        check_grid_path(grid)
     dev, model, art, x, labels, data_art = _open(model_path, data_path, {"-o": out, "--grid": grid}, seed, device,
                                                  force, limit)
+    if grid is not None:  # a --scale too large is refused before the chains run
+        grid_size(2 * min(32, len(x)), x.shape[1:], 16, scale)
     with _precision(precision, dev):
         xhat, z = reconstruct_images(model, x, steps=steps, step_size=step_size, noise=noise, batch_size=batch_size,
                                      device=dev, quiet=quiet)
@@ -226,14 +225,17 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
            "chain": model.score_chain(steps, step_size, noise), "seed": seed,
            "precision": resolve_precision(precision, dev, warn=False).name,
            "device": dev.type}
+    png = None
+    if grid is not None:
+        k = min(32, len(x))
+        pairs = torch.stack([to_uint8(x[:k]), to_uint8(xhat[:k])], 1).reshape(-1, *x.shape[1:])
+        png = grid_image(pairs, nrow=16, scale=scale)
     if out is not None:
         artifacts.save(out, "reconstructions", {"images": to_uint8(xhat), "mse": per, "labels": labels,
                                                 **_latent_tensors(z)},
                        meta=res, parents=[art, data_art], force=True)
-    if grid is not None:
-        k = min(32, len(x))
-        pairs = torch.stack([to_uint8(x[:k]), to_uint8(xhat[:k])], 1).reshape(-1, *x.shape[1:])
-        save_grid(pairs, grid, nrow=16, scale=scale)
+    if png is not None:
+        write_png(png, grid)
     return {**res, "output": out, "grid": grid}
 
 
@@ -293,6 +295,8 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
             calibrate: Optional[str] = None) -> dict[str, Any]:
     """Anomaly / OOD evaluation with the label-free score ``score`` (:data:`ebmtool.eval.scores.SCORES`).
     ``calibrate``: a dataset of held-out normals, the reference of ``typicality`` and ``dose``."""
+    check_options("cli", steps=steps, step_size=step_size, noise=noise, batch_size=batch_size, seed=seed,
+                  precision=precision)
     if (positive is None) == (ood_path is None):
         raise UserError("anomaly: give exactly one of --anomaly-class/--labels-positive or --ood-data")
     check_score(score, calibrate is not None)
@@ -304,6 +308,9 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
     if ood_path is not None:
         xo, _, ood_art = load_images(ood_path, what="--ood-data")
         _check_fits(model, xo, ood_path)
+        if xo.shape == x.shape and torch.equal(xo, x):  # the same file, a copy or a link: AUROC would be chance
+            raise UserError(f"--ood-data {ood_path}: holds the same images as --data {data_path}; give "
+                            "out-of-distribution images (another dataset)")
         x = torch.cat([x, xo])
         y = torch.cat([torch.zeros(len(x) - len(xo), dtype=torch.long, device=x.device), torch.ones(len(xo), dtype=torch.long, device=x.device)])
         parents.append(ood_art)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ebmtool import artifacts
+from ebmtool.config import check_options
 from ebmtool.errors import UserError
 from ebmtool.runtime import resolve as resolve_precision
 from ebmtool.runtime import resolve_device
@@ -41,6 +42,8 @@ def fid(samples: str, ref: str, *, inception_weights: Optional[str] = None, feat
 
     if features is not None and inception_weights is not None:
         raise UserError("give --features or --inception-weights, not both")
+    if str(ref).endswith(".npz"):  # a damaged or hand-made statistics file: refused before any weights are read
+        F.load_statistics(ref)
     torch_dev = resolve_device(device)
     prec = resolve_precision(precision, torch_dev)
     dev = str(torch_dev)
@@ -64,6 +67,7 @@ def train_features(data: str, out: str, *, epochs: int = 30, seed: int = 0, pati
     forward passes run under it (fp16 is refused: training in fp16 needs loss scaling); the artifact records it."""
     from ebmtool.eval import fid as F
 
+    check_options("cli", seed=seed)
     artifacts.check_distinct({"-o": out}, {"--data": data})
     torch_dev = resolve_device(device)
     prec = resolve_precision(precision, torch_dev)

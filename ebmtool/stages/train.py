@@ -22,6 +22,8 @@ from ebmtool.training import FitResult, RunContext, TrainData
 
 
 def data_prepare(cfg: DataConfig, out: str, force: bool = False, quiet: bool = False) -> dict[str, Any]:
+    if not isinstance(cfg, DataConfig):
+        raise UserError(f"data_prepare: expected a DataConfig, got {type(cfg).__name__}")
     artifacts.check_output(out, force)
     tensors, meta = prepare(cfg, quiet=quiet)
     artifacts.save(out, "dataset", tensors, config=cfg, meta=meta, force=force)
