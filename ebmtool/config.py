@@ -76,7 +76,9 @@ class Langevin(Strict):
 
 
 class GeneratorSpec(Strict):
-    arch: Literal["auto", "digits8", "mnist28", "mnist28conv", "mnist32", "svhn32", "cifar32", "celeba64"] = "auto"
+    # the names of ebmtool.nets.generators.GENERATORS (a lower layer cannot import it; tests/test_nets.py compares)
+    arch: Literal["auto", "digits8", "mnist28", "mnist28conv", "mnist32", "svhn32", "cifar32", "celeba64",
+                  "general"] = "auto"
     nz: int = Field(100, ge=1)
     ngf: int = Field(64, ge=1)
     slope: float = Field(0.2, ge=0)

@@ -88,8 +88,8 @@ def build(spec: str, dst: Path, src_of) -> None:
         artifacts.save(dst, "dataset", {"images": _images()[..., :6], "labels": labels})
     elif name == "labels_mismatch":
         artifacts.save(dst, "dataset", {"images": _images(), "labels": labels[:5]})
-    elif name == "digits16":
-        _prepare(dst, dataset="digits", size=16, limit=16)
+    elif name == "digits18":
+        _prepare(dst, dataset="digits", size=18, limit=16)
     elif name == "digits_only_3":
         _prepare(dst, dataset="digits", only_class=3, limit=16)
     elif name == "toml_unknown_key":

@@ -14,6 +14,7 @@ from ebmtool.cli.app import (CkEveryOpt, CkOpt, ConfigOpt, DeviceOpt, ForceOpt, 
                                  emit)
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
+from ebmtool.nets.generators import GENERATORS
 
 
 def _train(method: str, fields: dict[str, Any], sets, preset, config, data, init, output, force, quiet, as_json,
@@ -47,8 +48,8 @@ TRAIN_OPTIONS: list[tuple[str, Any, Any, Optional[str]]] = [
     ("batch_size", Optional[int], typer.Option(None, "--batch-size", help="images per optimiser step (under torchrun: "
                                                "the global batch, split across ranks; default: the preset's)"),
      "batch_size"),
-    ("arch", Optional[str], typer.Option(None, "--arch", help="generator architecture: auto (by image size) | digits8 "
-                                         "| mnist28 | mnist28conv | mnist32 | svhn32 | cifar32 | celeba64"), "generator.arch"),
+    ("arch", Optional[str], typer.Option(None, "--arch", help="generator architecture: auto (the papers' network at its "
+                                         "size, general elsewhere) | " + " | ".join(GENERATORS)), "generator.arch"),
     ("nz", Optional[int], typer.Option(None, "--nz", help="latent dimension"), "generator.nz"),
     ("seed", Optional[int], SeedOpt, "seed"),
     ("device", Optional[str], DeviceOpt, "device"),
