@@ -5,7 +5,7 @@ training method shares one Langevin sampler (:mod:`ebmtool.sampling`) and one
 Prior interface (:mod:`ebmtool.priors`).
 
 The Python API (docs/api.md) is re-exported here: :func:`load_model`, :func:`sample`, :func:`reconstruct`,
-:func:`score` and :func:`fit_prior` (defined in :mod:`ebmtool.stages.api`). They are imported on first use
+:func:`score`, :func:`fit_prior` and :func:`pretrain` (defined in :mod:`ebmtool.stages.api`). They are imported on first use
 (PEP 562), so ``import ebmtool`` stays light (it imports neither torch nor a higher layer; docs/design.md §1).
 """
 
@@ -17,11 +17,11 @@ try:  # the installed distribution's version (pyproject.toml), the one `ebmtool 
 except PackageNotFoundError:  # a source tree on sys.path without an install
     __version__ = "0+unknown"
 
-__all__ = ["__version__", "load_model", "sample", "reconstruct", "score", "fit_prior"]
+__all__ = ["__version__", "load_model", "sample", "reconstruct", "score", "fit_prior", "pretrain"]
 _API = tuple(__all__[1:])
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports them on first use
-    from ebmtool.stages.api import fit_prior, load_model, reconstruct, sample, score
+    from ebmtool.stages.api import fit_prior, load_model, pretrain, reconstruct, sample, score
 
 
 def __getattr__(name: str) -> Any:
