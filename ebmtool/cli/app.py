@@ -75,6 +75,24 @@ ScaleOpt = typer.Option(None, "--scale", min=1, help="upscale the PNG grid by th
                         "(default: the least giving >= 256 px on the short side)")
 
 
+def rounded(v: Any) -> Any:
+    """``v`` with every float, also inside lists and dicts, to 4 significant digits (what the summary table shows;
+    ``--json`` keeps full precision)."""
+    if isinstance(v, float):
+        return float(f"{v:.4g}")
+    if isinstance(v, (list, tuple)):
+        return type(v)(rounded(x) for x in v)
+    if isinstance(v, dict):
+        return {k: rounded(x) for k, x in v.items()}
+    return v
+
+
+def shown(v: Any) -> str:
+    """A summary value as the table prints it: a float to 4 significant digits, a list or dict with its floats
+    rounded alike (``nce_final_per_stage [1.398, 1.45]``, not ``1.398293823003769``)."""
+    return f"{v:.4g}" if isinstance(v, float) else str(rounded(v))
+
+
 def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
     from ebmtool.distributed import world
 
@@ -89,7 +107,7 @@ def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
     for k, v in result.items():
         if v is None:
             continue
-        t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        t.add_row(k, shown(v))
     out_console.print(t)
 
 

@@ -254,7 +254,8 @@ def collect_images(data: ImageSource, labels: Any = None, where: str = "images"
             raise
         except (TypeError, ValueError, IndexError, KeyError, RuntimeError) as e:
             first = str(e).splitlines()[0] if str(e) else ""
-            raise UserError(f"{where}: reading the {type(data).__name__} failed ({type(e).__name__}: {first})") from None
+            raise UserError(f"{where}: reading the {type(data).__name__} failed ({type(e).__name__}: "
+                            f"{first})") from None
         if not xs:
             raise UserError(f"{where}: the {type(data).__name__} holds no images")
         if any((y is None) != (ys[0] is None) for y in ys):
@@ -275,7 +276,8 @@ def _check_range(value_range: Any, where: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value_range)
     except (TypeError, ValueError):
-        raise UserError(f"{where}: value_range must be a pair (low, high) such as (0, 1), got {value_range!r}") from None
+        raise UserError(f"{where}: value_range must be a pair (low, high) such as (0, 1), "
+                        f"got {value_range!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise UserError(f"{where}: value_range must be a pair low < high, got {value_range!r}")
     return lo, hi
@@ -326,7 +328,8 @@ def as_images(x: ImageSource, labels: Any = None, where: str = "images", *, valu
                             "[0, 255] to [-1, 1]")
         elif mn >= 0:
             raise UserError(f"{where}: float images in [0, 1] ({mn:.3g}..{mx:.3g}) may be torchvision's ToTensor range "
-                            f"or a part of [-1, 1]: state it ({range_hint.format(lo=0, hi=1)}, or {range_hint.format(lo=-1, hi=1)}) "
+                            f"or a part of [-1, 1]: state it ({range_hint.format(lo=0, hi=1)}, or "
+                            f"{range_hint.format(lo=-1, hi=1)}) "
                             f"{CONVERT_HINT}")
         else:
             xf = x.float()

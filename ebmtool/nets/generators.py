@@ -59,8 +59,8 @@ for _name, _arch in {
     # CIFAR-10: 8x8 first layer, then 16, 32, and a 3x3 stride-1 output layer
     "cifar32": Arch(32, ((8, 8, 1, 0), (4, 4, 2, 1), (2, 4, 2, 1)), (3, 1, 1), "CIFAR-10 32x32 (nz 128, ngf 128)"),
     # CelebA 64: 4, 8, 16, 32, 64
-    "celeba64": Arch(64, ((8, 4, 1, 0), (4, 4, 2, 1), (2, 4, 2, 1), (1, 4, 2, 1)), (4, 2, 1), "CelebA 64x64 (nz 100, ngf 64)",
-                     auto="any"),
+    "celeba64": Arch(64, ((8, 4, 1, 0), (4, 4, 2, 1), (2, 4, 2, 1), (1, 4, 2, 1)), (4, 2, 1),
+                     "CelebA 64x64 (nz 100, ngf 64)", auto="any"),
     # 28x28, no resize: the LEBM group's fully connected MNIST generator, nz -> 8 ngf -> 16 ngf -> C*28*28
     "mnist28": Arch(28, (), (0, 0, 0), "MNIST 28x28, fully connected (nz 20, ngf 64: 512, 1024)", dense=(8, 16),
                     auto="any"),

@@ -55,8 +55,8 @@ class ImageEnergy(nn.Module):
     """E_psi(v) = softplus(f(v)).
 
     f: conv3x3 (C -> d), then per level l = 0..L-1: conv4x4/2 (w_l -> w_l) and conv3x3 (w_l -> 2 w_l), w_l = d 2^l
-    (the last conv3x3 of the chain ends at d 2^L); conv s0 x s0 valid (s0 x s0 -> 1x1; 4x4 at 8, 32, 64), then a 1x1 conv + LeakyReLU and a
-    1x1 conv to one number. All convs spectrally normalised. (The authors' code has no activation between the
+    (the last conv3x3 of the chain ends at d 2^L); conv s0 x s0 valid (s0 x s0 -> 1x1; 4x4 at 8, 32, 64), then a
+    1x1 conv + LeakyReLU and a 1x1 conv to one number. All convs spectrally normalised. (The authors' code has no activation between the
     valid 4x4 conv and the first 1x1 conv, i.e. two linear maps in a row; here they are separated by LeakyReLU.)
     """
 
@@ -111,8 +111,8 @@ class GaussianEncoder(nn.Module):
 
 
 class ImageGenerator(nn.Module):
-    """G_w2(h): convT s0 x s0 (1x1 -> s0 x s0, nz -> g 2^L; 4x4 at 8, 32, 64) + BN + ReLU, then per level l convT4x4/2 (width g 2^L for
-    l = 0, halving after) + BN + ReLU, then convT3x3/1 (2g -> C) and tanh."""
+    """G_w2(h): convT s0 x s0 (1x1 -> s0 x s0, nz -> g 2^L; 4x4 at 8, 32, 64) + BN + ReLU, then per level l
+    convT4x4/2 (width g 2^L for l = 0, halving after) + BN + ReLU, then convT3x3/1 (2g -> C) and tanh."""
 
     def __init__(self, channels: int, size: int, nz: int = 100, ngf: int = 48):
         super().__init__()

@@ -1,7 +1,7 @@
 """The Python API: the few calls a researcher writes in a notebook (docs/api.md), re-exported by :mod:`ebmtool`
 itself (``ebmtool.load_model``, ``ebmtool.sample``, ``ebmtool.reconstruct``, ``ebmtool.score``,
-``ebmtool.fit_prior``, ``ebmtool.pretrain``). Their names and signatures are stable (tests/test_api_docs.py runs every example of
-docs/api.md).
+``ebmtool.fit_prior``, ``ebmtool.pretrain``). Their names and signatures are stable (tests/test_api_docs.py runs
+every example of docs/api.md).
 
 Each call is a thin shell over the in-memory core of a CLI stage (:func:`~ebmtool.stages.evaluate.draw_samples`,
 :func:`~ebmtool.stages.evaluate.reconstruct_images`, :func:`~ebmtool.stages.evaluate.score_images`,
@@ -95,8 +95,8 @@ def sample(model: ModelLike, n: int, *, steps: Optional[int] = None, step_size: 
            precision: str = "fp32") -> torch.Tensor:
     """Draw ``n`` images: latents from the model's prior (its Langevin chain, SIR or exact), decoded.
 
-    model: from :func:`load_model` or :func:`fit_prior`, or a model artifact's path. steps / step_size: override the prior chain (the step
-    size read in the chain's convention); sampler: "langevin" | "sir" (ratio-product and joint priors). seed: seed torch
+    model: from :func:`load_model` or :func:`fit_prior`, or a model artifact's path. steps / step_size: override the
+    prior chain (the step size read in the chain's convention); sampler: "langevin" | "sir" (ratio-product and joint priors). seed: seed torch
     first (None: draw from the global generator as it stands). batch_size: chains run at a time.
     Returns images: (n, C, H, W) float32 in [-1, 1], on the CPU.
     """
@@ -142,9 +142,10 @@ def score(model: ModelLike, images: Union[Images, PathLike], *, kind: str = "joi
     """Label-free anomaly scores, higher = more anomalous (docs/design.md §5).
 
     model: an object or a model artifact's path. images: (N, C, H, W) uint8 in [0, 255] or float in [-1, 1] (or in
-    ``value_range``, which applies to ``calibration`` too), in any form :func:`reconstruct` takes. kind: "joint" (-log p(x, z) at a posterior
-    sample, the papers' score) | "recon" | "prior" | "typicality" | "dose" | "complexity". calibration:
-    (M, C, H, W) held-out normal images, which "typicality" and "dose" need. steps / step_size / noise: override
+    ``value_range``, which applies to ``calibration`` too), in any form :func:`reconstruct` takes. kind: "joint"
+    (-log p(x, z) at a posterior sample, the papers' score) | "recon" | "prior" | "typicality" | "dose" |
+    "complexity". calibration: (M, C, H, W) held-out normal images (any form, as ``images``), which "typicality" and
+    "dose" need. steps / step_size / noise: override
     the posterior chain (``noise=False``: the papers' noise-free chain). seed: as in :func:`sample`.
     Returns (scores: (N,) float64, terms: {"recon", "tilt", "base"} -> (N,) float64 for a latent model, whose sum
     is the "joint" score; {"score"} for a BiDVL model), on the CPU.

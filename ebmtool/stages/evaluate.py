@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -15,7 +16,7 @@ from ebmtool.data import load_images
 from ebmtool.errors import UserError
 from ebmtool.eval import scores as S
 from ebmtool.eval.anomaly import binary_labels, metrics
-from ebmtool.eval.plots import figure_format, pr_curve_png
+from ebmtool.eval.plots import anomaly_title, figure_format, pr_curve_png
 from ebmtool.images import save_grid, to_uint8
 from ebmtool.models import LatentModel, Model, SampleOutput, bottom, hierarchical_sample, load_model
 from ebmtool.runtime import resolve as resolve_precision
@@ -233,7 +234,7 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
     if grid is not None:
         k = min(32, len(x))
         pairs = torch.stack([to_uint8(x[:k]), to_uint8(xhat[:k])], 1).reshape(-1, *x.shape[1:])
-        save_grid(pairs, grid, nrow=16, scale=scale)
+        save_grid(pairs, grid, nrow=16, scale=scale, header=["real", "recon"])  # columns alternate, labelled
     return {**res, "output": out, "grid": grid}
 
 
@@ -336,5 +337,6 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
                    **{f"calibration.terms.{k}": torch.from_numpy(v) for k, v in (cal_terms or {}).items()}}
         artifacts.save(out, "scores", tensors, meta=res, parents=parents, force=True)
     if pr_png is not None:
-        pr_curve_png(y.numpy(), scores.numpy(), pr_png)
+        pr_curve_png(y.numpy(), scores.numpy(), pr_png,
+                     title=anomaly_title(Path(model_path).name, Path(data_path).name, positive, ood_path, score))
     return {**res, "output": out}
