@@ -212,7 +212,7 @@ def _tensor(v: Any, where: str, what: str) -> torch.Tensor:
             raise UserError(f"{where}: {what} have NumPy dtype {a.dtype}; expected uint8, float or integers")
         return torch.from_numpy(np.ascontiguousarray(a))
     if isinstance(v, (int, float)) and not isinstance(v, bool) and what == "labels":
-        return torch.tensor(v)
+        return torch.tensor(v, device="cpu")
     if type(v).__module__.startswith("PIL"):
         raise UserError(f"{where}: {what} are PIL images; give the dataset transform=torchvision.transforms."
                         "PILToTensor() (uint8, C x H x W)")
