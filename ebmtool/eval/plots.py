@@ -77,24 +77,6 @@ def _integer_x(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], path: str, *, title: str,
-               xlabel: str, ylabel: str, integer_x: bool = True, hlines: Sequence[tuple[float, str]] = (),
-               size: tuple[float, float] = (6.4, 4.2)):
-    """series: (label, xs, ys) triples drawn as lines on shared axes; ``hlines``: (y, label) reference lines."""
-    fig, ax = new_figure(size=size)
-    for label, xs, ys in series:
-        xs, ys = np.asarray(xs, float), np.asarray(ys, float)
-        ax.plot(xs, ys, label=label, marker="o" if len(xs) < 30 else None, markersize=3, linewidth=1.5)
-    for y, label in hlines:
-        ax.axhline(y, color="0.35", linestyle="--", linewidth=1, label=label)
-    if integer_x:
-        _integer_x(ax)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.legend(fontsize="small")
-    save_figure(fig, path)
-    return fig
-
-
 def nce_curves_png(stage_losses: dict[int, Sequence[float]], path: str, *, title: str = "NCE loss per stage"):
     """Per-stage NCE loss by epoch (adaptive-NCE Fig. 4). ``stage_losses``: {stage index from 0 (the artifact's
     ``history.stageK.nce``): per-epoch losses}; stages are labelled from 1, as the CLI counts them (``--stages``,
