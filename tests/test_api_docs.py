@@ -206,3 +206,20 @@ def _tiny_model():
         x = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8)
         _MODEL.append(ebmtool.pretrain(x, preset="smoke", overrides={"epochs": 1}))
     return _MODEL[0]
+
+
+def test_an_nce_model_object_as_init_says_where_its_memory_is():
+    import torch
+
+    import ebmtool
+    from ebmtool.errors import UserError
+
+    x = torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    kw = {"preset": "smoke", "overrides": {"stages": 1, "posterior.steps": 3}}
+    nce = ebmtool.fit_prior("adaptive-nce", x, init=_tiny_model(), **kw)
+    with pytest.raises(UserError, match=r"init <LatentModel object>: a model object carries no memory of posterior "
+                                        r"samples; give init its artifact's path"):
+        ebmtool.fit_prior("adaptive-nce", x, init=nce, **kw)
+    more = ebmtool.fit_prior("adaptive-nce", x, init=nce, preset="smoke",
+                             overrides={"stages": 1, "posterior.steps": 3, "prior_sampler": "langevin"})
+    assert len(more.prior.stages) == 2 and len(nce.prior.stages) == 1  # the object passed in is unchanged

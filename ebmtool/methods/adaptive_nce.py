@@ -33,6 +33,7 @@ from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, StageComm
 from ebmtool.errors import UserError
 from ebmtool.registry import Flag, Kept, register_method
 from ebmtool import distributed
+from ebmtool.artifacts import MemoryArtifact
 from ebmtool import progress as bars
 from ebmtool.training import FitResult, chain_latents, History, adam, optimizer_step, train_loop
 from ebmtool.models.latent import generator_for, latent_model
@@ -105,6 +106,10 @@ def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adapti
     read_memory = None
     if k0 > 0 and cfg.prior_sampler == "memory":
         mem = init_art.tensors.get("memory") if init_art is not None else None
+        if mem is None and isinstance(init_art, MemoryArtifact):  # the Python API's init=model object
+            raise UserError(f"init {init_art.path}: a model object carries no memory of posterior samples; give "
+                            "init its artifact's path (fit_prior(..., out=PATH) wrote it there), or "
+                            "overrides={'prior_sampler': 'langevin'}")
         if mem is None:
             raise UserError(f"--init {init_art.path}: model has no memory of posterior samples "
                             "(use --prior-sampler langevin)")
