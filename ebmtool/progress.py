@@ -7,8 +7,9 @@ not drawn (one line at a time). Bars are transient: nothing is left on stderr wh
 
 A bar counts in the unit the log lines use (training: epochs, advanced by a fraction per iteration, so its count
 and the ``epoch N`` lines agree; adaptive NCE keeps one bar over all its stages, so the ETA is the whole run's). Its
-columns keep their width on an 80-column terminal: the bar 20 cells, the count and both times whole; the
-description is cut first (with an ellipsis), then the running values after the times.
+columns keep their width on an 80-column terminal: the description (as many cells as it needs, at most 30), the
+bar 20 cells, the count and both times whole; the running values after the times take what is left, cut with an
+ellipsis.
 """
 
 from __future__ import annotations
@@ -92,9 +93,9 @@ def bar(description: str, total: float, show: bool, unit: str = "", width: Optio
     from rich.progress import Progress
 
     # stderr was found to be a terminal above; force_terminal keeps that answer for the whole loop. expand: the
-    # columns share the terminal's width by their ratios (the description and the values give way, not the bar)
-    progress = Progress(*columns(unit, width or len(description)), console=Console(stderr=True, force_terminal=True),
-                        transient=True, expand=True)
+    # running values (the one column with a ratio) take the width the fixed columns leave
+    progress = Progress(*columns(unit, width or len(description)),
+                        console=Console(stderr=True, force_terminal=True), transient=True, expand=True)
     token = _drawing.set(True)
     try:
         with progress:
