@@ -5,8 +5,9 @@ training method shares one Langevin sampler (:mod:`ebmtool.sampling`) and one
 Prior interface (:mod:`ebmtool.priors`).
 
 The Python API (docs/api.md) is re-exported here: :func:`load_model`, :func:`sample`, :func:`reconstruct`,
-:func:`score`, :func:`fit_prior` and :func:`pretrain` (defined in :mod:`ebmtool.stages.api`). They are imported on first use
-(PEP 562), so ``import ebmtool`` stays light (it imports neither torch nor a higher layer; docs/design.md §1).
+:func:`score`, :func:`fit_prior` and :func:`pretrain` (defined in :mod:`ebmtool.stages.api`). They are imported
+on first use (PEP 562), so ``import ebmtool`` stays light (it imports neither torch nor a higher layer;
+docs/design.md §1).
 """
 
 from importlib.metadata import PackageNotFoundError, version

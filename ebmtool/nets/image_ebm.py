@@ -56,8 +56,9 @@ class ImageEnergy(nn.Module):
 
     f: conv3x3 (C -> d), then per level l = 0..L-1: conv4x4/2 (w_l -> w_l) and conv3x3 (w_l -> 2 w_l), w_l = d 2^l
     (the last conv3x3 of the chain ends at d 2^L); conv s0 x s0 valid (s0 x s0 -> 1x1; 4x4 at 8, 32, 64), then a
-    1x1 conv + LeakyReLU and a 1x1 conv to one number. All convs spectrally normalised. (The authors' code has no activation between the
-    valid 4x4 conv and the first 1x1 conv, i.e. two linear maps in a row; here they are separated by LeakyReLU.)
+    1x1 conv + LeakyReLU and a 1x1 conv to one number. All convs spectrally normalised. (The authors' code has no
+    activation between the valid 4x4 conv and the first 1x1 conv, i.e. two linear maps in a row; here they are
+    separated by LeakyReLU.)
     """
 
     def __init__(self, channels: int, size: int, ndf: int = 64, slope: float = 0.1):
