@@ -61,6 +61,20 @@ class Artifact:
         return {"path": str(self.path), "sha256": self.sha256, "kind": self.kind}
 
 
+@dataclass
+class MemoryArtifact(Artifact):
+    """What a file's :class:`Artifact` gives a stage, for an object held in memory (a model passed to the Python
+    API as ``init``): no file; ``path`` only names it in messages, its sha256 is its tensors' content hash, and as
+    a parent in a lineage it has ``path`` None and ``in_memory`` true."""
+
+    @property
+    def sha256(self) -> str:
+        return tensor_sha256(*(self.tensors[k] for k in sorted(self.tensors)))
+
+    def as_parent(self) -> dict[str, Any]:
+        return {"path": None, "sha256": self.sha256, "kind": self.kind, "in_memory": True}
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -89,17 +89,61 @@ def grid_image(images_u8: torch.Tensor, nrow: Optional[int] = None, scale: Optio
     return g.repeat_interleave(k, 1).repeat_interleave(k, 2) if k > 1 else g
 
 
-def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None, scale: Optional[int] = None) -> None:
-    """PNG grid of the first 256 images (written atomically; see :func:`grid_image`), large enough to judge by eye."""
-
+def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None, scale: Optional[int] = None,
+              header: Optional[Sequence[str]] = None) -> None:
+    """PNG grid of the first 256 images (written atomically; see :func:`grid_picture`), large enough to judge by
+    eye."""
     if len(images_u8) == 0:
         raise UserError(f"{path}: there are no images to draw")
-    write_png(grid_image(images_u8[:GRID_MAX_IMAGES], nrow, scale), path)
+    write_png(grid_picture(images_u8, nrow, scale, header), path)
 
 
-def write_png(g: torch.Tensor, path: str) -> None:
-    """A uint8 (C, H, W) image (:func:`grid_image`) as a PNG file, written atomically."""
+def grid_picture(images_u8: torch.Tensor, nrow: Optional[int] = None, scale: Optional[int] = None,
+                 header: Optional[Sequence[str]] = None):
+    """The grid of the first 256 images (:func:`grid_image`) as a PIL image. ``header``: labels of the columns,
+    repeated across the row (``["real", "recon"]`` for reconstruct's pairs), written in a strip above the grid."""
     from PIL import Image
 
+    images_u8 = images_u8[:GRID_MAX_IMAGES]
+    im = Image.fromarray(grid_image(images_u8, nrow, scale).permute(1, 2, 0).contiguous().numpy())
+    if header:
+        nrow = nrow or max(1, math.ceil(math.sqrt(len(images_u8))))
+        im = _with_header(im, [header[j % len(header)] for j in range(min(nrow, len(images_u8)))],
+                          im.width / (min(nrow, len(images_u8)) * (images_u8.shape[-1] + 1) + 1),
+                          images_u8.shape[-1])
+    return im
+
+
+def write_png(g, path: str) -> None:
+    """A uint8 (C, H, W) tensor (:func:`grid_image`) or a PIL image (:func:`grid_picture`) as a PNG file, written
+    atomically."""
+    from PIL import Image
+
+    im = Image.fromarray(g.permute(1, 2, 0).contiguous().numpy()) if isinstance(g, torch.Tensor) else g
     with artifacts.atomic_write(path) as tmp:
-        Image.fromarray(g.permute(1, 2, 0).contiguous().numpy()).save(tmp, format="PNG")
+        im.save(tmp, format="PNG")
+
+
+def _with_header(im, labels: list[str], k: float, w: int):
+    """``im`` with a strip on top naming each column (``labels``, one per column; the grid's columns are w + 1
+    pixels apart at scale ``k``, after a 1-pixel border), in the largest font up to 14 px that fits a column."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    col = k * (w + 1)
+    size = 14
+    while True:
+        font = ImageFont.load_default(size=size)
+        widths = [font.getlength(t) for t in labels]
+        if max(widths) <= col - 2 or size <= 6:
+            break
+        size -= 1
+    if max(widths) > col - 2:  # too narrow for the words: their first letters
+        labels = [t[:1] for t in labels]
+    strip = size + 6
+    out = Image.new("RGB", (im.width, im.height + strip), (255, 255, 255))
+    out.paste(im, (0, strip))
+    draw = ImageDraw.Draw(out)
+    for j, t in enumerate(labels):
+        x = k * (1 + j * (w + 1) + w / 2)
+        draw.text((x, strip / 2), t, fill=(0, 0, 0), font=font, anchor="mm")
+    return out

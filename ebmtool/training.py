@@ -173,12 +173,18 @@ def train_loop(
     label: str = "train",
     log_every: int = 0,
     epoch_offset: int = 0,
+    bar: Optional[bars.Bar] = None,
+    epochs_total: Optional[int] = None,
 ) -> History:
     """Run ``epochs`` passes over the data in shuffled batches (seeded per epoch), calling
     ``step(idx, x, iteration)``; checks every returned scalar for NaN/Inf, decays learning rates per epoch,
     checkpoints every ``ctx.ckpt.every`` iterations and on SIGINT/SIGTERM, and resumes from ``ctx.ckpt.resume``
     (skipping the completed iterations of the same data order). Under torchrun each rank runs its shard of every
-    batch and the ranks agree through :mod:`ebmtool.distributed` (replicas, batches, scalars, stop, RNG)."""
+    batch and the ranks agree through :mod:`ebmtool.distributed` (replicas, batches, scalars, stop, RNG).
+
+    Progress: a bar counting epochs (a fraction per iteration, as the ``epoch N/T`` log lines count), or ``bar``, a
+    caller's bar over several loops (adaptive NCE's stages: epoch e of this loop is ``epoch_offset + e`` of it).
+    ``epochs_total``: T in the log lines (default: the end of this loop, ``epoch_offset + epochs``)."""
     history = history or History()
     schedulers = list(schedulers)
     ck = ctx.ckpt
@@ -191,17 +197,20 @@ def train_loop(
     distributed.start_replicas(ck.modules(), batch_size, ctx.seed, epoch_offset)
     if ck.resume_into(history, first, last):
         ctx.log(f"[{label}] resumed at iteration {resume_it} from {ck.resume.path}")
-    with bars.bar(label, epochs * n_batches, show=not ctx.quiet) as progress:
+    total = epochs_total if epochs_total is not None else epoch_offset + epochs
+    base = 0 if bar is None else epoch_offset  # the bar's count at this loop's start
+    with (contextlib.nullcontext(bar) if bar is not None
+          else bars.bar(label, epochs, show=not ctx.quiet, unit="epochs")) as progress:
         for epoch in range(epoch_offset, epoch_offset + epochs):
             if (epoch + 1) * n_batches < resume_it:  # finished (with its epoch-end actions) before the checkpoint
-                progress.advance(n_batches)
+                progress.set(base + epoch - epoch_offset + 1)
                 continue
             gen = torch.Generator(device="cpu").manual_seed(ctx.seed * 100003 + epoch)
             t0 = time.perf_counter()
             for b, idx in enumerate(batches(n, batch_size, gen)):
                 it = epoch * n_batches + b
                 if it < resume_it or not distributed.runs_batch(len(idx)):
-                    progress.advance(1)
+                    progress.advance(1 / n_batches)
                     continue
                 local = distributed.shard_batch(idx)
                 with divergence_located(label, epoch, it, ck):
@@ -219,11 +228,12 @@ def train_loop(
                     raise Interrupted(done, ck.path)
                 if log_every and done % log_every == 0:
                     ctx.log(f"[{label}] it {done} " + " ".join(f"{k}={v:.4g}" for k, v in vals.items()))
-                progress.advance(1, msg=" ".join(f"{k}={v:.3g}" for k, v in list(vals.items())[:3]))
+                progress.advance(1 / n_batches, msg=" ".join(f"{k}={v:.3g}" for k, v in list(vals.items())[:3]))
             for s in schedulers:
                 s.step()
             means = history.close_epoch(epoch * per_epoch)
-            ctx.log(f"[{label}] epoch {epoch + 1} ({time.perf_counter() - t0:.1f}s) "
+            progress.set(base + epoch - epoch_offset + 1)
+            ctx.log(f"[{label}] epoch {epoch + 1}/{total} ({time.perf_counter() - t0:.1f}s) "
                     + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
             if ctx.on_epoch is not None:
                 ctx.on_epoch(label, epoch, means)

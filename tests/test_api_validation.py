@@ -75,7 +75,6 @@ def test_wrong_argument_types_are_user_errors(models, images, tmp_path):
     calls = [
         lambda: ebmtool.sample("mle.safetensors", 4),
         lambda: ebmtool.sample(None, 4),
-        lambda: ebmtool.reconstruct(m, images.numpy()),
         lambda: ebmtool.reconstruct(m, [[1, 2]]),
         lambda: ebmtool.reconstruct(m, images[:, :, :4]),
         lambda: ebmtool.score(m, images, kind=3),

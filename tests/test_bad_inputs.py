@@ -71,6 +71,10 @@ def build(spec: str, dst: Path, src_of) -> None:
         artifacts.save(dst, "samples", {"images": _images()})
     elif name == "float_images_out_of_range":
         artifacts.save(dst, "dataset", {"images": torch.full((8, 1, 8, 8), 2.0), "labels": labels})
+    elif name == "float_images_in_0_1":  # torchvision's ToTensor range, written by a hand-made converter
+        artifacts.save(dst, "dataset", {"images": _images().float() / 255, "labels": labels})
+    elif name == "float_images_outside_stated_range":
+        artifacts.save(dst, "dataset", {"images": _images().float(), "labels": labels}, meta={"value_range": [0, 1]})
     elif name == "nan_images":  # artifacts.save refuses NaN: write it directly, with ebmtool metadata
         x = torch.zeros(8, 1, 8, 8)
         x[3, 0, 2, 2] = float("nan")
@@ -88,8 +92,8 @@ def build(spec: str, dst: Path, src_of) -> None:
         artifacts.save(dst, "dataset", {"images": _images()[..., :6], "labels": labels})
     elif name == "labels_mismatch":
         artifacts.save(dst, "dataset", {"images": _images(), "labels": labels[:5]})
-    elif name == "digits16":
-        _prepare(dst, dataset="digits", size=16, limit=16)
+    elif name == "digits18":
+        _prepare(dst, dataset="digits", size=18, limit=16)
     elif name == "digits_only_3":
         _prepare(dst, dataset="digits", only_class=3, limit=16)
     elif name == "toml_unknown_key":

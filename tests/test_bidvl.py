@@ -87,7 +87,7 @@ def test_networks_shapes(channels, size):
 
 def test_networks_refuse_unsupported_sizes():
     with pytest.raises(ValueError, match="not supported"):
-        ImageEnergy(1, 28)
+        ImageEnergy(1, 12)  # 8, and s0*2^k >= 16 with s0 in 4..7 (28 and 48 are served)
 
 
 def test_kl_to_standard_normal_matches_torch():
@@ -248,4 +248,5 @@ def test_unknown_flags_and_sizes_are_one_line_errors(work, capsys, tmp_path):
     odd = artifacts.save(tmp_path / "odd.safetensors", "dataset", {"images": torch.zeros(4, 1, 12, 12, dtype=torch.uint8),
                                                                    "labels": torch.zeros(4, dtype=torch.long)})
     code, _, err = cli(capsys, "fit-prior", "--method", "bidvl", "--data", odd, "-o", tmp_path / "x.safetensors", *TINY)
-    assert code == 2 and "sizes 8, 32 and 64" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "built for sizes 8 and every s0*2^k >= 16" in err and len(err.strip().splitlines()) == 1
+    assert "use data prepare --size 8 or --size 16" in err

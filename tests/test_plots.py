@@ -29,13 +29,27 @@ def test_nce_chart_marks_chance_and_is_matplotlib(tmp_path):
     assert "matplotlib" in _software(p).lower()
     ax = fig.axes[0]
     assert ax.get_xlabel().startswith("epoch") and ax.get_ylabel() == "NCE loss (nats)"
-    assert {"stage 0", "stage 1"} <= set(_legend(ax))
+    assert {"stage 1", "stage 2"} <= set(_legend(ax))  # stages counted from 1, as the CLI counts them
     chance = [ln for ln in ax.get_lines() if ln.get_label().startswith("chance")]
     assert len(chance) == 1 and np.allclose(chance[0].get_ydata(), 2 * math.log(2))
     # epochs are whole numbers: no tick at 5.75
     assert all(float(t).is_integer() for t in ax.get_xticks())
-    # epochs continue across stages
-    assert list(ax.get_lines()[1].get_xdata()) == [4, 5, 6]
+    # epochs continue across stages, on one line through all of them
+    stage2 = [ln for ln in ax.get_lines() if ln.get_label() == "stage 2"][0]
+    assert list(stage2.get_xdata()) == [4, 5, 6]
+    every = [ln for ln in ax.get_lines() if ln.get_label() == "all epochs"][0]
+    assert list(every.get_xdata()) == [1, 2, 3, 4, 5, 6]
+
+
+def test_nce_chart_with_one_epoch_per_stage_draws_a_line(tmp_path):
+    """issue 32 §5: one epoch per stage showed isolated dots, numbered from 0."""
+    fig = plots.nce_curves_png({0: [1.30], 1: [1.35], 2: [1.37]}, str(tmp_path / "nce.png"), title="t")
+    ax = fig.axes[0]
+    every = [ln for ln in ax.get_lines() if ln.get_label() == "all epochs"][0]
+    assert list(every.get_xdata()) == [1, 2, 3] and list(every.get_ydata()) == [1.30, 1.35, 1.37]
+    assert every.get_linestyle() == "-" and _legend(ax)[1:4] == ["stage 1", "stage 2", "stage 3"]
+    legend = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
+    assert legend.x0 >= ax.get_window_extent(fig.canvas.get_renderer()).x1  # beside the axes, over no curve
 
 
 def test_pr_and_roc_with_random_baseline(tmp_path):
@@ -82,11 +96,14 @@ def test_energy_profile_and_loss_curves_labels(tmp_path):
     assert ax.get_xlabel() == "Langevin step" and ax.get_ylabel().startswith("energy")
     mean = [ln for ln in ax.get_lines() if ln.get_label().startswith("mean")][0]
     assert np.allclose(mean.get_ydata(), -lp.mean(1))  # energy = -log p
-    fig = plots.loss_curves_png({"loss_gen": [3, 2, 1], "loss_ebm": [1, .5, .4], "grad_norm": [5, 3, 2]},
+    fig = plots.loss_curves_png({"loss_g": [1030, 1010, 1000], "loss_e": [.52, .5, .49], "grad_norm": [5, 3, 2]},
                                 str(tmp_path / "l.png"), title="mle")
-    left, right = fig.axes[:2]
-    assert left.get_xlabel() == "epoch" and left.get_ylabel().startswith("loss (nats")
-    assert set(_legend(left)) == {"loss_gen", "loss_ebm"} and _legend(right) == ["grad_norm"]
+    # issue 32 §5: loss_e (~0.5) and loss_g (~1000) each on its own axis, named by the panel's title, no legend
+    assert [ax.get_title() for ax in fig.axes] == ["loss_g", "loss_e", "grad_norm"]
+    assert all(ax.get_legend() is None and ax.get_xlabel() == "epoch" for ax in fig.axes)
+    lo, hi = fig.axes[1].get_ylim()
+    assert lo > 0.4 and hi < 0.6  # loss_e's own scale, not a flat line under loss_g's
+    assert fig.axes[0].get_ylabel().startswith("loss (nats") and fig.get_suptitle() == "mle"
 
 
 @pytest.mark.parametrize("ext,magic", [("pdf", b"%PDF"), ("svg", b"<?xml")])
@@ -190,3 +207,68 @@ def test_tile_refuses_what_is_not_a_batch_of_images(shape):
 
     with pytest.raises(ValueError, match=r"expected images \(N >= 1, C, H, W\)"):
         tile(torch.zeros(shape), 2)
+
+
+def test_plot_titles_name_model_data_and_anomaly_class(tmp_path, mle_model, nce_model, digits_ds, monkeypatch):
+    from conftest import run_cli
+
+    from ebmtool import artifacts, stages
+    from ebmtool.eval.plots import plot_artifact
+
+    fig_of = {}
+    orig = plots.save_figure
+
+    def keep(fig, path, dpi=150):
+        fig_of[path.rsplit("/", 1)[-1]] = fig
+        orig(fig, path, dpi)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    plot_artifact(artifacts.load(mle_model), str(tmp_path / "m.png"))
+    plot_artifact(artifacts.load(nce_model), str(tmp_path / "n.png"))
+    stages.anomaly(str(mle_model), str(digits_ds), positive=[3], out=str(tmp_path / "a.safetensors"), steps=2,
+                   device="cpu", quiet=True)
+    plot_artifact(artifacts.load(tmp_path / "a.safetensors"), str(tmp_path / "a.png"))
+    monkeypatch.undo()
+    assert fig_of["m.png"].get_suptitle() == f"training: mle model {mle_model.name} on {digits_ds.name}"
+    assert fig_of["n.png"].axes[0].get_title() == \
+        f"NCE loss per stage: adaptive-nce model {nce_model.name} on {digits_ds.name}"
+    assert fig_of["a.png"].get_suptitle() == f"{mle_model.name} on {digits_ds.name}: anomaly class 3 (joint score)"
+    assert run_cli(["plot", str(tmp_path / "a.safetensors"), "-o", str(tmp_path / "a2.svg")]).code == 0
+    assert "anomaly class 3" in (tmp_path / "a2.svg").read_text()
+
+
+def test_plot_of_a_trajectory_draws_the_chains_image_grid(tmp_path, mle_model):
+    """issue 32 §5: ``plot`` of ``sample --trajectory`` drew a 3-point energy profile, not the promised grid."""
+    from conftest import run_cli
+
+    from ebmtool import artifacts
+    from ebmtool.images import tile
+
+    s = tmp_path / "t.safetensors"
+    run_cli(["sample", "--model", mle_model, "-n", "8", "--steps", "6", "--trajectory", "2", "-o", s,
+             "--device", "cpu", "--quiet"]).ok()
+    r = run_cli(["plot", s, "-o", tmp_path / "t.png"]).ok()
+    assert "images and energy" in r.out
+    fig = plots.trajectory_figure([0, 2, 4, 6], artifacts.load(s).tensors["trajectory.images"],
+                                  artifacts.load(s).tensors["trajectory.log_prob"].numpy(), str(tmp_path / "u.png"))
+    grid_ax, energy_ax = fig.axes
+    t = artifacts.load(s).tensors["trajectory.images"]  # (T, chains, C, H, W)
+    shown = grid_ax.get_images()[0].get_array()
+    expect = tile(t.transpose(0, 1).reshape(-1, *t.shape[2:]), nrow=t.shape[0]).permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(shown), expect)  # one row per chain, time left to right
+    assert [x.get_text() for x in grid_ax.get_xticklabels()] == ["0", "2", "4", "6"]
+    assert energy_ax.get_xlabel() == "Langevin step"
+
+
+def test_reconstruction_grid_has_a_header_naming_real_and_reconstructed(tmp_path, mle_model, digits_ds):
+    from conftest import run_cli
+
+    run_cli(["reconstruct", "--model", mle_model, "--data", digits_ds, "--steps", "2", "--grid", tmp_path / "r.png",
+             "--device", "cpu", "--quiet"]).ok()
+    with Image.open(tmp_path / "r.png") as im:
+        a = np.asarray(im.convert("L"))
+    k = a.shape[1] // (16 * 9 + 1)  # 16 columns (8 pairs) of 8x8 images, scaled by k
+    grid_h = k * (4 * 9 + 1)  # 32 pairs: 4 rows
+    strip = a[: a.shape[0] - grid_h]
+    assert strip.shape[0] >= 8 and (strip == 255).mean() > 0.8 and (strip < 100).any()  # white, with black text
+    assert a.shape[1] == k * (16 * 9 + 1)

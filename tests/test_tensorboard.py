@@ -51,9 +51,10 @@ def test_adaptive_nce_stages_continue_the_epoch_axis(tmp_path, digits_ds, gen_mo
              "-q", "-o", str(tmp_path / "m.safetensors"), "--tensorboard", str(tb)]).ok()
     acc = _tags(tb)
     scalars = set(acc.Tags()["scalars"])
-    assert {"adaptive-nce_stage_0/nce", "adaptive-nce_stage_1/nce", "adaptive-nce_stage_1/log_r_pos"} <= scalars, scalars
-    assert [e.step for e in acc.Scalars("adaptive-nce_stage_0/nce")] == [1]
-    assert [e.step for e in acc.Scalars("adaptive-nce_stage_1/nce")] == [2]
+    # stages counted from 1, as the progress lines and plots count them
+    assert {"adaptive-nce_stage_1/nce", "adaptive-nce_stage_2/nce", "adaptive-nce_stage_2/log_r_pos"} <= scalars, scalars
+    assert [e.step for e in acc.Scalars("adaptive-nce_stage_1/nce")] == [1]
+    assert [e.step for e in acc.Scalars("adaptive-nce_stage_2/nce")] == [2]
 
 
 def test_pretrain_generator_takes_the_flag(tmp_path, digits_ds):

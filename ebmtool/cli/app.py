@@ -96,6 +96,22 @@ def _finite(obj: Any) -> Any:
 def dumps(obj: Any) -> str:
     """The one JSON line of ``--json``: strict JSON (``allow_nan=False``; non-finite floats as strings)."""
     return json.dumps(_finite(obj), default=str, allow_nan=False)
+def rounded(v: Any) -> Any:
+    """``v`` with every float, also inside lists and dicts, to 4 significant digits (what the summary table shows;
+    ``--json`` keeps full precision)."""
+    if isinstance(v, float):
+        return float(f"{v:.4g}")
+    if isinstance(v, (list, tuple)):
+        return type(v)(rounded(x) for x in v)
+    if isinstance(v, dict):
+        return {k: rounded(x) for k, x in v.items()}
+    return v
+
+
+def shown(v: Any) -> str:
+    """A summary value as the table prints it: a float to 4 significant digits, a list or dict with its floats
+    rounded alike (``nce_final_per_stage [1.398, 1.45]``, not ``1.398293823003769``)."""
+    return f"{v:.4g}" if isinstance(v, float) else str(rounded(v))
 
 
 def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
@@ -112,7 +128,7 @@ def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
     for k, v in result.items():
         if v is None:
             continue
-        t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        t.add_row(k, shown(v))
     out_console.print(t)
 
 

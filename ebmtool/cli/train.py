@@ -48,8 +48,9 @@ TRAIN_OPTIONS: list[tuple[str, Any, Any, Optional[str]]] = [
     ("batch_size", Optional[int], typer.Option(None, "--batch-size", help="images per optimiser step (under torchrun: "
                                                "the global batch, split across ranks; default: the preset's)"),
      "batch_size"),
-    ("arch", Optional[str], typer.Option(None, "--arch", help="generator architecture: auto (by image size) | "
-                                         + " | ".join(GENERATORS)), "generator.arch"),
+    ("arch", Optional[str], typer.Option(None, "--arch", help="generator architecture: auto (the papers' network "
+                                         "at its size, general elsewhere) | " + " | ".join(GENERATORS)),
+     "generator.arch"),
     ("nz", Optional[int], typer.Option(None, "--nz", help="latent dimension"), "generator.nz"),
     ("seed", Optional[int], SeedOpt, "seed"),
     ("device", Optional[str], DeviceOpt, "device"),

@@ -5,7 +5,7 @@ what :func:`ebmtool.artifacts.save` writes as a ``dataset`` artifact. ``load_ima
 samples) artifact for training: float images in [-1, 1].
 """
 
-from ebmtool.data.prepare import DataConfig, as_images, load_images, prepare, protocol_split
+from ebmtool.data.prepare import DataConfig, as_images, collect_images, load_images, prepare, protocol_split
 from ebmtool.data.sources import SOURCES
 
-__all__ = ["DataConfig", "SOURCES", "as_images", "load_images", "prepare", "protocol_split"]
+__all__ = ["DataConfig", "SOURCES", "as_images", "collect_images", "load_images", "prepare", "protocol_split"]

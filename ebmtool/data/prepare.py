@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal, Optional
 
 import torch
@@ -183,36 +184,162 @@ def prepare(cfg: DataConfig, quiet: bool = True) -> tuple[dict[str, torch.Tensor
 
 
 def load_images(path, what: str = "--data") -> tuple[torch.Tensor, torch.Tensor, artifacts.Artifact]:
-    """Open a dataset or samples artifact: float images in [-1, 1] (N, C, H, W), labels (or -1), the artifact."""
+    """Open a dataset or samples artifact: float images in [-1, 1] (N, C, H, W), labels (or -1), the artifact.
+    Float images are read in the range the artifact's meta ``value_range`` states (uint8: [0, 255])."""
     art = artifacts.load(path, ("dataset", "samples", "reconstructions"), what=what)
     art.require("images")
-    xf, labels = as_images(art.tensors["images"], art.tensors.get("labels"), str(art.path))
+    vr = art.meta.get("value_range")
+    stated = tuple(vr) if isinstance(vr, (list, tuple)) and len(vr) == 2 and art.tensors["images"].is_floating_point() \
+        else None
+    xf, labels = as_images(art.tensors["images"], art.tensors.get("labels"), str(art.path), value_range=stated,
+                           range_hint='the meta key "value_range": [{lo}, {hi}] in the artifact')
     return xf, labels, art
 
 
-def as_images(x: torch.Tensor, labels: Optional[torch.Tensor] = None,
-              where: str = "images") -> tuple[torch.Tensor, torch.Tensor]:
-    """Check images held in memory (or read from an artifact) and bring them to the form every stage uses.
+ImageSource = Any  # torch.Tensor | numpy.ndarray | torch.utils.data.Dataset | torch.utils.data.DataLoader
+CONVERT_HINT = "or convert them: x * 2 - 1 gives [-1, 1], (x * 255).round().to(torch.uint8) gives uint8"
 
-    x: (N, C, H, W) uint8 in [0, 255], or float in [-1, 1]; labels: (N,) integers or None (-1 for each image).
-    Returns (images: (N, C, H, W) float32 in [-1, 1], labels: (N,) int64). ``where`` names them in the one-line
-    error of a wrong input."""
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        raise UserError(f"{where}: images must be N x C x H x W, got shape {tuple(getattr(x, 'shape', ()))}")
+
+def _tensor(v: Any, where: str, what: str) -> torch.Tensor:
+    """A tensor from a tensor, a NumPy array or a number; one line for anything else."""
+    if isinstance(v, torch.Tensor):
+        return v
+    if type(v).__module__ == "numpy" and hasattr(v, "dtype"):
+        import numpy as np
+
+        a = np.asarray(v)
+        if a.dtype.kind not in "biuf":
+            raise UserError(f"{where}: {what} have NumPy dtype {a.dtype}; expected uint8, float or integers")
+        return torch.from_numpy(np.ascontiguousarray(a))
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and what == "labels":
+        return torch.tensor(v, device="cpu")
+    if type(v).__module__.startswith("PIL"):
+        raise UserError(f"{where}: {what} are PIL images; give the dataset transform=torchvision.transforms."
+                        "PILToTensor() (uint8, C x H x W)")
+    raise UserError(f"{where}: {what} must be a torch tensor or a NumPy array, not {type(v).__name__}")
+
+
+def _split_item(item: Any, where: str) -> tuple[Any, Any]:
+    """A dataset item or a loader batch: image(s), or (image(s), label(s)[, ...])."""
+    if isinstance(item, (tuple, list)):
+        if not item:
+            raise UserError(f"{where}: an item is an empty {type(item).__name__}; expected an image or (image, label)")
+        return item[0], (item[1] if len(item) > 1 else None)
+    if isinstance(item, dict):
+        raise UserError(f"{where}: items are dicts (keys {', '.join(map(str, item))}); give a dataset whose items "
+                        "are an image or (image, label)")
+    return item, None
+
+
+def collect_images(data: ImageSource, labels: Any = None, where: str = "images"
+                   ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Images held in memory, in any of the forms a notebook has them, as one tensor: a torch tensor or a NumPy
+    array (N, C, H, W); a ``torch.utils.data.Dataset`` whose items are an image (C, H, W) or (image, label); a
+    ``DataLoader`` whose batches are images (B, C, H, W) or (images, labels). Returns (images, labels or None),
+    untouched otherwise (:func:`as_images` checks them). Anything else is one :class:`UserError`."""
+    from torch.utils.data import DataLoader, Dataset
+
+    if isinstance(data, (DataLoader, Dataset)):
+        if labels is not None:
+            raise UserError(f"{where}: labels come from the {type(data).__name__}'s items; give them there")
+        batched = isinstance(data, DataLoader)
+        try:
+            items = iter(data) if batched or not hasattr(data, "__len__") else (data[i] for i in range(len(data)))
+            xs, ys = [], []
+            for item in items:
+                x, y = _split_item(item, where)
+                xs.append(_tensor(x, where, "images"))
+                ys.append(None if y is None else _tensor(y, where, "labels"))
+        except UserError:
+            raise
+        except (TypeError, ValueError, IndexError, KeyError, RuntimeError) as e:
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise UserError(f"{where}: reading the {type(data).__name__} failed ({type(e).__name__}: "
+                            f"{first})") from None
+        if not xs:
+            raise UserError(f"{where}: the {type(data).__name__} holds no images")
+        if any((y is None) != (ys[0] is None) for y in ys):
+            raise UserError(f"{where}: some items have labels and some do not")
+        shapes = {tuple(x.shape[1:] if batched else x.shape) for x in xs}
+        if len(shapes) > 1:
+            raise UserError(f"{where}: images of different shapes ({', '.join(map(str, sorted(shapes)[:3]))}); "
+                            "resize them to one size first")
+        x = torch.cat(xs) if batched else torch.stack(xs)
+        y = None if ys[0] is None else (torch.cat([v.reshape(-1) for v in ys]) if batched
+                                        else torch.stack([v.reshape(()) for v in ys]))
+        return x, y
+    x = _tensor(data, where, "images")
+    return x, None if labels is None else _tensor(labels, where, "labels")
+
+
+def _check_range(value_range: Any, where: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: value_range must be a pair (low, high) such as (0, 1), "
+                        f"got {value_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise UserError(f"{where}: value_range must be a pair low < high, got {value_range!r}")
+    return lo, hi
+
+
+def as_images(x: ImageSource, labels: Any = None, where: str = "images", *, value_range: Any = None,
+              range_hint: str = "value_range=({lo}, {hi})") -> tuple[torch.Tensor, torch.Tensor]:
+    """Check images held in memory (or read from an artifact) and bring them to the form every stage uses: the
+    one check of the CLI and the Python API.
+
+    x: (N, C, H, W) as a torch tensor, a NumPy array, a ``Dataset`` or a ``DataLoader`` (:func:`collect_images`):
+    uint8 in [0, 255], or float in [-1, 1]. Floats in another range need ``value_range`` (low, high), e.g. (0, 1)
+    for torchvision's ``ToTensor``: floats in [0, 1] without it are refused, since they may be either. labels: (N,)
+    integers or None (-1 for each image). Returns (images: (N, C, H, W) float32 in [-1, 1], labels: (N,) int64).
+    ``where`` names them in the one-line error of a wrong input; ``range_hint`` says how to state a range there
+    (``{lo}`` and ``{hi}`` are replaced by a range's ends)."""
+    x, labels = collect_images(x, labels, where)
+    if x.ndim != 4:
+        hint = ""
+        if x.ndim == 3:
+            hint = " (one channel: add the channel axis, x[:, None])"
+        raise UserError(f"{where}: images must be N x C x H x W, got shape {tuple(x.shape)}{hint}")
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        raise UserError(f"{where}: images of shape {tuple(x.shape)} look channels-last (N x H x W x C, as NumPy and "
+                        "PIL give them); ebmtool takes N x C x H x W: x.permute(0, 3, 1, 2)")
     if len(x) == 0:
         raise UserError(f"{where}: holds no images")
+    if value_range is not None:
+        lo, hi = _check_range(value_range, where)
+        if x.dtype == torch.uint8 and (lo, hi) != (0.0, 255.0):
+            raise UserError(f"{where}: uint8 images are read in [0, 255]; value_range {value_range!r} is for float "
+                            "images")
     if x.dtype == torch.uint8:
         xf = x.float().div_(127.5).sub_(1.0)
     elif x.is_floating_point():
         if not bool(torch.isfinite(x).all()):
-            raise UserError(f"{where}: float images hold non-finite values (NaN or infinity)")
-        if x.min() < -1 or x.max() > 1:
-            raise UserError(f"{where}: float images must lie in [-1, 1] (found {float(x.min()):.3g}..{float(x.max()):.3g})")
-        xf = x.float()
+            raise UserError(f"{where}: images hold NaN or infinite values")
+        mn, mx = float(x.min()), float(x.max())
+        if value_range is not None:
+            if mn < lo or mx > hi:
+                raise UserError(f"{where}: float images lie in {mn:.3g}..{mx:.3g}, outside the stated value_range "
+                                f"[{lo:g}, {hi:g}]")
+            xf = x.float() if (lo, hi) == (-1.0, 1.0) else (x.float() - lo).mul_(2 / (hi - lo)).sub_(1.0)
+        elif mn < -1 or mx > 1:
+            guess = ("0", "255") if 0 <= mn and mx <= 255 else ("low", "high")
+            raise UserError(f"{where}: float images must lie in [-1, 1] (found {mn:.3g}..{mx:.3g}); state their range "
+                            f"({range_hint.format(lo=guess[0], hi=guess[1])}) or convert them: x / 127.5 - 1 maps "
+                            "[0, 255] to [-1, 1]")
+        elif mn >= 0:
+            raise UserError(f"{where}: float images in [0, 1] ({mn:.3g}..{mx:.3g}) may be torchvision's ToTensor range "
+                            f"or a part of [-1, 1]: state it ({range_hint.format(lo=0, hi=1)}, or "
+                            f"{range_hint.format(lo=-1, hi=1)}) "
+                            f"{CONVERT_HINT}")
+        else:
+            xf = x.float()
     else:
         raise UserError(f"{where}: images have dtype {x.dtype}; expected uint8 or float")
     if labels is None:
         labels = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
-    if len(labels) != len(x):
-        raise UserError(f"{where}: {len(labels)} labels for {len(x)} images")
+    if labels.ndim != 1 or len(labels) != len(x):
+        raise UserError(f"{where}: {len(labels) if labels.ndim == 1 else tuple(labels.shape)} labels for "
+                        f"{len(x)} images")
+    if labels.is_floating_point() and not bool((labels == labels.round()).all()):
+        raise UserError(f"{where}: labels must be integers")
     return xf, labels.long()

@@ -77,77 +77,116 @@ def _integer_x(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], path: str, *, title: str,
-               xlabel: str, ylabel: str, integer_x: bool = True, hlines: Sequence[tuple[float, str]] = (),
-               size: tuple[float, float] = (6.4, 4.2)):
-    """series: (label, xs, ys) triples drawn as lines on shared axes; ``hlines``: (y, label) reference lines."""
-    fig, ax = new_figure(size=size)
-    for label, xs, ys in series:
-        xs, ys = np.asarray(xs, float), np.asarray(ys, float)
-        ax.plot(xs, ys, label=label, marker="o" if len(xs) < 30 else None, markersize=3, linewidth=1.5)
-    for y, label in hlines:
-        ax.axhline(y, color="0.35", linestyle="--", linewidth=1, label=label)
-    if integer_x:
-        _integer_x(ax)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.legend(fontsize="small")
+def nce_curves_png(stage_losses: dict[int, Sequence[float]], path: str, *, title: str = "NCE loss per stage"):
+    """Per-stage NCE loss by epoch (adaptive-NCE Fig. 4). ``stage_losses``: {stage index from 0 (the artifact's
+    ``history.stageK.nce``): per-epoch losses}; stages are labelled from 1, as the CLI counts them (``--stages``,
+    the progress lines). Epochs continue across stages on one line (one epoch per stage is still a line, not
+    isolated dots), each stage's epochs marked in its own colour, stage boundaries dotted; the chance level 2 ln 2
+    (a classifier that cannot tell data from noise) is marked. The legend sits beside the axes, off the curves."""
+    fig, ax = new_figure(size=(7.4, 4.2))
+    xs_all: list[int] = []
+    ys_all: list[float] = []
+    parts = []
+    for k in sorted(stage_losses):
+        v = [float(y) for y in stage_losses[k]]
+        xs = list(range(len(xs_all) + 1, len(xs_all) + len(v) + 1))
+        parts.append((k, xs, v))
+        xs_all += xs
+        ys_all += v
+    ax.plot(xs_all, ys_all, color="0.55", linewidth=1.2, label="all epochs", zorder=1)
+    for k, xs, v in parts:
+        ax.plot(xs, v, marker="o", markersize=4, linewidth=2, label=f"stage {k + 1}", zorder=2)
+        if xs[0] > 1:
+            ax.axvline(xs[0] - 0.5, color="0.7", linestyle=":", linewidth=1)
+    ax.axhline(CHANCE_NCE, color="0.35", linestyle="--", linewidth=1, label="chance 2 ln 2 = 1.386")
+    _integer_x(ax)
+    ax.set(title=title, xlabel="epoch (cumulative over stages)", ylabel="NCE loss (nats)")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     save_figure(fig, path)
     return fig
-
-
-def nce_curves_png(stage_losses: dict[int, Sequence[float]], path: str):
-    """Per-stage NCE loss by epoch (adaptive-NCE Fig. 4); epochs continue across stages; the chance level
-    2 ln 2 (a classifier that cannot tell data from noise) is marked."""
-    series, start = [], 0
-    for k in sorted(stage_losses):
-        v = list(stage_losses[k])
-        series.append((f"stage {k}", list(range(start + 1, start + len(v) + 1)), v))
-        start += len(v)
-    return line_chart(series, path, title="NCE loss per stage", xlabel="epoch (cumulative over stages)",
-                      ylabel="NCE loss (nats)", hlines=[(CHANCE_NCE, "chance 2 ln 2 = 1.386")])
 
 
 def loss_curves_png(history: dict[str, Sequence[float]], path: str, *, title: str = "training"):
-    """Per-epoch means of the logged scalars: losses on the left; the others (grad norms, log-ratio means, ...)
-    on a second panel when there are any, since their scales differ."""
-    losses = {k: v for k, v in history.items() if k.startswith("loss")}
-    other = {k: v for k, v in history.items() if k not in losses}
-    if not losses:
-        losses, other = other, {}
-    fig, axes = new_figure(ncols=2 if other else 1)
-    axes = axes if other else [axes]
-    for ax, group, ylabel in ((axes[0], losses, "loss (nats, per-epoch mean)"),
-                              (axes[-1] if other else None, other, "value (per-epoch mean)")):
-        if ax is None:
-            continue
-        for k, v in group.items():
-            xs = np.arange(1, len(v) + 1)
-            ax.plot(xs, np.asarray(v, float), label=k, marker="o" if len(v) < 30 else None, markersize=3)
+    """Per-epoch means of the logged scalars, one panel per quantity, each on its own y axis (``loss_e`` ~0.5 and
+    ``loss_g`` ~1000 cannot share one): losses first, then the others (grad norms, log-ratio means, ...); the
+    panel's title names its quantity, so no legend covers a curve. ``title``: the figure's (model and data)."""
+    names = [k for k in history if k.startswith("loss")] + [k for k in history if not k.startswith("loss")]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ncols = min(3, len(names))
+    nrows = -(-len(names) // ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows + 0.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, k in enumerate(names):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax.grid(True, alpha=0.3, linewidth=0.6)
+        v = np.asarray(history[k], float)
+        ax.plot(np.arange(1, len(v) + 1), v, marker="o" if len(v) < 30 else None, markersize=3, linewidth=1.5)
         _integer_x(ax)
-        ax.set(xlabel="epoch", ylabel=ylabel)
-        ax.legend(fontsize="small")
-    axes[0].set_title(f"{title}: losses")
-    if other:
-        axes[-1].set_title(f"{title}: other logged scalars")
+        ax.set(title=k, xlabel="epoch", ylabel="loss (nats, per-epoch mean)" if k.startswith("loss")
+               else "per-epoch mean")
+    fig.suptitle(title)
     save_figure(fig, path)
     return fig
 
 
-def energy_profile_png(steps: Sequence[int], log_probs: np.ndarray, path: str):
+def energy_profile_png(steps: Sequence[int], log_probs: np.ndarray, path: str, *,
+                       title: str = "Langevin dynamics: energy along the chains"):
     """Energy E(z) = -log pi(z) (up to the constant log Z) along Langevin chains, as in LEBM Fig. 3-4: the mean
     over chains with the 10-90% band and a few single chains; ``log_probs`` is (T, B)."""
+    fig, ax = new_figure()
+    _energy_axes(ax, steps, log_probs)
+    ax.set_title(title)
+    save_figure(fig, path)
+    return fig
+
+
+def _energy_axes(ax, steps: Sequence[int], log_probs: np.ndarray) -> None:
     energy = -np.asarray(log_probs, float)
     steps = np.asarray(steps, float)
-    fig, ax = new_figure()
     ax.fill_between(steps, np.quantile(energy, 0.1, 1), np.quantile(energy, 0.9, 1), alpha=0.25,
                     label="10-90% of chains")
     for j in range(min(4, energy.shape[1])):
         ax.plot(steps, energy[:, j], linewidth=0.7, alpha=0.6, color="0.4", label="single chains" if j == 0 else None)
     ax.plot(steps, energy.mean(1), linewidth=2, label=f"mean of {energy.shape[1]} chains")
     _integer_x(ax)
-    ax.set(title="Langevin dynamics: energy along the chains", xlabel="Langevin step",
-           ylabel="energy −log π(z) (nats, up to log Z)")
-    ax.legend(fontsize="small")
+    ax.set(xlabel="Langevin step", ylabel="energy −log π(z) (nats, up to log Z)")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+
+def trajectory_figure(steps: Sequence[int], images_u8, log_probs: Optional[np.ndarray], path: str, *,
+                      title: str = "Langevin chains"):
+    """``sample --trajectory``'s chains as the README shows them: an image grid, one row per chain and time left to
+    right (``images_u8``: (T, chains, C, H, W) uint8, columns labelled by Langevin step), and, below it, the energy
+    along the chains (``log_probs`` (T, B), LEBM Fig. 3-4) when the artifact has it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ebmtool.images import tile
+
+    t = images_u8
+    n_t, chains, _, h, w = t.shape
+    grid = tile(t.transpose(0, 1).reshape(-1, *t.shape[2:]), nrow=n_t)  # (3, H', W') uint8
+    height = 4.6
+    grid_w = min(12.0, max(2.5, (height - 0.9) * grid.shape[2] / grid.shape[1] + 0.8))
+    cols = 2 if log_probs is not None else 1
+    fig = Figure(figsize=(grid_w + (6.2 if cols == 2 else 0), height), layout="constrained")
+    FigureCanvasAgg(fig)
+    gs = fig.add_gridspec(1, cols, width_ratios=[grid_w, 6.2][:cols])
+    ax = fig.add_subplot(gs[0])
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    every = -(-n_t // 16)  # at most 16 step labels
+    ax.set_xticks([1 + j * (w + 1) + (w - 1) / 2 for j in range(0, n_t, every)],
+                  [str(int(steps[j])) for j in range(0, n_t, every)])
+    ax.set_yticks([1 + c * (h + 1) + (h - 1) / 2 for c in range(chains)], [str(c + 1) for c in range(chains)])
+    ax.tick_params(length=0, labelsize="small")
+    ax.set(xlabel="Langevin step", ylabel="chain", title="images (time left to right)")
+    fig.suptitle(title)
+    if log_probs is not None:
+        energy = fig.add_subplot(gs[1])
+        _energy_axes(energy, steps, log_probs)
+        energy.set_title("energy along the chains")
     save_figure(fig, path)
     return fig
 
@@ -172,9 +211,9 @@ def pr_curve_png(y: np.ndarray, scores: np.ndarray, path: str, *, title: str = "
     roc.plot([0, 1], [0, 1], color="0.35", linestyle="--", linewidth=1, label="random (AUROC 0.500)")
     roc.set(xlabel="false-positive rate (fraction of normals)", ylabel="true-positive rate (fraction of anomalies)",
             title="ROC", xlim=(0, 1), ylim=(0, 1.01))
-    for ax in (pr, roc):
+    for ax in (pr, roc):  # legends below the axes: a curve can pass through any corner
         ax.set_aspect("equal")
-        ax.legend(fontsize="small", loc="lower right" if ax is roc else "best")
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16))
     fig.suptitle(title)
     save_figure(fig, path)
     return fig
@@ -252,12 +291,34 @@ def bar_panels(panels: Sequence[Sequence[dict]], path: str, *, title: str = ""):
     return fig
 
 
-def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
-    """One figure for an artifact, chosen by what it holds; returns what was drawn.
+def _name(parent: Optional[dict]) -> str:
+    """A lineage entry's file name ("tensors in memory" for the Python API's tensors)."""
+    if not parent:
+        return "?"
+    return Path(parent["path"]).name if parent.get("path") else f"{parent.get('kind', 'data')} in memory"
 
-    model with per-stage NCE history -> NCE loss per stage (adaptive-NCE Fig. 4); other models -> loss curves;
-    samples with a trajectory -> energy profile along the chains (LEBM Fig. 3-4, adaptive-NCE Fig. 5);
-    scores -> precision-recall and ROC curves; dataset / samples / reconstructions -> image grid (PNG only).
+
+def _parent(art, kind: str, nth: int = 0) -> Optional[dict]:
+    found = [p for p in art.parents if isinstance(p, dict) and p.get("kind") == kind]
+    return found[nth] if len(found) > nth else None
+
+
+def anomaly_title(model: str, data: str, anomaly_classes: Optional[Sequence[int]], ood: Optional[str],
+                  score: str = "joint") -> str:
+    """The title of an anomaly figure: the model, the data and what the anomalies are."""
+    what = (f"anomaly class {', '.join(map(str, anomaly_classes))}" if anomaly_classes
+            else f"OOD data {Path(ood).name}" if ood else "anomalies = label 1")
+    return f"{model} on {data}: {what} ({score} score)"
+
+
+def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
+    """One figure for an artifact, chosen by what it holds; returns what was drawn. Titles name the model, the
+    data (from the artifact's lineage) and, for scores, the anomaly class.
+
+    model with per-stage NCE history -> NCE loss per stage (adaptive-NCE Fig. 4); other models -> loss curves,
+    one panel per quantity; samples with a trajectory -> the chains' image grid (one row per chain, as
+    ``sample --trajectory-png``) over the energy along them (LEBM Fig. 3-4, adaptive-NCE Fig. 5); scores ->
+    precision-recall and ROC curves; dataset / samples / reconstructions -> image grid (PNG only).
     """
     from ebmtool.errors import UserError
 
@@ -270,21 +331,29 @@ def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
         return what
 
     if art.kind == "model":
+        who = f"{art.meta.get('method', 'model')} model {Path(art.path).name} on {_name(_parent(art, 'dataset'))}"
         stages = {int(k.split(".")[1][len("stage"):]): v.tolist() for k, v in t.items()
                   if k.startswith("history.stage") and k.endswith(".nce")}
         if stages:
             what = unscaled("NCE loss per stage")
-            nce_curves_png(stages, out)
+            nce_curves_png(stages, out, title=f"NCE loss per stage: {who}")
             return what
         hist = {k[len("history."):]: v.tolist() for k, v in t.items() if k.startswith("history.") and v.ndim == 1}
         if not hist:
             raise UserError(f"{art.path}: model has no training history to plot")
         what = unscaled("training curves per epoch")
-        loss_curves_png(hist, out, title=f"{art.meta.get('method', 'model')} training")
+        loss_curves_png(hist, out, title=f"training: {who}")
         return what
-    if art.kind == "samples" and "trajectory.log_prob" in t:
-        what = unscaled("energy along the Langevin chains")
-        energy_profile_png(t["trajectory.steps"].tolist(), t["trajectory.log_prob"].numpy(), out)
+    if art.kind == "samples" and ("trajectory.images" in t or "trajectory.log_prob" in t):
+        who = f"{art.meta.get('model_method', '')} model {_name(_parent(art, 'model'))}".strip()
+        steps = t["trajectory.steps"].tolist()
+        lp = t["trajectory.log_prob"].numpy() if "trajectory.log_prob" in t else None
+        if "trajectory.images" not in t:  # written before the images were kept: the energy profile alone
+            what = unscaled("energy along the Langevin chains")
+            energy_profile_png(steps, lp, out, title=f"Langevin chains of the {who}: energy")
+            return what
+        what = unscaled("the Langevin chains' images and energy")
+        trajectory_figure(steps, t["trajectory.images"], lp, out, title=f"Langevin chains of the {who}")
         return what
     if art.kind == "scores":
         what = unscaled("precision-recall and ROC curves")
@@ -295,7 +364,10 @@ def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
             raise UserError(f"{art.path}: the precision-recall and ROC curves need labels 0 (normal) and 1 "
                             f"(anomaly), one per score; this scores artifact has "
                             f"{'none' if y is None else 'labels ' + str(sorted(set(y.unique().tolist())))[:40]}")
-        pr_curve_png(y.numpy(), scores.double().numpy(), out)
+        m = art.meta
+        title = anomaly_title(_name(_parent(art, "model")), _name(_parent(art, "dataset")), m.get("anomaly_classes"),
+                              m.get("ood_data"), m.get("score", "joint"))
+        pr_curve_png(y.numpy(), scores.double().numpy(), out, title=title)
         return what
     if "images" in t and t["images"].ndim == 4:
         import torch

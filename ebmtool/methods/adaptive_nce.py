@@ -34,6 +34,8 @@ from ebmtool.config import EnergySpec, GeneratorSpec, Langevin, Optim, StageComm
 from ebmtool.errors import UserError
 from ebmtool.registry import Flag, Kept, register_method
 from ebmtool import distributed
+from ebmtool.artifacts import MemoryArtifact
+from ebmtool import progress as bars
 from ebmtool.training import FitResult, chain_latents, History, adam, optimizer_step, train_loop
 from ebmtool.models.latent import generator_for, latent_model
 from ebmtool.priors import GaussianPrior, RatioProductPrior
@@ -105,6 +107,10 @@ def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adapti
     read_memory = None
     if k0 > 0 and cfg.prior_sampler == "memory":
         mem = init_art.tensors.get("memory") if init_art is not None else None
+        if mem is None and isinstance(init_art, MemoryArtifact):  # the Python API's init=model object
+            raise UserError(f"init {init_art.path}: a model object carries no memory of posterior samples; give "
+                            "init its artifact's path (fit_prior(..., out=PATH) wrote it there), or "
+                            "overrides={'prior_sampler': 'langevin'}")
         if mem is None:
             raise UserError(f"--init {init_art.path}: model has no memory of posterior samples "
                             "(use --prior-sampler langevin)")
@@ -123,45 +129,55 @@ def fit(cfg: AdaptiveNCEConfig, data, init, init_art, ctx, method: str = "adapti
     for _ in range(s_resume):  # completed stages: their ratios come back with the checkpoint's model state
         prior.add_stage(prior.new_ratio().to(dev))
     write_memory = torch.zeros(n, nz, device=dev)
-    for s in range(s_resume, cfg.stages):
-        k = k0 + s
-        r = prior.new_ratio().to(dev)
-        opt_r, _ = adam(r.parameters(), cfg.opt_r)
-        write_memory = torch.zeros(n, nz, device=dev)
-        mem_gen = torch.Generator(device="cpu").manual_seed(ctx.seed * 7919 + k)
-        ck.track(ratio=r, opt_r=opt_r, write_memory=write_memory, mem_gen=mem_gen)
-        if k > 0 and cfg.prior_sampler == "memory":
-            if read_memory is None:  # resuming mid-run: the previous stage's buffer comes from the checkpoint
-                read_memory = torch.zeros(n, nz, device=dev)
-            ck.track(read_memory=read_memory)
+    # one bar over every stage (its ETA is the run's), counting epochs as the log lines do
+    def stage_text(k: int) -> str:  # stages counted from 1, as --stages and the plots count them
+        return f"{method} stage {k + 1}/{k0 + cfg.stages}"
 
-        def negatives(m: int, it: int) -> torch.Tensor:
-            if k == 0:
-                return torch.randn(m, nz, device=dev)  # p_0 = N(0, I) exactly
-            if read_memory is not None:  # rows drawn for the global batch; this rank uses its shard of them
-                rows = torch.randint(0, n, (m if not W.parallel else cfg.batch_size,), generator=mem_gen, device="cpu")
-                return read_memory[distributed.take(rows)[:m].to(dev)]
-            return chain_latents(prior.chain(m, cfg.prior, f"prior Langevin (stage {k}, iteration {it + 1})",
-                                             device=dev))
+    with bars.bar(stage_text(k0 + s_resume), cfg.stages * cfg.epochs_per_stage, show=not ctx.quiet, unit="epochs",
+                  width=len(stage_text(k0 + cfg.stages - 1))) as progress:
+        progress.set(s_resume * cfg.epochs_per_stage)
+        for s in range(s_resume, cfg.stages):
+            k = k0 + s
+            progress.describe(stage_text(k))
+            r = prior.new_ratio().to(dev)
+            opt_r, _ = adam(r.parameters(), cfg.opt_r)
+            write_memory = torch.zeros(n, nz, device=dev)
+            mem_gen = torch.Generator(device="cpu").manual_seed(ctx.seed * 7919 + k)
+            ck.track(ratio=r, opt_r=opt_r, write_memory=write_memory, mem_gen=mem_gen)
+            if k > 0 and cfg.prior_sampler == "memory":
+                if read_memory is None:  # resuming mid-run: the previous stage's buffer comes from the checkpoint
+                    read_memory = torch.zeros(n, nz, device=dev)
+                ck.track(read_memory=read_memory)
 
-        def step(idx, x, it):
-            z_pos = chain_latents(model.infer(x, what=f"posterior Langevin (stage {k}, iteration {it + 1})"))
-            loss_g = -model.log_lik(x, z_pos).mean()
-            optimizer_step(opt_g, loss_g, "the generator loss")
-            z_neg = negatives(len(x), it)
-            lr_pos, lr_neg = r(z_pos), r(z_neg)
-            loss_r = nce_loss(lr_pos, lr_neg)
-            optimizer_step(opt_r, loss_r, f"the NCE loss of stage {k}")
-            # each rank writes the rows of the examples it holds; every replica of the memory gets all of them
-            write_memory[distributed.gather(idx.to(dev))] = distributed.gather(z_pos.detach())
-            return {"loss_g": loss_g.detach(), "nce": loss_r.detach(), "log_r_pos": lr_pos.mean().detach(),
-                    "log_r_neg": lr_neg.mean().detach()}
+            def negatives(m: int, it: int) -> torch.Tensor:
+                if k == 0:
+                    return torch.randn(m, nz, device=dev)  # p_0 = N(0, I) exactly
+                if read_memory is not None:  # rows drawn for the global batch; this rank uses its shard of them
+                    rows = torch.randint(0, n, (m if not W.parallel else cfg.batch_size,), generator=mem_gen,
+                                         device="cpu")
+                    return read_memory[distributed.take(rows)[:m].to(dev)]
+                return chain_latents(prior.chain(m, cfg.prior, f"prior Langevin (stage {k}, iteration {it + 1})",
+                                                 device=dev))
 
-        train_loop(ctx, data, epochs=cfg.epochs_per_stage, batch_size=cfg.batch_size, step=step, schedulers=[sched_g],
-                   history=hist, label=f"{method} stage {k}", log_every=cfg.log_every,
-                   epoch_offset=s * cfg.epochs_per_stage)
-        prior.add_stage(r)  # freeze r_k: it is now part of p_{k+1}
-        read_memory = write_memory  # swap: this stage's posterior samples are the next stage's negatives
+            def step(idx, x, it):
+                z_pos = chain_latents(model.infer(x, what=f"posterior Langevin (stage {k}, iteration {it + 1})"))
+                loss_g = -model.log_lik(x, z_pos).mean()
+                optimizer_step(opt_g, loss_g, "the generator loss")
+                z_neg = negatives(len(x), it)
+                lr_pos, lr_neg = r(z_pos), r(z_neg)
+                loss_r = nce_loss(lr_pos, lr_neg)
+                optimizer_step(opt_r, loss_r, f"the NCE loss of stage {k}")
+                # each rank writes the rows of the examples it holds; every replica of the memory gets all of them
+                write_memory[distributed.gather(idx.to(dev))] = distributed.gather(z_pos.detach())
+                return {"loss_g": loss_g.detach(), "nce": loss_r.detach(), "log_r_pos": lr_pos.mean().detach(),
+                        "log_r_neg": lr_neg.mean().detach()}
+
+            train_loop(ctx, data, epochs=cfg.epochs_per_stage, batch_size=cfg.batch_size, step=step,
+                       schedulers=[sched_g], history=hist, label=f"{method} stage {k + 1}", log_every=cfg.log_every,
+                       epoch_offset=s * cfg.epochs_per_stage, bar=progress,
+                       epochs_total=cfg.stages * cfg.epochs_per_stage)
+            prior.add_stage(r)  # freeze r_k: it is now part of p_{k+1}
+            read_memory = write_memory  # swap: this stage's posterior samples are the next stage's negatives
     stage_losses = _per_stage(hist.epochs["nce"], cfg.epochs_per_stage)
     tensors = {"memory": write_memory.detach().cpu()}
     tensors.update({f"history.stage{k0 + i}.nce": torch.tensor(v, device="cpu") for i, v in enumerate(stage_losses)})

@@ -40,7 +40,8 @@ from pydantic import Field
 from ebmtool.config import MAX_CHANNELS, MAX_LATENT, MAX_STEP_SIZE, Langevin, Optim, StageCommon, Strict
 from ebmtool.errors import UserError
 from ebmtool.models.bidvl import BiDVLModel
-from ebmtool.nets.image_ebm import GaussianEncoder, ImageEnergy, ImageGenerator, levels
+from ebmtool.nets.generators import GENERAL_SIZES, nearest_served, size_hint
+from ebmtool.nets.image_ebm import GaussianEncoder, ImageEnergy, ImageGenerator, layout
 from ebmtool.registry import Flag, Kept, register_method
 from ebmtool.sampling import frozen
 from ebmtool.training import FitResult, adam, optimizer_step, train_loop
@@ -107,12 +108,13 @@ def model_for(cfg: BiDVLConfig, image_shape, init, init_art) -> BiDVLModel:
                             f"{tuple(image_shape)}")
         return init
     if h != w:
-        raise UserError(f"images are {h}x{w}: bidvl needs square images (use data prepare --size)")
+        raise UserError(f"images are {h}x{w} (height x width): bidvl needs square images (resize and centre-crop "
+                        f"them with {size_hint(nearest_served(min(h, w)))})")
     try:
-        levels(h)
+        layout(h)
     except ValueError:
-        raise UserError(f"images are {h}x{w}: bidvl's networks are built for sizes 8, 32 and 64 "
-                        "(use data prepare --size)") from None
+        raise UserError(f"images are {h}x{w}: bidvl's networks are built for sizes 8 and {GENERAL_SIZES} "
+                        f"(use {size_hint(nearest_served(h))})") from None
     g, e, q = cfg.generator, cfg.ebm, cfg.encoder
     return BiDVLModel(ImageEnergy(c, h, e.ndf, e.slope), GaussianEncoder(c, h, g.nz, q.nef, q.slope),
                       ImageGenerator(c, h, g.nz, g.ngf), image_shape,

@@ -18,7 +18,7 @@ from ebmtool.config import GeneratorSpec, Langevin
 from ebmtool.errors import UserError
 from ebmtool.models.base import Model, SampleOutput, bottom, check_spec, register_model
 from ebmtool.nets.encoders import encoder_from_spec
-from ebmtool.nets.generators import Generator, resolve_arch
+from ebmtool.nets.generators import GENERATORS, Generator, resolve_arch
 from ebmtool.priors import JointPrior, Prior, prior_from_spec
 from ebmtool.priors.joint import _take
 from ebmtool.sampling import ChainResult, Latent, langevin
@@ -111,7 +111,7 @@ class LatentModel(Model):
         g = self.generator
         return {
             "type": self.type_name, "method": self.method, "sigma": self.sigma, "image_shape": list(self.image_shape),
-            "generator": {"arch": g.arch, "nz": g.nz, "ngf": g.ngf, "channels": g.channels, "slope": g.slope},
+            "generator": g.spec(),
             "prior": self.prior.spec(),
             "inference": self.inference.model_dump(), "sampling": self.sampling.model_dump(), "sampler": self.sampler,
             "encoder": self.encoder.spec() if self.encoder is not None else None,
@@ -185,7 +185,8 @@ def generator_for(spec: GeneratorSpec, image_shape, init: Optional[Model], init_
                             f"{tuple(image_shape)}")
         return init.generator
     arch = resolve_arch(spec.arch, image_shape)
-    return Generator(arch, spec.nz, spec.ngf, image_shape[0], spec.slope)
+    return Generator(arch, spec.nz, spec.ngf, image_shape[0], spec.slope,
+                     size=image_shape[1] if GENERATORS[arch].general else None)
 
 
 def latent_model(gen: Generator, prior: Prior, sigma: float, image_shape, *, posterior: Langevin,

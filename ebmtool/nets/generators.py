@@ -13,11 +13,18 @@ alternative, a 7x7-start transposed-conv generator (7 -> 14 -> 28, the DCGAN MNI
 here: one posterior Langevin step at batch 100 took 7.3 ms with ``mnist28`` (ngf 64) and 6.4 ms with
 ``mnist28conv`` (ngf 16) on an AMD EPYC, fp32, one thread (ebmtool's matrix-product transposed convolutions; a
 plain PyTorch loop measured 0.29 s against 0.46 s per LEBM update).
+
+Any other square size (issue 32): ``general`` serves every S = s0 * 2^k with s0 in 4..7 and S >= 16 (16, 20, 24,
+28, 40, 48, 56, 80, 96, ...): a first transposed conv from 1x1 to s0 x s0 (kernel s0), then k stride-2 4x4
+transposed convs, widths ngf * 2^(k-1) halving to ngf (capped at 8 ngf), as the papers' layouts. ``auto`` keeps the
+papers' networks at 8, 28, 32 and 64 and picks ``general`` elsewhere; the model records which (its spec's
+``generator.arch``, and ``generator.size`` for ``general``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,41 +42,106 @@ class Arch:
     out: tuple[int, int, int]  # (kernel, stride, pad) of the output layer; conv only
     note: str
     dense: tuple[int, ...] = ()  # fully connected: hidden widths as multiples of ngf (hidden/out unused)
+    auto: str = ""  # which images ``auto`` picks it for at its size: "any" | "grey" (C = 1) | "colour" (C != 1)
+    general: bool = False  # size 0: built for the data's size by :func:`general_arch`
 
 
 for _name, _arch in {
     # 1x1 -> 2 -> 4 -> 8
-    "digits8": Arch(8, ((2, 2, 1, 0), (1, 4, 2, 1)), (4, 2, 1), "CPU: 8x8 (scikit-learn digits)"),
+    "digits8": Arch(8, ((2, 2, 1, 0), (1, 4, 2, 1)), (4, 2, 1), "CPU: 8x8 (scikit-learn digits)", auto="any"),
     # 1x1 -> 4 -> 8 -> 16 -> 32
-    "mnist32": Arch(32, ((4, 4, 1, 0), (2, 4, 2, 1), (1, 4, 2, 1)), (4, 2, 1), "CPU: 32x32 grey (MNIST resized)"),
+    "mnist32": Arch(32, ((4, 4, 1, 0), (2, 4, 2, 1), (1, 4, 2, 1)), (4, 2, 1), "CPU: 32x32 grey (MNIST resized)",
+                      auto="grey"),
     # LEBM Table 6 / adaptive-NCE Table 5 SVHN: 4x4 ngf*8, 8x8 ngf*4, 16x16 ngf*2, 32x32 C
-    "svhn32": Arch(32, ((8, 4, 1, 0), (4, 4, 2, 1), (2, 4, 2, 1)), (4, 2, 1), "SVHN 32x32 (nz 100, ngf 64)"),
+    "svhn32": Arch(32, ((8, 4, 1, 0), (4, 4, 2, 1), (2, 4, 2, 1)), (4, 2, 1), "SVHN 32x32 (nz 100, ngf 64)",
+                     auto="colour"),
     # CIFAR-10: 8x8 first layer, then 16, 32, and a 3x3 stride-1 output layer
     "cifar32": Arch(32, ((8, 8, 1, 0), (4, 4, 2, 1), (2, 4, 2, 1)), (3, 1, 1), "CIFAR-10 32x32 (nz 128, ngf 128)"),
     # CelebA 64: 4, 8, 16, 32, 64
-    "celeba64": Arch(64, ((8, 4, 1, 0), (4, 4, 2, 1), (2, 4, 2, 1), (1, 4, 2, 1)), (4, 2, 1), "CelebA 64x64 (nz 100, ngf 64)"),
+    "celeba64": Arch(64, ((8, 4, 1, 0), (4, 4, 2, 1), (2, 4, 2, 1), (1, 4, 2, 1)), (4, 2, 1),
+                     "CelebA 64x64 (nz 100, ngf 64)", auto="any"),
     # 28x28, no resize: the LEBM group's fully connected MNIST generator, nz -> 8 ngf -> 16 ngf -> C*28*28
-    "mnist28": Arch(28, (), (0, 0, 0), "MNIST 28x28, fully connected (nz 20, ngf 64: 512, 1024)", dense=(8, 16)),
+    "mnist28": Arch(28, (), (0, 0, 0), "MNIST 28x28, fully connected (nz 20, ngf 64: 512, 1024)", dense=(8, 16),
+                    auto="any"),
     # 28x28 convolutional: 1x1 -> 7 -> 14 -> 28
     "mnist28conv": Arch(28, ((2, 7, 1, 0), (1, 4, 2, 1)), (4, 2, 1), "MNIST 28x28, 7x7-start transposed conv"),
+    # any S = s0 * 2^k >= 16, s0 in 4..7: 1x1 -> s0 -> 2 s0 -> ... -> S (general_arch)
+    "general": Arch(0, (), (0, 0, 0), "any square size s0*2^k >= 16 (s0 4..7): s0 x s0 start, stride-2 doublings",
+                    general=True),
 }.items():
     GENERATORS.add(_name, _arch)
 
 
+MIN_GENERAL = 16  # the smallest size ``general`` serves (8x8 has digits8)
+
+
+def size_levels(size: int) -> Optional[tuple[int, int]]:
+    """S = s0 * 2^k with s0 in 4..7 -> (s0, k) (8 -> (4, 1), 48 -> (6, 3)); None for any other size (9, 18, 36)."""
+    s, k = int(size), 0
+    while s >= 8 and s % 2 == 0:
+        s, k = s // 2, k + 1
+    return (s, k) if 4 <= s <= 7 else None
+
+
+def general_arch(size: int) -> Arch:
+    """The ``general`` layout for S x S images (S = s0 * 2^k >= 16, s0 in 4..7): 1x1 -> s0 x s0 (kernel s0, width
+    ngf * min(2^(k-1), 8)), k - 1 stride-2 4x4 transposed convs halving the width, and a stride-2 output layer.
+    ValueError for a size it does not serve."""
+    sl = size_levels(size)
+    if sl is None or size < MIN_GENERAL:
+        raise ValueError(f"the general generator serves sizes {GENERAL_SIZES}, not {size}")
+    s0, k = sl
+    hidden = ((min(2 ** (k - 1), 8), s0, 1, 0),) + tuple((min(2 ** (k - 1 - i), 8), 4, 2, 1) for i in range(1, k))
+    return Arch(size, hidden, (4, 2, 1), GENERATORS["general"].note, general=True)
+
+
+GENERAL_SIZES = "every s0*2^k >= 16 with s0 in 4..7: 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, ..."
+
+
+def served(size: int) -> bool:
+    """Whether some generator makes S x S images (a paper's network, or ``general``); BiDVL's networks
+    (:mod:`ebmtool.nets.image_ebm`) are built for the same sizes."""
+    return (any(a.size == size for a in GENERATORS.values() if not a.general)
+            or (size >= MIN_GENERAL and size_levels(size) is not None))
+
+
+def nearest_served(size: int) -> list[int]:
+    """The served sizes nearest to ``size``, below and above (one if it is served, or nothing is below)."""
+    if served(size):
+        return [size]
+    below = next((s for s in range(size - 1, 0, -1) if served(s)), None)
+    above = next(s for s in range(size + 1, 8 * size + 16) if served(s))
+    return [s for s in (below, above) if s is not None]
+
+
+def size_hint(sizes: list[int]) -> str:
+    """The ``data prepare --size`` a refused size can follow: "data prepare --size 16 or --size 20"."""
+    return "data prepare --size " + " or --size ".join(str(s) for s in sizes)
+
+
 def resolve_arch(arch: str, image_shape: tuple[int, int, int]) -> str:
-    """Pick the architecture for ``auto`` from the data's image shape; check an explicit one fits."""
+    """Pick the architecture for ``auto`` from the data's image shape (a paper's network where one exists, the
+    ``general`` one elsewhere); check an explicit one fits. One line naming a ``data prepare --size`` that does."""
     c, h, w = image_shape
     if h != w:
-        raise UserError(f"images are {h}x{w}: generators need square images (use data prepare --size)")
+        raise UserError(f"images are {h}x{w} (height x width): generators need square images (resize and "
+                        f"centre-crop them with {size_hint(nearest_served(min(h, w)))})")
     if arch == "auto":
-        by_size = {8: "digits8", 28: "mnist28", 64: "celeba64"}
-        if h == 32:
-            return "mnist32" if c == 1 else "svhn32"
-        if h not in by_size:
-            raise UserError(f"no generator for {h}x{w} images (sizes 8, 28, 32, 64; use data prepare --size)")
-        return by_size[h]
+        for name, a in GENERATORS.items():
+            if a.size == h and (a.auto == "any" or a.auto == ("grey" if c == 1 else "colour")):
+                return name
+        if served(h):
+            return "general"
+        fixed = sorted({a.size for a in GENERATORS.values() if not a.general and a.size < MIN_GENERAL})
+        raise UserError(f"no generator for {h}x{w} images (sizes {', '.join(map(str, fixed))} and {GENERAL_SIZES}); "
+                        f"use {size_hint(nearest_served(h))}")
     if arch not in GENERATORS:
         raise UserError(f"unknown generator architecture {arch!r} (choose from {', '.join(GENERATORS)})")
+    if GENERATORS[arch].general:
+        if h < MIN_GENERAL or size_levels(h) is None:
+            raise UserError(f"generator general makes {GENERAL_SIZES} (not {h}x{w}); use --arch auto or "
+                            f"{size_hint([s for s in nearest_served(h) if s >= MIN_GENERAL] or [MIN_GENERAL])}")
+        return arch
     if GENERATORS[arch].size != h:
         raise UserError(f"generator {arch} makes {GENERATORS[arch].size}x{GENERATORS[arch].size} images but the data is {h}x{w}")
     return arch
@@ -117,9 +189,18 @@ class GemmConvTranspose2d(nn.ConvTranspose2d):
 
 
 class Generator(nn.Module):
-    def __init__(self, arch: str, nz: int, ngf: int, channels: int, slope: float = 0.2):
+    """g(z): (B, nz) -> (B, channels, S, S) by the registered architecture ``arch``; ``size`` S is needed by
+    ``general`` (any S it serves) and, if given, must match a fixed architecture's own size."""
+
+    def __init__(self, arch: str, nz: int, ngf: int, channels: int, slope: float = 0.2, size: Optional[int] = None):
         super().__init__()
         spec = GENERATORS[arch]
+        if spec.general:
+            if size is None:
+                raise ValueError("the general generator needs the image size")
+            spec = general_arch(int(size))
+        elif size is not None and int(size) != spec.size:
+            raise ValueError(f"generator {arch} makes {spec.size}x{spec.size} images, not {size}x{size}")
         widths = [nz] + [ngf * m for m in (spec.dense or [h[0] for h in spec.hidden])]
         outs = widths[1:] + [channels * spec.size * spec.size if spec.dense else channels]
         kk = [1] * len(outs) if spec.dense else [h[1] ** 2 for h in spec.hidden] + [spec.out[0] ** 2]
@@ -139,7 +220,7 @@ class Generator(nn.Module):
             k, s, p = spec.out
             layers += [GemmConvTranspose2d(cin, channels, k, s, p), nn.Tanh()]
         self.net = nn.Sequential(*layers)
-        self.dense = bool(spec.dense)
+        self.dense, self.general = bool(spec.dense), spec.general
         self.arch, self.nz, self.ngf, self.channels, self.size, self.slope = arch, nz, ngf, channels, spec.size, slope
         xavier_init(self)
         # channels_last weights: 1.15-1.25x per LEBM iteration at mnist32 on a CPU (docs/performance.md);
@@ -152,5 +233,12 @@ class Generator(nn.Module):
         return self.net(z.reshape(z.shape[0], self.nz, 1, 1)).contiguous()
 
 
-def build_generator(arch: str, nz: int, ngf: int, channels: int, slope: float = 0.2) -> Generator:
-    return Generator(arch, nz, ngf, channels, slope)
+    def spec(self) -> dict:
+        """The keyword arguments that rebuild it (``size`` only for ``general``: a fixed architecture knows its own)."""
+        return {"arch": self.arch, "nz": self.nz, "ngf": self.ngf, "channels": self.channels, "slope": self.slope,
+                **({"size": self.size} if self.general else {})}
+
+
+def build_generator(arch: str, nz: int, ngf: int, channels: int, slope: float = 0.2,
+                    size: Optional[int] = None) -> Generator:
+    return Generator(arch, nz, ngf, channels, slope, size)

@@ -4,6 +4,7 @@ runs the model's verb in batches (sharded across torchrun ranks) and writes one 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -15,8 +16,8 @@ from ebmtool.config import MAX_SAMPLES, check_options  # noqa: F401  (MAX_SAMPLE
 from ebmtool.errors import UserError
 from ebmtool.eval import scores as S
 from ebmtool.eval.anomaly import binary_labels, metrics
-from ebmtool.eval.plots import figure_format, pr_curve_png
-from ebmtool.images import GRID_MAX_IMAGES, check_grid_path, grid_image, grid_size, to_uint8, write_png
+from ebmtool.eval.plots import anomaly_title, figure_format, pr_curve_png
+from ebmtool.images import GRID_MAX_IMAGES, check_grid_path, grid_image, grid_picture, grid_size, to_uint8, write_png
 from ebmtool.models import LatentModel, Model, SampleOutput, bottom, hierarchical_sample, load_model
 from ebmtool.runtime import resolve as resolve_precision
 from ebmtool.runtime import check_fits_memory, resolve_device, seed_everything
@@ -229,7 +230,7 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
     if grid is not None:
         k = min(32, len(x))
         pairs = torch.stack([to_uint8(x[:k]), to_uint8(xhat[:k])], 1).reshape(-1, *x.shape[1:])
-        png = grid_image(pairs, nrow=16, scale=scale)
+        png = grid_picture(pairs, nrow=16, scale=scale, header=["real", "recon"])  # columns alternate, labelled
     if out is not None:
         artifacts.save(out, "reconstructions", {"images": to_uint8(xhat), "mse": per, "labels": labels,
                                                 **_latent_tensors(z)},
@@ -343,5 +344,6 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
                    **{f"calibration.terms.{k}": torch.from_numpy(v) for k, v in (cal_terms or {}).items()}}
         artifacts.save(out, "scores", tensors, meta=res, parents=parents, force=True)
     if pr_png is not None:
-        pr_curve_png(y.numpy(), scores.numpy(), pr_png)
+        pr_curve_png(y.numpy(), scores.numpy(), pr_png,
+                     title=anomaly_title(Path(model_path).name, Path(data_path).name, positive, ood_path, score))
     return {**res, "output": out}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 
 from ebmtool import artifacts, distributed
 from ebmtool.checkpoint import Checkpointer, open_resume
-from ebmtool.data import DataConfig, as_images, load_images, prepare
+from ebmtool.data import DataConfig, as_images, collect_images, load_images, prepare
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
 from ebmtool.models import Model, load_model, model_tensors
@@ -109,17 +110,20 @@ def train(method: "str | MethodSpec", cfg, data_path: str, out: str, *, init_pat
                snapshots=snapshots, asked=asked)[1]
 
 
-def tensor_training_data(images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> TrainData:
-    """The in-memory twin of :func:`open_training_data`: images (N, C, H, W) uint8 in [0, 255] or float in [-1, 1],
-    labels (N,) or None. Their content hash is the one ``data prepare`` records (``content_sha256``), so a model
-    trained on a dataset artifact continues on the same tensors; the lineage names no file (``path`` None)."""
-    x, y = as_images(images, labels, "data")
-    sha = artifacts.tensor_sha256(images, y)
+def tensor_training_data(images: Any, labels: Any = None, value_range: Any = None) -> TrainData:
+    """The in-memory twin of :func:`open_training_data`: images (N, C, H, W) uint8 in [0, 255] or float in [-1, 1]
+    (or in ``value_range``), as a tensor, a NumPy array, a ``Dataset`` or a ``DataLoader``
+    (:func:`ebmtool.data.as_images`), labels (N,) or None. Their content hash is the one ``data prepare`` records
+    (``content_sha256``), so a model trained on a dataset artifact continues on the same tensors; the lineage
+    names no file (``path`` None)."""
+    raw, raw_labels = collect_images(images, labels, "data")
+    x, y = as_images(raw, raw_labels, "data", value_range=value_range)
+    sha = artifacts.tensor_sha256(raw, y)
     return TrainData(x, y, sha, {"path": None, "sha256": sha, "kind": "tensors"})
 
 
 def fit(method: "str | MethodSpec", cfg, data: "str | TrainData", out: Optional[str] = None, *, init_path: Optional[str] = None,
-        force: bool = False, quiet: bool = False, checkpoint_every: int = 0, checkpoint: Optional[str] = None,
+        init_model: Optional[Model] = None, force: bool = False, quiet: bool = False, checkpoint_every: int = 0, checkpoint: Optional[str] = None,
         resume: Optional[str] = None, tensorboard: Optional[str] = None, snapshots: Optional[str] = None,
         asked: Optional[dict[str, dict[str, tuple[Any, str]]]] = None) -> tuple[Model, dict[str, Any]]:
     """Fit ``method`` with the resolved ``cfg`` on ``data`` (a dataset artifact's path, or :class:`TrainData` from
@@ -129,7 +133,9 @@ def fit(method: "str | MethodSpec", cfg, data: "str | TrainData", out: Optional[
     (default: OUT with suffix .ckpt.safetensors); ``resume`` continues from one. The checkpoint is removed
     once the model artifact is written. ``tensorboard``: a directory for TensorBoard scalars and sample grids
     per epoch (:mod:`ebmtool.tensorboard`). ``snapshots``: a directory that receives the model as it stands at each
-    epoch end, ``epoch-NNN.safetensors`` (model artifacts, for learning curves). ``asked``: the config fields the user set explicitly, by section, with
+    epoch end, ``epoch-NNN.safetensors`` (model artifacts, for learning curves). ``init_model``: a model object to
+    start from instead of the artifact ``init_path`` (a copy is trained; the lineage records its tensors' hash,
+    :class:`~ebmtool.artifacts.MemoryArtifact`). ``asked``: the config fields the user set explicitly, by section, with
     where each was set (an option, --set, the TOML file); with ``init_path`` those of the sections the init model
     fixes must agree with it (:func:`keep_init_structure`)."""
     spec = method if isinstance(method, MethodSpec) else METHODS[method]  # the registry entry, or its name
@@ -183,8 +189,16 @@ def fit(method: "str | MethodSpec", cfg, data: "str | TrainData", out: Optional[
     data = (replace(data, x=data.x.to(device)) if isinstance(data, TrainData)
             else open_training_data(str(data), device))
     init = init_art = config_asked = None
-    if init_path is not None:
+    if init_path is not None and init_model is not None:
+        raise UserError("init: give a model artifact's path or a model object, not both")
+    if init_model is not None:
+        init = copy.deepcopy(init_model).to(device)  # the caller's object stays as it was
+        init_art = artifacts.MemoryArtifact(Path(f"<{type(init_model).__name__} object>"), "model",
+                                            {k: v.detach().cpu() for k, v in model_tensors(init_model).items()},
+                                            meta={"model": init_model.spec()})
+    elif init_path is not None:
         init, init_art = load_model(init_path, what="--init", device=device)
+    if init is not None:
         init.train()
         cfg = keep_init_structure(cfg, init, spec.kept_from_init, asked or {})
         config_asked, config_json = config_json, cfg.model_dump(mode="json")
