@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ebmtool.cli.app import (EvalBatchOpt, EvalDeviceOpt, EvalPrecisionOpt, EvalSeedOpt, ForceOpt, ModelOpt, JsonOpt, OutOpt, QuietOpt, ScaleOpt, _s, app, data_app,
                                  emit, out_console)
+from ebmtool.data.sources import SOURCES
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
 
@@ -22,16 +23,28 @@ NoiseOpt = typer.Option(None, "--noise/--no-noise", help="posterior chain with (
 # ------------------------------------------------------------------------------------------------
 @data_app.command("prepare")
 def data_prepare(
-    dataset: str = typer.Option(..., "--dataset", help="digits | mnist | svhn | cifar10 | celeba | synthetic"),
+    dataset: str = typer.Option(..., "--dataset", help=" | ".join(SOURCES) + " (folder: ROOT/<class>/*.png or a "
+                                "flat folder; array: an .npz/.npy file)"),
     output: Path = OutOpt,
-    root: Optional[str] = typer.Option(None, "--root", help="folder with the dataset's standard files"),
+    root: Optional[str] = typer.Option(None, "--root", help="folder with the dataset's standard files; folder: the "
+                                       "images' folder; array: the .npz (images, optional labels, class_names) "
+                                       "or .npy file"),
     split: str = typer.Option("train", "--split", help="train | test | train+test (both, training images first)"),
     download: bool = typer.Option(False, "--download", help="let torchvision download into --root (needs internet)"),
-    exclude_class: Optional[int] = typer.Option(None, "--exclude-class"),
-    only_class: Optional[int] = typer.Option(None, "--only-class"),
-    anomaly_protocol: Optional[int] = typer.Option(None, "--anomaly-protocol", help="held-out class K: the anomaly protocol's split (docs/design.md)"),
+    exclude_class: Optional[str] = typer.Option(None, "--exclude-class", help="a class index or name"),
+    only_class: Optional[str] = typer.Option(None, "--only-class", help="a class index or name"),
+    anomaly_protocol: Optional[str] = typer.Option(None, "--anomaly-protocol", help="held-out class K (index or "
+                                                   "name): the anomaly protocol's split (docs/design.md)"),
     part: Optional[str] = typer.Option(None, "--part", help="train | test part of the anomaly protocol; fit | calibration split train 90/10 (calibration: held-out normals for anomaly --calibrate)"),
-    size: Optional[int] = typer.Option(None, "--size", help="resize to SIZE x SIZE"),
+    size: Optional[int] = typer.Option(None, "--size", help="the shorter side to SIZE (antialiased), then the "
+                                       "centre SIZE x SIZE crop"),
+    channels: Optional[int] = typer.Option(None, "--channels", help="1 (grey) | 3 (RGB)"),
+    layout: Optional[str] = typer.Option(None, "--layout", help="array files whose shape fits two layouts: nhwc | "
+                                         "nchw | nhw"),
+    value_range: Optional[str] = typer.Option(None, "--value-range", help="array files of floats: 0,1 | -1,1 | "
+                                              "0,255 (uint8 needs none)"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="folders: skip unreadable images and say how many "
+                                  "(default: stop, naming the file)"),
     limit: Optional[int] = typer.Option(None, "--limit", help="keep the first N images"),
     test_permutation: str = typer.Option("same", "--test-permutation", help="same (default): test = the rest of the "
                                          "one permutation | second: the original loader's second draw, most test "
@@ -43,7 +56,7 @@ def data_prepare(
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
-    """Write a dataset artifact (uint8 images N x C x H x W, labels)."""
+    """Write a dataset artifact (uint8 images N x C x H x W, labels; class names and file paths where known)."""
     from ebmtool import stages
     from ebmtool.config import build, nested
     from ebmtool.data import DataConfig
@@ -51,10 +64,15 @@ def data_prepare(
     cfg = build(DataConfig, nested(dict(dataset=dataset, root=root, split=split, download=download,
                                         exclude_class=exclude_class, only_class=only_class,
                                         anomaly_protocol=anomaly_protocol, part=part, size=size, limit=limit,
+                                        channels=channels, layout=layout, value_range=value_range,
+                                        skip_bad=skip_bad or None,
                                         test_permutation=test_permutation, anomaly_split=anomaly_split)),
                 where="data prepare")
-    emit(stages.data_prepare(cfg, str(output), force, quiet=quiet), as_json, "dataset")
-
+    res = stages.data_prepare(cfg, str(output), force, quiet=quiet)
+    if res.get("skipped"):
+        typer.echo(f"ebmtool: warning: skipped {res['skipped']} unreadable image(s) (--skip-bad; listed in the "
+                   f"artifact's meta.skipped)", err=True)
+    emit(res, as_json, "dataset")
 
 
 @app.command("sample")
@@ -238,7 +256,13 @@ def inspect(path: Path = typer.Argument(..., help="any ebmtool artifact"), as_js
     for p in info["parents"]:
         t.add_row("parent", f"{p.get('kind')} {p.get('path')} ({str(p.get('sha256'))[:12]})")
     for k, v in info["meta"].items():
-        t.add_row(f"meta.{k}", json.dumps(v, default=str)[:300])
+        if k == "class_names" and isinstance(v, list):
+            t.add_row("meta.class_names", ", ".join(f"{i}: {name}" for i, name in enumerate(v))[:600])
+        elif k in ("paths", "skipped") and isinstance(v, list):
+            shown = [x if isinstance(x, str) else json.dumps(x) for x in v[:3]]
+            t.add_row(f"meta.{k}", f"{len(v)} (" + ", ".join(shown) + (", ..." if len(v) > 3 else "") + ")")
+        else:
+            t.add_row(f"meta.{k}", json.dumps(v, default=str)[:300])
     t.add_row("config", json.dumps(info["config"])[:600])
     out_console.print(t)
     tt = Table(title="tensors")

@@ -1,4 +1,6 @@
-"""Loaders. Each returns (images uint8 N x C x H x W, labels int64 N, extra tensors dict, source note).
+"""Loaders. Each returns (images uint8 N x C x H x W, labels int64 N, extra tensors dict, source note), and
+the file sources (``folder``, ``array``: :mod:`ebmtool.data.files`) also the class names, each image's path
+relative to the root and the files skipped as unreadable (:class:`Loaded`).
 
 Real datasets go through torchvision's dataset classes reading the standard files from ``--root``
 (``--download`` is passed through for machines with internet). ``digits`` is scikit-learn's bundled 8x8 set
@@ -15,17 +17,31 @@ import math
 import sys
 import zlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
 
 from ebmtool import progress as bars
+from ebmtool.data import files
 from ebmtool.errors import UserError
 from ebmtool.images import to_uint8
 
-Loaded = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], str]
-# every loader is called as load(root, split, download, show): show = progress on stderr (not --quiet)
+
+class Loaded(NamedTuple):
+    """What a loader returns: images (N, C, H, W) uint8, labels (N,) int64 (-1: unlabelled), extra per-image
+    tensors, a one-line note on the source; file sources also: class names (label k is ``class_names[k]``), each
+    image's path relative to ``--root``, and [(path, reason)] of the unreadable files skipped."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    extra: dict[str, torch.Tensor]
+    note: str
+    class_names: Optional[list[str]] = None
+    paths: Optional[list[str]] = None
+    skipped: list[tuple[str, str]] = []
+# every loader is called as load(root, split, download, show): show = progress on stderr (not --quiet); the file
+# sources (FILE_SOURCES) take the file options as well: load(root, split, download, show, opts=FileOptions(...))
 
 
 @contextlib.contextmanager
@@ -229,11 +245,28 @@ def load_synthetic(root, split, download, show=False) -> Loaded:
     return images, labels.long(), {"latents": z}, note
 
 
-SOURCES: dict[str, Callable[[str | None, str, bool, bool], Loaded]] = {
+def load_folder(root, split, download, show=False, opts: files.FileOptions = files.FileOptions()) -> Loaded:
+    """A folder of images, class folders or flat (:func:`ebmtool.data.files.load_folder`)."""
+    if root is None:
+        raise UserError("--root: --dataset folder needs the folder that holds the images")
+    f = files.load_folder(root, split, download, show, opts)
+    return Loaded(f.images, f.labels, {}, f.note, f.class_names, f.paths, f.skipped)
+
+
+def load_array(root, split, download, show=False, opts: files.FileOptions = files.FileOptions()) -> Loaded:
+    """An .npz/.npy array file (:func:`ebmtool.data.files.load_array`)."""
+    f = files.load_array(root, split, download, show, opts)
+    return Loaded(f.images, f.labels, {}, f.note, f.class_names, f.paths, f.skipped)
+
+
+FILE_SOURCES = ("folder", "array")  # the user's own files: they take FileOptions, no --download
+SOURCES: dict[str, Callable[..., Loaded]] = {
     "digits": load_digits,
     "mnist": load_mnist,
     "svhn": load_svhn,
     "cifar10": load_cifar10,
     "celeba": load_celeba,
     "synthetic": load_synthetic,
+    "folder": load_folder,
+    "array": load_array,
 }
