@@ -140,8 +140,10 @@ def reconstruct(
 def anomaly(
     model: Path = ModelOpt,
     data: Path = typer.Option(..., "--data", help="test dataset artifact"),
-    anomaly_class: Optional[int] = typer.Option(None, "--anomaly-class", help="the anomalous class K (label 1)"),
-    labels_positive: Optional[str] = typer.Option(None, "--labels-positive", help="comma list of anomalous classes"),
+    anomaly_class: Optional[str] = typer.Option(None, "--anomaly-class", help="the anomalous class K (label 1), by "
+                                                "index or name; unlabelled images: ebmtool score"),
+    labels_positive: Optional[str] = typer.Option(None, "--labels-positive", help="comma list of anomalous classes "
+                                                  "(indices or names)"),
     ood_data: Optional[Path] = typer.Option(None, "--ood-data", help="OOD dataset artifact (label 1)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="scores artifact"),
     pr_curve: Optional[Path] = typer.Option(None, "--pr-curve", help="PNG of the precision-recall curve"),
@@ -163,16 +165,13 @@ def anomaly(
     """Anomaly / OOD scores and AUPRC (the papers' auc(recall, precision)), average precision, AUROC."""
     from ebmtool import stages
 
-    positive = None
+    positive: Optional[list] = None
     if anomaly_class is not None and labels_positive is not None:
         raise UserError("give --anomaly-class or --labels-positive, not both")
     if anomaly_class is not None:
         positive = [anomaly_class]
     elif labels_positive is not None:
-        try:
-            positive = [int(v) for v in labels_positive.split(",") if v.strip()]
-        except ValueError:
-            raise UserError(f"--labels-positive {labels_positive!r}: expected a comma list of integers") from None
+        positive = [v.strip() for v in labels_positive.split(",") if v.strip()]
         if not positive:
             raise UserError("--labels-positive: empty list")
     res = stages.anomaly(str(model), str(data), positive=positive, ood_path=_s(ood_data), out=_s(output),
@@ -180,6 +179,59 @@ def anomaly(
                          force=force, pr_png=_s(pr_curve), precision=precision, score=score,
                          calibrate=_s(calibrate), quiet=quiet)
     emit(res, as_json, "anomaly")
+
+
+@app.command("score")
+def score(
+    model: Path = ModelOpt,
+    data: Path = typer.Option(..., "--data", help="dataset artifact: the images to score (labels not needed)"),
+    output: Path = typer.Option(..., "-o", "--output", help="table of every image: .csv (or .json, with the "
+                                "summary): index, name, score, each term, flag"),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="held-out normal images (dataset "
+                                               "artifact): the threshold flags --fpr of them"),
+    fpr: Optional[float] = typer.Option(None, "--fpr", help="false-positive rate on the calibration normals "
+                                        "(default 0.05 with --calibration)"),
+    top: int = typer.Option(10, "--top", help="print the N most anomalous images (0: none)"),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="PNG of the --top images, most anomalous first"),
+    anomaly_class: Optional[str] = typer.Option(None, "--anomaly-class", help="labelled data: the anomalous class "
+                                                "(index or name), for anomaly's metrics (default: the class the "
+                                                "dataset was split by, data prepare --anomaly-protocol)"),
+    kind: str = typer.Option("joint", "--score", help="joint (the papers' -log p(x, z)) | recon | prior | "
+                             "complexity (typicality and dose: anomaly --calibrate)"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="posterior Langevin steps"),
+    step_size: Optional[float] = typer.Option(None, "--step-size", min=1e-12, help=STEP_HELP),
+    noise: Optional[bool] = NoiseOpt,
+    scale: Optional[int] = ScaleOpt,
+    batch_size: int = EvalBatchOpt,
+    seed: int = EvalSeedOpt,
+    device: str = EvalDeviceOpt,
+    precision: str = EvalPrecisionOpt,
+    force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Score every image of a dataset (no labels needed): a table by file name, the most anomalous images, and a
+    flag from a threshold set on held-out normals; with labels, anomaly's metrics as well."""
+    from ebmtool import stages
+
+    res = stages.score_data(str(model), str(data), str(output), calibration=_s(calibration), fpr=fpr,
+                            anomaly_class=None if anomaly_class is None else [anomaly_class], top=top,
+                            grid=_s(grid), scale=scale, score=kind, steps=steps, step_size=step_size, noise=noise,
+                            batch_size=batch_size, seed=seed, device=device, force=force, precision=precision,
+                            quiet=quiet)
+    if as_json:
+        print(json.dumps(res, default=str))
+        return
+    emit({k: v for k, v in res.items() if k not in ("top", "inputs")}, False, "score")
+    if res["top"]:
+        t = Table(title=f"the {len(res['top'])} most anomalous of {res['n']} (highest score first)")
+        for c in ("rank", "name" if any(r["name"] for r in res["top"]) else "index", "score",
+                  *(("flagged",) if "threshold" in res else ())):
+            t.add_column(c)
+        for r in res["top"]:
+            t.add_row(str(r["rank"]), r["name"] or str(r["index"]), f"{r['score']:.4g}",
+                      *(("yes" if r["flagged"] else "no",) if "threshold" in res else ()))
+        out_console.print(t)
 
 
 @app.command("fid")
