@@ -80,11 +80,11 @@ def resize_center(images: torch.Tensor, size: int) -> torch.Tensor:
     h, w = int(images.shape[-2]), int(images.shape[-1])
     if h == size and w == size:
         return images
-    nh, nw = (size, max(size, round(w * size / h))) if h <= w else (max(size, round(h * size / w)), size)
+    nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)  # torchvision's rounding
     if (nh, nw) != (h, w):
         x = F.interpolate(images.float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
         images = x.round_().clamp_(0, 255).to(torch.uint8)
-    top, left = (nh - size) // 2, (nw - size) // 2
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))  # as torchvision's center_crop
     return images[..., top: top + size, left: left + size].contiguous()
 
 

@@ -240,7 +240,7 @@ def load_folder(root, split, download, show=False, opts: FileOptions = FileOptio
     if colour:
         images = to_channels(images, 3)
         for i, a in colour.items():
-            images[i] = torch.from_numpy(a)
+            images[i] = torch.tensor(a)
     keep = [i for i in range(n) if i not in bad]
     if len(keep) < n:
         if not keep:
