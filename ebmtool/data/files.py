@@ -350,7 +350,9 @@ def load_array(root, split, download, show=False, opts: FileOptions = FileOption
     if len(x) == 0:
         raise UserError(f"{p}: holds no images")
     x = _to_uint8(x, opts.value_range, str(p))
-    t = torch.from_numpy(np.ascontiguousarray(x))
+    if not x.flags.writeable or not x.flags.c_contiguous:  # a memory-mapped .npy: read it in once
+        x = np.array(x, order="C")
+    t = torch.from_numpy(x)
     t = {"nhw": lambda v: v[:, None], "nhwc": lambda v: v.permute(0, 3, 1, 2), "nchw": lambda v: v}[layout](t)
     if t.shape[1] not in (1, 3, 4):
         raise UserError(f"{p}: images have {t.shape[1]} channels (layout {layout}); expected 1, 3 or 4")
