@@ -438,3 +438,20 @@ def test_mnist_test_images_as_png_folder_end_to_end(tmp_path):
     res = json.loads(run_cli(["score", "--model", gen, "--data", test, "-o", tmp_path / "s.csv", "--device", "cpu",
                               "--quiet", "--json"]).ok().out)
     assert res["n"] == len(art.meta["paths"]) and res["anomaly_classes"] == [1] and 0 <= res["auprc"] <= 1
+
+
+def test_fit_and_calibration_parts_without_a_held_out_class(tmp_path):
+    """--part fit|calibration alone splits every image 90/10 (calibration normals for score's threshold); --part
+    test still needs a held-out class."""
+    x, _ = _digits(50)
+    (tmp_path / "flat").mkdir()
+    for i, im in enumerate(x):
+        Image.fromarray(im).save(tmp_path / "flat" / f"{i:02d}.png")
+    got = {}
+    for part in ("fit", "calibration"):
+        r, out = _prepare(tmp_path, "--dataset", "folder", "--root", tmp_path / "flat", "--part", part)
+        r.ok()
+        got[part] = set(_load(out).meta["paths"])
+        assert _load(out).meta["holdout"]["part"] == part and "protocol" not in _load(out).meta
+    assert len(got["calibration"]) == 5 and len(got["fit"]) == 45 and not got["fit"] & got["calibration"]
+    _bad(tmp_path, ["--dataset", "folder", "--root", tmp_path / "flat", "--part", "test"], "--anomaly-protocol")

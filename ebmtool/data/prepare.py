@@ -35,7 +35,8 @@ class DataConfig(Strict):
     anomaly_protocol: Optional[ClassRef] = Field(None, description="held-out (anomalous) class K (index or name)")
     part: Optional[Literal["train", "test", "fit", "calibration"]] = Field(
         None, description="train | test; or train's two disjoint pieces: fit (90%) and calibration (10%), "
-                          "normals held out from fitting for `anomaly --calibrate`")
+                          "normals held out from fitting for `anomaly --calibrate` and `score --calibration` "
+                          "(without --anomaly-protocol: every image of the source split 90/10)")
     size: Optional[int] = Field(None, ge=4, le=512, description="the shorter side to SIZE, then the centre crop")
     channels: Optional[Literal[1, 3]] = Field(None, description="1 (grey, ITU-R 601-2 luminance) | 3 (RGB)")
     layout: Optional[Literal[LAYOUTS]] = Field(  # type: ignore[valid-type]
@@ -57,8 +58,9 @@ class DataConfig(Strict):
     def _consistent(self):
         if self.anomaly_protocol is not None and self.part is None:
             raise ValueError("--anomaly-protocol needs --part train|test|fit|calibration")
-        if self.part is not None and self.anomaly_protocol is None:
-            raise ValueError("--part needs --anomaly-protocol K")
+        if self.part in ("train", "test") and self.anomaly_protocol is None:
+            raise ValueError(f"--part needs --anomaly-protocol K for --part {self.part} (--part fit|calibration "
+                             "alone splits every image 90/10)")
         if self.anomaly_protocol is not None and (self.exclude_class is not None or self.only_class is not None):
             raise ValueError("--anomaly-protocol cannot be combined with --exclude-class/--only-class")
         if self.exclude_class is not None and self.only_class is not None:
@@ -209,6 +211,9 @@ def prepare(cfg: DataConfig, quiet: bool = True) -> tuple[dict[str, torch.Tensor
             train, test = protocol_split(labels, held_out, cfg.test_permutation)
         fit, cal = calibration_split(train)
         idx = {"train": train, "test": test, "fit": fit, "calibration": cal}[cfg.part]
+    elif cfg.part is not None:  # fit | calibration of every image: normals held out from fitting, for a threshold
+        fit, cal = calibration_split(idx)
+        idx = fit if cfg.part == "fit" else cal
     if cfg.limit is not None:
         idx = idx[: cfg.limit]
     if len(idx) == 0:
@@ -236,6 +241,8 @@ def prepare(cfg: DataConfig, quiet: bool = True) -> tuple[dict[str, torch.Tensor
         meta["paths"] = [loaded.paths[i] for i in idx.tolist()]
     if loaded.skipped:
         meta["skipped"] = [{"path": p, "reason": r} for p, r in loaded.skipped]
+    if held_out is None and cfg.part is not None:
+        meta["holdout"] = {"part": cfg.part, "seed": PROTOCOL_SEED + 1, "calibration_fraction": CALIBRATION_FRACTION}
     if held_out is not None:
         meta["protocol"] = {"anomaly_class": held_out, "part": cfg.part, "seed": PROTOCOL_SEED,
                             **({"anomaly_class_name": names[held_out]} if names else {}),
