@@ -177,7 +177,8 @@ def anomaly(
     res = stages.anomaly(str(model), str(data), positive=positive, ood_path=_s(ood_data), out=_s(output),
                          steps=steps, step_size=step_size, noise=noise, batch_size=batch_size, seed=seed, device=device,
                          force=force, pr_png=_s(pr_curve), precision=precision, score=score,
-                         calibrate=_s(calibrate), quiet=quiet)
+                         calibrate=_s(calibrate), quiet=quiet,
+                         positive_option="--anomaly-class" if anomaly_class is not None else "--labels-positive")
     emit(res, as_json, "anomaly")
 
 

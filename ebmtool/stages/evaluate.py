@@ -316,8 +316,9 @@ def anomaly(model_path: str, data_path: str, *, positive: list[ClassRef] | None 
             out: Optional[str] = None, steps: Optional[int] = None, step_size: Optional[float] = None,
             noise: Optional[bool] = None, batch_size: int = 500, seed: int = 0, device: str = "auto", force: bool = False,
             pr_png: Optional[str] = None, precision: str = "fp32", score: str = "joint",
-            calibrate: Optional[str] = None) -> dict[str, Any]:
+            calibrate: Optional[str] = None, positive_option: str = "--anomaly-class") -> dict[str, Any]:
     """Anomaly / OOD evaluation with the label-free score ``score`` (:data:`ebmtool.eval.scores.SCORES`).
+    ``positive``: the anomalous classes, by index or name (``positive_option`` names them in an error).
     ``calibrate``: a dataset of held-out normals, the reference of ``typicality`` and ``dose``."""
     if (positive is None) == (ood_path is None):
         raise UserError("anomaly: give exactly one of --anomaly-class/--labels-positive or --ood-data")
@@ -328,7 +329,7 @@ def anomaly(model_path: str, data_path: str, *, positive: list[ClassRef] | None 
                                                  device, force, inputs={"--ood-data": ood_path, "--calibrate": calibrate})
     parents = [art, data_art]
     if positive is not None:
-        positive = resolve_classes(positive, data_art, labels)
+        positive = resolve_classes(positive, data_art, labels, positive_option)
     if ood_path is not None:
         xo, _, ood_art = load_images(ood_path, what="--ood-data")
         _check_fits(model, xo, ood_path)
