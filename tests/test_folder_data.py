@@ -476,3 +476,20 @@ def test_converter_metadata_at_the_top_level_is_refused(tmp_path):
         "ebmtool.kind": "dataset", "ebmtool.format": str(artifacts.FORMAT),
         "ebmtool.meta": json.dumps({"class_names": ["a", "b"], "paths": ["x.png"] * 6})})
     _refused(run_cli(["inspect", named]), "label 5 has no name")
+
+
+def test_folder_decoding_shows_a_bar_unless_quiet(tmp_path, monkeypatch):
+    """Decoding a folder draws a progress bar on a terminal (ebmtool/progress.py), none under --quiet; the images
+    come out the same with several decoding threads as with one."""
+    from ebmtool import progress
+
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
+    x, y = _digits(80)
+    root = _write_classes(tmp_path / "d", x, y)
+    argv = ["data", "prepare", "--dataset", "folder", "--root", root, "-o", tmp_path / "a.safetensors"]
+    shown = run_cli(argv).ok()
+    assert "decode d" in shown.err
+    quiet = run_cli(["--threads", "3", *argv[:-1], tmp_path / "b.safetensors", "--quiet"]).ok()
+    assert quiet.err == ""
+    assert torch.equal(_load(tmp_path / "a.safetensors").tensors["images"],
+                       _load(tmp_path / "b.safetensors").tensors["images"])

@@ -394,7 +394,7 @@ def _table_rows(scores: torch.Tensor, terms: dict[str, torch.Tensor], labels: to
             if names:
                 row["class"] = names[k] if 0 <= k < len(names) else ""
         row["score"] = float(scores[i])
-        row.update({k: float(v[i]) for k, v in terms.items()})
+        row.update({(f"term_{k}" if k in row else k): float(v[i]) for k, v in terms.items()})  # BiDVL: "score"
         if threshold is not None:
             row["flagged"] = int(float(scores[i]) > threshold)
         rows.append(row)
