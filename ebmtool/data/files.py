@@ -160,7 +160,7 @@ def _resized(arrs: dict[int, np.ndarray], size: Optional[int]) -> dict[int, np.n
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, a in arrs.items():
         groups.setdefault(a.shape, []).append(i)
-    out = {}
+    out: dict[int, np.ndarray] = {}
     for ids in groups.values():
         x = resize_center(torch.from_numpy(np.stack([arrs[i] for i in ids])), size).numpy()
         out.update(zip(ids, x))

@@ -79,7 +79,7 @@ def load_digits(root, split, download, show=False) -> Loaded:
     # values 0..16 -> 0..255
     images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
     labels = torch.from_numpy(d.target.astype(np.int64))
-    return images, labels, {}, "scikit-learn load_digits (UCI optical digits, 1797 images, 8x8; one split)"
+    return Loaded(images, labels, {}, "scikit-learn load_digits (UCI optical digits, 1797 images, 8x8; one split)")
 
 
 MNIST_FILES = {
@@ -134,7 +134,7 @@ def load_mnist(root, split, download, show=False) -> Loaded:
 
         with _torchvision_output(show):
             ds = MNIST(str(root or "."), train=split == "train", download=True)
-        return _to_nchw_uint8(ds.data), ds.targets.long(), {}, f"torchvision MNIST ({split}) from {root}"
+        return Loaded(_to_nchw_uint8(ds.data), ds.targets.long(), {}, f"torchvision MNIST ({split}) from {root}")
     r = _need_root(root, "mnist")
     names = MNIST_FILES[split]
     found = []
@@ -149,8 +149,8 @@ def load_mnist(root, split, download, show=False) -> Loaded:
         raise UserError(f"--root: MNIST files in {r} disagree ({tuple(data.shape)} images, {len(targets)} labels)")
     if len(data) == 0:
         raise UserError(f"--root: the MNIST {split} files in {r} hold no images")
-    return (_to_nchw_uint8(torch.from_numpy(data)), torch.from_numpy(targets).long(), {},
-            f"MNIST IDX files ({split}) from {r}")
+    return Loaded(_to_nchw_uint8(torch.from_numpy(data)), torch.from_numpy(targets).long(), {},
+                  f"MNIST IDX files ({split}) from {r}")
 
 
 def load_svhn(root, split, download, show=False) -> Loaded:
@@ -163,7 +163,7 @@ def load_svhn(root, split, download, show=False) -> Loaded:
     except RuntimeError as e:
         raise UserError(f"--root: {e} (SVHN needs {split}_32x32.mat in {r}; pass --download online)") from None
     labels = torch.as_tensor(ds.labels).long()
-    return _to_nchw_uint8(ds.data), labels, {}, f"torchvision SVHN ({split}) from {r}"
+    return Loaded(_to_nchw_uint8(ds.data), labels, {}, f"torchvision SVHN ({split}) from {r}")
 
 
 def load_cifar10(root, split, download, show=False) -> Loaded:
@@ -176,7 +176,7 @@ def load_cifar10(root, split, download, show=False) -> Loaded:
     except RuntimeError as e:
         raise UserError(f"--root: {e} (CIFAR-10 needs cifar-10-batches-py/ in {r}; pass --download online)") from None
     x = torch.from_numpy(ds.data).permute(0, 3, 1, 2)
-    return x.contiguous(), torch.as_tensor(ds.targets).long(), {}, f"torchvision CIFAR10 ({split}) from {r}"
+    return Loaded(x.contiguous(), torch.as_tensor(ds.targets).long(), {}, f"torchvision CIFAR10 ({split}) from {r}")
 
 
 def load_celeba(root, split, download, show=False) -> Loaded:
@@ -194,7 +194,8 @@ def load_celeba(root, split, download, show=False) -> Loaded:
     except (RuntimeError, OSError) as e:
         raise UserError(f"--root: {e} (CelebA needs celeba/img_align_celeba and list files in {r})") from None
     imgs = torch.stack([ds[i][0] for i in bars.track(range(len(ds)), len(ds), "celeba (decode)", show)])
-    return imgs, torch.zeros(len(ds), dtype=torch.long, device="cpu"), {}, f"torchvision CelebA ({split}) from {r}"
+    return Loaded(imgs, torch.zeros(len(ds), dtype=torch.long, device="cpu"), {},
+                  f"torchvision CelebA ({split}) from {r}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -242,7 +243,7 @@ def load_synthetic(root, split, download, show=False) -> Loaded:
     images = to_uint8(x)
     note = (f"synthetic: z ~ {SYNTH_MODES} Gaussians on a ring (radius {SYNTH_RADIUS}, std {SYNTH_STD}) in 2-D, "
             "x = fixed random MLP g*(z) + N(0, 0.05^2), 1x8x8")
-    return images, labels.long(), {"latents": z}, note
+    return Loaded(images, labels.long(), {"latents": z}, note)
 
 
 def load_folder(root, split, download, show=False, opts: files.FileOptions = files.FileOptions()) -> Loaded:

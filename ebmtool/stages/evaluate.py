@@ -328,8 +328,7 @@ def anomaly(model_path: str, data_path: str, *, positive: list[ClassRef] | None 
     dev, model, art, x, labels, data_art = _open(model_path, data_path, {"-o": out, "--pr-curve": pr_png}, seed,
                                                  device, force, inputs={"--ood-data": ood_path, "--calibrate": calibrate})
     parents = [art, data_art]
-    if positive is not None:
-        positive = resolve_classes(positive, data_art, labels, positive_option)
+    classes = None if positive is None else resolve_classes(positive, data_art, labels, positive_option)
     if ood_path is not None:
         xo, _, ood_art = load_images(ood_path, what="--ood-data")
         _check_fits(model, xo, ood_path)
@@ -337,12 +336,12 @@ def anomaly(model_path: str, data_path: str, *, positive: list[ClassRef] | None 
         y = torch.cat([torch.zeros(len(x) - len(xo), dtype=torch.long, device=x.device), torch.ones(len(xo), dtype=torch.long, device=x.device)])
         parents.append(ood_art)
     else:
-        y = binary_labels(labels, positive)
+        y = binary_labels(labels, classes or [])
     xc = None
     if calibrate is not None:
         xc, lc, cal_art = load_images(calibrate, what="--calibrate")
         _check_fits(model, xc, calibrate)
-        bad = sorted(set(int(c) for c in lc.unique()) & set(positive or []))
+        bad = sorted(set(int(c) for c in lc.unique()) & set(classes or []))
         if bad:
             raise UserError(f"--calibrate {calibrate}: holds images of the anomaly class {bad[0]}; calibrate on "
                             "held-out normals only (data prepare --part calibration)")
@@ -354,7 +353,7 @@ def anomaly(model_path: str, data_path: str, *, positive: list[ClassRef] | None 
     cal_mean = float(S.joint(cal_terms).mean()) if cal_terms is not None else None
     m = metrics(y, scores)
     res = {**m.as_dict(), **score_record(model, score, steps, step_size, noise),
-           "calibration_mean_joint": cal_mean, "anomaly_classes": positive, "ood_data": ood_path,
+           "calibration_mean_joint": cal_mean, "anomaly_classes": classes, "ood_data": ood_path,
            "seed": seed, "precision": resolve_precision(precision, dev, warn=False).name, "device": dev.type}
     if out is not None:
         tensors = {"scores": scores.double(), "labels": y, **{f"terms.{k}": v for k, v in terms.items()},
@@ -469,8 +468,8 @@ def score_data(model_path: str, data_path: str, out: str, *, calibration: Option
         xc, _, cal_art = load_images(calibration, what="--calibration")
         _check_fits(model, xc, calibration)
         parents.append(cal_art.as_parent())
-    kw = dict(score=score, steps=steps, step_size=step_size, noise=noise, batch_size=batch_size, device=dev,
-              quiet=quiet)
+    kw: dict[str, Any] = dict(score=score, steps=steps, step_size=step_size, noise=noise, batch_size=batch_size,
+                              device=dev, quiet=quiet)
     with _precision(precision, dev):
         scores, terms, _ = score_images(model, x, **kw)
         cal_scores = score_images(model, xc, **kw)[0] if xc is not None else None
