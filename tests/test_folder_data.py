@@ -99,6 +99,7 @@ def test_flat_folder_is_unlabelled(tmp_path):
     art = _load(out)
     assert art.tensors["labels"].tolist() == [-1] * 12 and "class_names" not in art.meta
     assert art.meta["paths"] == [f"img{i:02d}.png" for i in range(12)]
+    assert "1 file(s) that are not .png/.jpg/.jpeg/.bmp/.webp left out, e.g. notes.txt" in art.meta["source"]
     assert torch.equal(art.tensors["images"][:, 0], torch.from_numpy(x))
     _refused(run_cli(["data", "prepare", "--dataset", "folder", "--root", tmp_path / "flat", "--anomaly-protocol",
                       "1", "--part", "test", "-o", tmp_path / "e.safetensors"]), "no labels", "class folders")

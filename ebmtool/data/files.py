@@ -79,28 +79,33 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
 
 
-def _images_under(d: str) -> list[str]:
-    """The image files below folder ``d`` (any depth, hidden files and folders left out), sorted, as paths."""
+def _images_under(d: str, others: list[str]) -> list[str]:
+    """The image files below folder ``d`` (any depth, hidden files and folders left out), sorted, as paths; the
+    other files found are appended to ``others``."""
     out = []
     for top, dirs, names in os.walk(d, followlinks=True):
         dirs[:] = [x for x in dirs if not x.startswith(".")]
         out += [os.path.join(top, n) for n in names if _is_image(n)]
+        others += [os.path.join(top, n) for n in names if not _is_image(n) and not n.startswith(".")]
     return sorted(out)
 
 
-def list_folder(root: Path) -> tuple[list[str], list[int], Optional[list[str]]]:
-    """The image files of a folder in the order they are read, their labels and the class names.
+def list_folder(root: Path, others: Optional[list[str]] = None) -> tuple[list[str], list[int], Optional[list[str]]]:
+    """The image files of a folder in the order they are read, their labels and the class names; the paths of
+    the files that are not images (hidden ones aside) are appended to ``others``.
 
     Class layout (``ROOT/<class>/...``, any depth below the class folder): labels index the sorted class names.
     Flat layout (images directly in ROOT, no class folder holds any): labels -1, class names None."""
+    others = [] if others is None else others
     if not root.is_dir():
         raise UserError(f"--root: folder {root} does not exist" if not root.exists() else
                         f"--root: {root} is a file; --dataset folder reads a folder (an .npz/.npy: --dataset array)")
     with os.scandir(root) as it:
         entries = sorted(it, key=lambda e: e.name)
     top = [e.path for e in entries if _is_image(e.name) and e.is_file()]
+    others += [e.path for e in entries if not _is_image(e.name) and not e.name.startswith(".") and e.is_file()]
     dirs = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
-    per_class = {e.name: _images_under(e.path) for e in dirs}
+    per_class = {e.name: _images_under(e.path, others) for e in dirs}
     per_class = {k: v for k, v in per_class.items() if v} if top else per_class
     if top and per_class:
         raise UserError(f"--root: {root} holds images ({os.path.basename(top[0])}, ...) beside class folders "
@@ -171,7 +176,8 @@ def load_folder(root, split, download, show=False, opts: FileOptions = FileOptio
     """Decode a folder (see the module docstring) in parallel, in file order, into one preallocated tensor."""
     _only_train(split, "a folder")
     r = Path(root)
-    files, labels, names = list_folder(r)
+    others: list[str] = []
+    files, labels, names = list_folder(r, others)
     n = len(files)
     cut = len(os.path.join(str(r), ""))  # every listed path is ROOT/...: its path relative to the root
     rel = [p[cut:].replace(os.sep, "/") for p in files]
@@ -249,7 +255,9 @@ def load_folder(root, split, download, show=False, opts: FileOptions = FileOptio
     label_t = torch.tensor([labels[i] for i in keep], dtype=torch.long)
     layout = f"{len(names)} class folders" if names else "flat, unlabelled"
     note = (f"folder {r} ({layout}; {len(keep)} images"
-            + (f", {len(bad)} unreadable skipped" if bad else "") + ")")
+            + (f", {len(bad)} unreadable skipped" if bad else "")
+            + (f"; {len(others)} file(s) that are not {'/'.join(IMAGE_SUFFIXES)} left out, e.g. "
+               f"{others[0][cut:]}" if others else "") + ")")
     return FileImages(images.contiguous(), label_t, names, [rel[i] for i in keep],
                       [(rel[i], bad[i]) for i in sorted(bad)], note)
 
