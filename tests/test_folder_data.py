@@ -494,3 +494,30 @@ def test_folder_decoding_shows_a_bar_unless_quiet(tmp_path, monkeypatch):
     assert quiet.err == ""
     assert torch.equal(_load(tmp_path / "a.safetensors").tensors["images"],
                        _load(tmp_path / "b.safetensors").tensors["images"])
+
+
+def test_anomaly_and_score_take_class_names(tmp_path, mle_model):
+    """anomaly --anomaly-class / --labels-positive and score --anomaly-class take a class-folder name as well as
+    its index; an array file's class_names serve the hold-out split the same way."""
+    x, y = _digits(150)
+    names = [f"digit-{k}" for k in range(10)]
+    root = _write_classes(tmp_path / "named", x, y, names)
+    r, test = _prepare(tmp_path, "--dataset", "folder", "--root", root, "--anomaly-protocol", "digit-1", "--part",
+                       "test")
+    r.ok()
+    run = ["--model", mle_model, "--data", test, "--device", "cpu", "--quiet", "--json"]
+    by_name = json.loads(run_cli(["anomaly", *run, "--anomaly-class", "digit-1"]).ok().out)
+    by_index = json.loads(run_cli(["anomaly", *run, "--anomaly-class", "1"]).ok().out)
+    assert by_name["auprc"] == by_index["auprc"] and by_name["anomaly_classes"] == [1]
+    two = json.loads(run_cli(["anomaly", *run, "--labels-positive", "digit-1,digit-2"]).ok().out)
+    assert two["anomaly_classes"] == [1, 2]
+    scored = json.loads(run_cli(["score", *run, "-o", tmp_path / "s.csv", "--anomaly-class", "digit-1"]).ok().out)
+    assert scored["auprc"] == by_name["auprc"]
+    _refused(run_cli(["anomaly", *run, "--anomaly-class", "digit-x"]), "'digit-x'", "digit-0")
+    np.savez(tmp_path / "a.npz", images=x, labels=y, class_names=np.array(names))
+    r, part = _prepare(tmp_path, "--dataset", "array", "--root", tmp_path / "a.npz", "--anomaly-protocol", "digit-1",
+                       "--part", "test")
+    art = _load(r.ok() and part)
+    assert art.meta["protocol"]["anomaly_class_name"] == "digit-1"
+    assert int((art.tensors["labels"] == 1).sum()) == int((y == 1).sum()) and len(art.tensors["labels"]) == len(
+        _load(test).tensors["labels"])  # every 1, and as many normals as the folder's split (files in another order)
