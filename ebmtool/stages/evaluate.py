@@ -483,6 +483,8 @@ def score_data(model_path: str, data_path: str, out: str, *, calibration: Option
                     "n_flagged": int((scores > threshold).sum())})
     if y is not None:
         res.update({**metrics(y, scores).as_dict(), "anomaly_classes": positive})
+    elif labelled:
+        res["note"] = "the images have labels: give --anomaly-class K for anomaly's metrics (AUPRC, AUROC)"
     res.update({"seed": seed, "precision": resolve_precision(precision, dev, warn=False).name, "device": dev.type,
                 "inputs": parents})
     order = torch.argsort(scores, descending=True, stable=True)[:top]
