@@ -31,6 +31,8 @@ from ebmtool.errors import UserError
 
 FORMAT = 1
 KINDS = ("dataset", "model", "samples", "reconstructions", "scores", "features", "checkpoint")
+METADATA_KEYS = ("ebmtool.kind", "ebmtool.format", "ebmtool.version", "ebmtool.config", "ebmtool.parents",
+                 "ebmtool.meta")  # every string-metadata key of an artifact; required: kind and format
 
 
 @dataclass
@@ -276,6 +278,10 @@ def load(path: str | os.PathLike, kind: str | Iterable[str] | None = None, *, wh
     if "ebmtool.kind" not in md:
         raise UserError(f"{p}: safetensors file is not an ebmtool artifact (no ebmtool.kind metadata)")
     k = md["ebmtool.kind"]
+    stray = sorted(key for key in md if key not in METADATA_KEYS and key != "format")  # "format": torch's "pt"
+    if stray:
+        raise UserError(f"{p}: metadata key {stray[0]!r} is not part of the format: kind-specific fields (n, "
+                        "image_shape, ...) go in ebmtool.meta, a JSON object (docs/design.md §2)")
     try:
         fmt = int(md.get("ebmtool.format", "-1"))
     except ValueError:
@@ -320,6 +326,16 @@ def _check_meta(p: Path, kind: str, meta: dict[str, Any], tensors: Mapping[str, 
         if "image_shape" in meta and shape != list(images.shape[1:]):
             raise UserError(f"{p}: meta image_shape {json.dumps(shape)} contradicts tensor 'images' "
                             f"({' x '.join(map(str, images.shape[1:]))} images)")
+        paths, names, labels = meta.get("paths"), meta.get("class_names"), tensors.get("labels")
+        if "paths" in meta and (not isinstance(paths, list) or len(paths) != images.shape[0]
+                                or not all(isinstance(v, str) for v in paths)):
+            raise UserError(f"{p}: meta paths must be one string per image ({images.shape[0]})")
+        if "class_names" in meta:
+            if not isinstance(names, list) or not all(isinstance(v, str) for v in names):
+                raise UserError(f"{p}: meta class_names must be a list of strings")
+            if labels is not None and labels.numel() and int(labels.max()) >= len(names):
+                raise UserError(f"{p}: label {int(labels.max())} has no name in meta class_names "
+                                f"({len(names)} names)")
     if kind == "model":
         spec = meta.get("model")
         shapes = [("image_shape", meta["image_shape"])] if "image_shape" in meta else []

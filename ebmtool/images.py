@@ -1,4 +1,5 @@
-"""Image helpers every stage shares: [-1, 1] floats to uint8, and PNG grids upscaled to be judged by eye."""
+"""Image helpers every stage shares: [-1, 1] floats to uint8, PNG grids upscaled to be judged by eye, and the one
+resize (shorter side, centre crop) and channel conversion that ``data prepare --size/--channels`` applies."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ebmtool import artifacts
 from ebmtool.errors import UserError
@@ -147,3 +149,37 @@ def _with_header(im, labels: list[str], k: float, w: int):
         x = k * (1 + j * (w + 1) + w / 2)
         draw.text((x, strip / 2), t, fill=(0, 0, 0), font=font, anchor="mm")
     return out
+
+
+def resize_center(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize uint8 images (N, C, H, W) so that the shorter side is ``size`` (bilinear, antialiased, aspect kept),
+    then crop the centre ``size`` x ``size``: torchvision's ``Resize(size)`` + ``CenterCrop(size)``.
+    Returns (N, C, size, size) uint8. Images already ``size`` x ``size`` are returned as they are."""
+    h, w = int(images.shape[-2]), int(images.shape[-1])
+    if h == size and w == size:
+        return images
+    nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)  # torchvision's rounding
+    if (nh, nw) != (h, w):
+        x = F.interpolate(images.float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        images = x.round_().clamp_(0, 255).to(torch.uint8)
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))  # as torchvision's center_crop
+    return images[..., top: top + size, left: left + size].contiguous()
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
+
+
+def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 images (N, C, H, W), C in 1, 3 or 4 (alpha dropped), as ``channels`` (1: luminance ITU-R 601-2, the
+    weights of PIL's ``convert("L")``; 3: grey repeated). Returns (N, channels, H, W) uint8."""
+    c = int(images.shape[1])
+    if c == 4:
+        images, c = images[:, :3], 3
+    if c == channels:
+        return images.contiguous()
+    if channels == 3 and c == 1:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if channels == 1 and c == 3:
+        w = torch.tensor(LUMA, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+        return (images.float() * w).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+    raise UserError(f"cannot convert {c}-channel images to {channels} channels (expected 1, 3 or 4 channels)")

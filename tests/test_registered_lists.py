@@ -59,7 +59,7 @@ def test_a_registered_dataset_architecture_and_method_appear_in_every_list(tmp_p
                     "g.safetensors"],
                    ["fit-prior", "--method", "nope", "--data", "toy.safetensors", "-o", "m.safetensors"], cwd=tmp_path)
     part = dict(p.split("\n", 1) for p in out.split("=== ")[1:])
-    assert "digits | mnist | svhn | cifar10 | celeba | synthetic | toydigits" in part["data prepare --help"]
+    assert "digits | mnist | svhn | cifar10 | celeba | synthetic | folder | array | toydigits" in part["data prepare --help"]
     for cmd in ("fit-prior --help", "pretrain-generator --help"):
         assert "| celeba64 | mnist28 | mnist28conv | general | toy8" in part[cmd]  # --arch
         assert "fp32 (default, exact) | auto (reduced only where native) | bf16 | fp16 | tf32" in part[cmd]
@@ -69,5 +69,5 @@ def test_a_registered_dataset_architecture_and_method_appear_in_every_list(tmp_p
     bad = {k: v for k, v in part.items() if "nope" in k or "vit" in k}
     assert len(bad) == 3 and all("(exit 2)" in v for v in bad.values())
     said = "\n".join(bad.values())
-    assert "'synthetic' or 'toydigits'" in said and "'general' or 'toy8'" in said  # the checks read them too
+    assert "'array' or 'toydigits'" in said and "'general' or 'toy8'" in said  # the checks read them too
     assert "toy-method" in said.split("--method: unknown method")[1]

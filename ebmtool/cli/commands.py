@@ -27,16 +27,28 @@ NoiseOpt = typer.Option(None, "--noise/--no-noise", help="posterior chain with (
 # ------------------------------------------------------------------------------------------------
 @data_app.command("prepare")
 def data_prepare(
-    dataset: str = typer.Option(..., "--dataset", help=" | ".join(SOURCES)),
+    dataset: str = typer.Option(..., "--dataset", help=" | ".join(SOURCES) + " (folder: ROOT/<class>/*.png or a "
+                                "flat folder; array: an .npz/.npy file)"),
     output: Path = OutOpt,
-    root: Optional[str] = typer.Option(None, "--root", help="folder with the dataset's standard files"),
+    root: Optional[str] = typer.Option(None, "--root", help="folder with the dataset's standard files; folder: the "
+                                       "images' folder; array: the .npz (images, optional labels, class_names) "
+                                       "or .npy file"),
     split: str = typer.Option("train", "--split", help="train | test | train+test (both, training images first)"),
     download: bool = typer.Option(False, "--download", help="let torchvision download into --root (needs internet)"),
-    exclude_class: Optional[int] = typer.Option(None, "--exclude-class"),
-    only_class: Optional[int] = typer.Option(None, "--only-class"),
-    anomaly_protocol: Optional[int] = typer.Option(None, "--anomaly-protocol", help="held-out class K: the anomaly protocol's split (docs/design.md)"),
+    exclude_class: Optional[str] = typer.Option(None, "--exclude-class", help="a class index or name"),
+    only_class: Optional[str] = typer.Option(None, "--only-class", help="a class index or name"),
+    anomaly_protocol: Optional[str] = typer.Option(None, "--anomaly-protocol", help="held-out class K (index or "
+                                                   "name): the anomaly protocol's split (docs/design.md)"),
     part: Optional[str] = typer.Option(None, "--part", help="train | test part of the anomaly protocol; fit | calibration split train 90/10 (calibration: held-out normals for anomaly --calibrate)"),
-    size: Optional[int] = typer.Option(None, "--size", help="resize to SIZE x SIZE"),
+    size: Optional[int] = typer.Option(None, "--size", help="the shorter side to SIZE (antialiased), then the "
+                                       "centre SIZE x SIZE crop"),
+    channels: Optional[int] = typer.Option(None, "--channels", help="1 (grey) | 3 (RGB)"),
+    layout: Optional[str] = typer.Option(None, "--layout", help="array files whose shape fits two layouts: nhwc | "
+                                         "nchw | nhw"),
+    value_range: Optional[str] = typer.Option(None, "--value-range", help="array files of floats: 0,1 | -1,1 | "
+                                              "0,255 (uint8 needs none)"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="folders: skip unreadable images and say how many "
+                                  "(default: stop, naming the file)"),
     limit: Optional[int] = typer.Option(None, "--limit", help="keep the first N images"),
     test_permutation: str = typer.Option("same", "--test-permutation", help="same (default): test = the rest of the "
                                          "one permutation | second: the original loader's second draw, most test "
@@ -48,7 +60,7 @@ def data_prepare(
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
-    """Write a dataset artifact (uint8 images N x C x H x W, labels)."""
+    """Write a dataset artifact (uint8 images N x C x H x W, labels; class names and file paths where known)."""
     from ebmtool import stages
     from ebmtool.config import build, nested
     from ebmtool.data import DataConfig
@@ -56,10 +68,15 @@ def data_prepare(
     cfg = build(DataConfig, nested(dict(dataset=dataset, root=root, split=split, download=download,
                                         exclude_class=exclude_class, only_class=only_class,
                                         anomaly_protocol=anomaly_protocol, part=part, size=size, limit=limit,
+                                        channels=channels, layout=layout, value_range=value_range,
+                                        skip_bad=skip_bad or None,
                                         test_permutation=test_permutation, anomaly_split=anomaly_split)),
                 where="data prepare")
-    emit(stages.data_prepare(cfg, str(output), force, quiet=quiet), as_json, "dataset")
-
+    res = stages.data_prepare(cfg, str(output), force, quiet=quiet)
+    if res.get("skipped"):
+        typer.echo(f"ebmtool: warning: skipped {res['skipped']} unreadable image(s) (--skip-bad; listed in the "
+                   f"artifact's meta.skipped)", err=True)
+    emit(res, as_json, "dataset")
 
 
 @app.command("sample")
@@ -125,8 +142,10 @@ def reconstruct(
 def anomaly(
     model: Path = ModelOpt,
     data: Path = typer.Option(..., "--data", help="test dataset artifact"),
-    anomaly_class: Optional[int] = typer.Option(None, "--anomaly-class", help="the anomalous class K (label 1)"),
-    labels_positive: Optional[str] = typer.Option(None, "--labels-positive", help="comma list of anomalous classes"),
+    anomaly_class: Optional[str] = typer.Option(None, "--anomaly-class", help="the anomalous class K (label 1), by "
+                                                "index or name; unlabelled images: ebmtool score"),
+    labels_positive: Optional[str] = typer.Option(None, "--labels-positive", help="comma list of anomalous classes "
+                                                  "(indices or names)"),
     ood_data: Optional[Path] = typer.Option(None, "--ood-data", help="OOD dataset artifact (label 1)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="scores artifact"),
     pr_curve: Optional[Path] = typer.Option(None, "--pr-curve", help="PNG of the precision-recall curve"),
@@ -149,23 +168,74 @@ def anomaly(
     """Anomaly / OOD scores and AUPRC (the papers' auc(recall, precision)), average precision, AUROC."""
     from ebmtool import stages
 
-    positive = None
+    positive: Optional[list] = None
     if anomaly_class is not None and labels_positive is not None:
         raise UserError("give --anomaly-class or --labels-positive, not both")
     if anomaly_class is not None:
         positive = [anomaly_class]
     elif labels_positive is not None:
-        try:
-            positive = [int(v) for v in labels_positive.split(",") if v.strip()]
-        except ValueError:
-            raise UserError(f"--labels-positive {labels_positive!r}: expected a comma list of integers") from None
+        positive = [v.strip() for v in labels_positive.split(",") if v.strip()]
         if not positive:
             raise UserError("--labels-positive: empty list")
     res = stages.anomaly(str(model), str(data), positive=positive, ood_path=_s(ood_data), out=_s(output),
                          steps=steps, step_size=step_size, noise=noise, batch_size=batch_size, seed=seed, device=device,
                          force=force, pr_png=_s(pr_curve), precision=precision, score=score,
-                         calibrate=_s(calibrate), quiet=quiet)
+                         calibrate=_s(calibrate), quiet=quiet,
+                         positive_option="--anomaly-class" if anomaly_class is not None else "--labels-positive")
     emit(res, as_json, "anomaly")
+
+
+@app.command("score")
+def score(
+    model: Path = ModelOpt,
+    data: Path = typer.Option(..., "--data", help="dataset artifact: the images to score (labels not needed)"),
+    output: Path = typer.Option(..., "-o", "--output", help="table of every image: .csv (or .json, with the "
+                                "summary): index, name, score, each term, flag"),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="held-out normal images (dataset "
+                                               "artifact): the threshold flags --fpr of them"),
+    fpr: Optional[float] = typer.Option(None, "--fpr", help="false-positive rate on the calibration normals "
+                                        "(default 0.05 with --calibration)"),
+    top: int = typer.Option(10, "--top", help="print the N most anomalous images (0: none)"),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="PNG of the --top images, most anomalous first"),
+    anomaly_class: Optional[str] = typer.Option(None, "--anomaly-class", help="labelled data: the anomalous class "
+                                                "(index or name), for anomaly's metrics (default: the class the "
+                                                "dataset was split by, data prepare --anomaly-protocol)"),
+    kind: str = typer.Option("joint", "--score", help="joint (the papers' -log p(x, z)) | recon | prior | "
+                             "complexity (typicality and dose: anomaly --calibrate)"),
+    steps: Optional[int] = StepsOpt,
+    step_size: Optional[float] = StepSizeOpt,
+    noise: Optional[bool] = NoiseOpt,
+    scale: Optional[int] = ScaleOpt,
+    batch_size: int = EvalBatchOpt,
+    seed: int = EvalSeedOpt,
+    device: str = EvalDeviceOpt,
+    precision: str = EvalPrecisionOpt,
+    force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Score every image of a dataset (no labels needed): a table by file name, the most anomalous images, and a
+    flag from a threshold set on held-out normals; with labels, anomaly's metrics as well."""
+    from ebmtool import stages
+
+    res = stages.score_data(str(model), str(data), str(output), calibration=_s(calibration), fpr=fpr,
+                            anomaly_class=None if anomaly_class is None else [anomaly_class], top=top,
+                            grid=_s(grid), scale=scale, score=kind, steps=steps, step_size=step_size, noise=noise,
+                            batch_size=batch_size, seed=seed, device=device, force=force, precision=precision,
+                            quiet=quiet)
+    if as_json:
+        print(dumps(res))
+        return
+    emit({k: v for k, v in res.items() if k not in ("top", "inputs")}, False, "score")
+    if res["top"]:
+        t = Table(title=f"the {len(res['top'])} most anomalous of {res['n']} (highest score first)")
+        for c in ("rank", "name" if any(r["name"] for r in res["top"]) else "index", "score",
+                  *(("flagged",) if "threshold" in res else ())):
+            t.add_column(c)
+        for r in res["top"]:
+            t.add_row(str(r["rank"]), r["name"] or str(r["index"]), f"{r['score']:.4g}",
+                      *(("yes" if r["flagged"] else "no",) if "threshold" in res else ()))
+        out_console.print(t)
 
 
 @app.command("fid")
@@ -242,7 +312,13 @@ def inspect(path: Path = typer.Argument(..., help="any ebmtool artifact"), as_js
     for p in info["parents"]:
         t.add_row("parent", f"{p.get('kind')} {p.get('path')} ({str(p.get('sha256'))[:12]})")
     for k, v in info["meta"].items():
-        t.add_row(f"meta.{k}", json.dumps(v, default=str)[:300])
+        if k == "class_names" and isinstance(v, list):
+            t.add_row("meta.class_names", ", ".join(f"{i}: {name}" for i, name in enumerate(v))[:600])
+        elif k in ("paths", "skipped") and isinstance(v, list):
+            shown = [x if isinstance(x, str) else json.dumps(x) for x in v[:3]]
+            t.add_row(f"meta.{k}", f"{len(v)} (" + ", ".join(shown) + (", ..." if len(v) > 3 else "") + ")")
+        else:
+            t.add_row(f"meta.{k}", json.dumps(v, default=str)[:300])
     t.add_row("config", json.dumps(info["config"])[:600])
     out_console.print(t)
     tt = Table(title="tensors")

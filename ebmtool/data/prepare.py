@@ -1,38 +1,50 @@
-"""``ebmtool data prepare``: load a source, filter, split by the anomaly protocol, resize, limit."""
+"""``ebmtool data prepare``: load a source, filter, split by the anomaly protocol, resize, convert channels, limit."""
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from ebmtool import artifacts
 from ebmtool.config import Strict, registered
-from ebmtool.data.sources import SOURCES
+from ebmtool.data.files import LAYOUTS, VALUE_RANGES, FileOptions
+from ebmtool.data.sources import FILE_SOURCES, SOURCES, Loaded
 from ebmtool.errors import UserError
+from ebmtool.images import resize_center, to_channels
 
 PROTOCOL_SEED = 20200  # fixed once: every call computes the same 80/20 split of the normals
 PROTOCOL_TRAIN_FRACTION = 0.8
 CALIBRATION_FRACTION = 0.1  # of the training part: --part calibration (the rest is --part fit)
 
 
+ClassRef = Union[int, str]  # a class by index, or by name (a folder's class-folder name, an .npz's class_names)
+
+
 class DataConfig(Strict):
     dataset: Annotated[str, registered(SOURCES)]  # a name of data.sources.SOURCES, the one list
-    root: Optional[str] = None
+    root: Optional[str] = Field(None, description="the dataset's folder; folder: the images' folder; array: the "
+                                                  ".npz/.npy file")
     split: Literal["train", "test", "train+test"] = Field(
         "train", description="train | test | train+test (both files, training images first: the 70,000-image MNIST "
                              "of the anomaly papers' protocol)")
     download: bool = False
-    exclude_class: Optional[int] = None
-    only_class: Optional[int] = None
-    anomaly_protocol: Optional[int] = Field(None, description="held-out (anomalous) class K")
+    exclude_class: Optional[ClassRef] = None
+    only_class: Optional[ClassRef] = None
+    anomaly_protocol: Optional[ClassRef] = Field(None, description="held-out (anomalous) class K (index or name)")
     part: Optional[Literal["train", "test", "fit", "calibration"]] = Field(
         None, description="train | test; or train's two disjoint pieces: fit (90%) and calibration (10%), "
-                          "normals held out from fitting for `anomaly --calibrate`")
-    size: Optional[int] = Field(None, ge=4, le=512)
+                          "normals held out from fitting for `anomaly --calibrate` and `score --calibration` "
+                          "(without --anomaly-protocol: every image of the source split 90/10)")
+    size: Optional[int] = Field(None, ge=4, le=512, description="the shorter side to SIZE, then the centre crop")
+    channels: Optional[Literal[1, 3]] = Field(None, description="1 (grey, ITU-R 601-2 luminance) | 3 (RGB)")
+    layout: Optional[Literal[LAYOUTS]] = Field(  # type: ignore[valid-type]
+        None, description="array files: nhwc | nchw | nhw, where the shape fits two")
+    value_range: Optional[Literal[tuple(VALUE_RANGES)]] = Field(  # type: ignore[valid-type]
+        None, description="array files of floats (or ints): 0,1 | -1,1 | 0,255")
+    skip_bad: bool = Field(False, description="folders: skip unreadable images (their number is reported)")
     limit: Optional[int] = Field(None, ge=1)
     anomaly_split: Literal["random", "standard"] = Field(
         "random", description="random (protocol v3): the normals of --split permuted once and split 80/20, every image "
@@ -47,8 +59,9 @@ class DataConfig(Strict):
     def _consistent(self):
         if self.anomaly_protocol is not None and self.part is None:
             raise ValueError("--anomaly-protocol needs --part train|test|fit|calibration")
-        if self.part is not None and self.anomaly_protocol is None:
-            raise ValueError("--part needs --anomaly-protocol K")
+        if self.part in ("train", "test") and self.anomaly_protocol is None:
+            raise ValueError(f"--part needs --anomaly-protocol K for --part {self.part} (--part fit|calibration "
+                             "alone splits every image 90/10)")
         if self.anomaly_protocol is not None and (self.exclude_class is not None or self.only_class is not None):
             raise ValueError("--anomaly-protocol cannot be combined with --exclude-class/--only-class")
         if self.exclude_class is not None and self.only_class is not None:
@@ -66,7 +79,17 @@ class DataConfig(Strict):
         if self.dataset in ("digits", "synthetic") and (self.root is not None or self.download):
             raise ValueError(f"--root/--download: the {self.dataset} dataset is not read from files "
                              "(scikit-learn's digits / generated)")
+        if self.dataset in FILE_SOURCES and self.download:
+            raise ValueError(f"--download: --dataset {self.dataset} reads your own files; there is nothing to download")
+        if self.dataset != "array" and (self.layout is not None or self.value_range is not None):
+            raise ValueError("--layout/--value-range: they describe an array file (--dataset array)")
+        if self.dataset != "folder" and self.skip_bad:
+            raise ValueError("--skip-bad: it skips unreadable image files of a folder (--dataset folder)")
         return self
+
+    def file_options(self) -> FileOptions:
+        return FileOptions(size=self.size, channels=self.channels, layout=self.layout,
+                           value_range=self.value_range, skip_bad=self.skip_bad)
 
 
 def protocol_split(labels: torch.Tensor, anomaly_class: int, test_permutation: str = "same"
@@ -113,69 +136,117 @@ def calibration_split(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[n_cal:].sort().values, perm[:n_cal].sort().values
 
 
-def load_split(dataset: str, root, split: str, download: bool, show: bool):
+def load_split(dataset: str, root, split: str, download: bool, show: bool,
+               opts: Optional[FileOptions] = None) -> Loaded:
     """A source's split; ``train+test`` is the training split followed by the test split (in that order, so an
-    index below the training set's length is a training image), each source's loader called once per file set."""
-    return load_split_sized(dataset, root, split, download, show)[0]
+    index below the training set's length is a training image), each source's loader called once per file set.
+    ``opts``: what the file sources (folder, array) are asked (size, channels, layout, value range, skip-bad)."""
+    return load_split_sized(dataset, root, split, download, show, opts)[0]
 
 
-def load_split_sized(dataset: str, root, split: str, download: bool, show: bool):
+def _load(dataset: str, root, split: str, download: bool, show: bool, opts: Optional[FileOptions]) -> Loaded:
+    kw = {"opts": opts or FileOptions()} if dataset in FILE_SOURCES else {}
+    return Loaded(*SOURCES[dataset](root, split, download, show, **kw))
+
+
+def load_split_sized(dataset: str, root, split: str, download: bool, show: bool,
+                     opts: Optional[FileOptions] = None) -> tuple[Loaded, int]:
     """:func:`load_split`, and the number of its images that come from the training file."""
     if split != "train+test":
-        loaded = SOURCES[dataset](root, split, download, show)
-        return loaded, (len(loaded[1]) if split == "train" else 0)
-    parts = [SOURCES[dataset](root, s, download, show) for s in ("train", "test")]
-    keys = set(parts[0][2]) & set(parts[1][2])
-    if parts[0][0].shape[1:] != parts[1][0].shape[1:]:
-        raise UserError(f"{dataset}: train images are {tuple(parts[0][0].shape[1:])} but test images "
-                        f"{tuple(parts[1][0].shape[1:])}")
-    return (torch.cat([parts[0][0], parts[1][0]]), torch.cat([parts[0][1], parts[1][1]]),
-            {k: torch.cat([parts[0][2][k], parts[1][2][k]]) for k in keys},
-            f"{parts[0][3]} + {parts[1][3]} (train first, then test)"), len(parts[0][1])
+        loaded = _load(dataset, root, split, download, show, opts)
+        return loaded, (len(loaded.labels) if split == "train" else 0)
+    parts = [_load(dataset, root, s, download, show, opts) for s in ("train", "test")]
+    keys = set(parts[0].extra) & set(parts[1].extra)
+    if parts[0].images.shape[1:] != parts[1].images.shape[1:]:
+        raise UserError(f"{dataset}: train images are {tuple(parts[0].images.shape[1:])} but test images "
+                        f"{tuple(parts[1].images.shape[1:])}")
+    return Loaded(torch.cat([parts[0].images, parts[1].images]), torch.cat([parts[0].labels, parts[1].labels]),
+                  {k: torch.cat([parts[0].extra[k], parts[1].extra[k]]) for k in keys},
+                  f"{parts[0].note} + {parts[1].note} (train first, then test)"), len(parts[0].labels)
+
+
+def class_index(value: ClassRef, class_names: Optional[list[str]], where: str) -> int:
+    """A class given by index or by name as its label: a name of ``class_names`` wins (a folder named "3" is the
+    class named "3"), else a whole number is the index; anything else is one line listing the names."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    v = str(value).strip()
+    if class_names and v in class_names:
+        return class_names.index(v)
+    try:
+        return int(v)
+    except ValueError:
+        names = f"its classes are {', '.join(class_names)}" if class_names else "the data has no class names"
+        raise UserError(f"{where} {v!r}: no class of that name ({names}); give a name or an index") from None
 
 
 def prepare(cfg: DataConfig, quiet: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The dataset's tensors and metadata; ``quiet=False``: download messages and a progress bar on stderr."""
-    (images, labels, extra, source), n_train_file = load_split_sized(cfg.dataset, cfg.root, cfg.split, cfg.download,
-                                                                      not quiet)
+    loaded, n_train_file = load_split_sized(cfg.dataset, cfg.root, cfg.split, cfg.download, not quiet,
+                                            cfg.file_options())
+    images, labels, extra, names = loaded.images, loaded.labels, loaded.extra, loaded.class_names
     classes_all = sorted(int(c) for c in labels.unique())
     idx = torch.arange(len(labels), device=labels.device)
-    for k in (cfg.exclude_class, cfg.only_class, cfg.anomaly_protocol):
+    exclude, only, held_out = (None if v is None else class_index(v, names, opt) for v, opt in (
+        (cfg.exclude_class, "--exclude-class"), (cfg.only_class, "--only-class"),
+        (cfg.anomaly_protocol, "--anomaly-protocol")))
+    if (exclude, only, held_out) != (None, None, None) and classes_all == [-1]:
+        raise UserError(f"{cfg.dataset}: the images have no labels (a flat folder, or an array file without "
+                        "'labels'), so no class can be held out: put the images in class folders, or give labels")
+    for k in (exclude, only, held_out):
         if k is not None and k not in classes_all:
-            raise UserError(f"class {k} does not occur in {cfg.dataset} (classes {classes_all})")
-    if cfg.exclude_class is not None:
-        idx = idx[labels != cfg.exclude_class]
-    if cfg.only_class is not None:
-        idx = idx[labels == cfg.only_class]
-    if cfg.anomaly_protocol is not None:
+            named = f" ({', '.join(f'{c}: {names[c]}' for c in classes_all)})" if names else ""
+            raise UserError(f"class {k} does not occur in {cfg.dataset} (classes {classes_all}{named})")
+    if held_out is not None and len(classes_all) < 2:
+        raise UserError(f"--anomaly-protocol {cfg.anomaly_protocol}: the split needs normals and anomalies, but "
+                        f"{cfg.dataset} holds one class ({names[held_out] if names else held_out}); it needs at "
+                        "least two")
+    if exclude is not None:
+        idx = idx[labels != exclude]
+    if only is not None:
+        idx = idx[labels == only]
+    if held_out is not None:
         if cfg.anomaly_split == "standard":
-            train, test = standard_split(labels, cfg.anomaly_protocol, n_train_file)
+            train, test = standard_split(labels, held_out, n_train_file)
         else:
-            train, test = protocol_split(labels, cfg.anomaly_protocol, cfg.test_permutation)
+            train, test = protocol_split(labels, held_out, cfg.test_permutation)
         fit, cal = calibration_split(train)
         idx = {"train": train, "test": test, "fit": fit, "calibration": cal}[cfg.part]
+    elif cfg.part is not None:  # fit | calibration of every image: normals held out from fitting, for a threshold
+        fit, cal = calibration_split(idx)
+        idx = fit if cfg.part == "fit" else cal
     if cfg.limit is not None:
         idx = idx[: cfg.limit]
     if len(idx) == 0:
         raise UserError(f"{cfg.dataset}: no images left after filtering")
     images, labels = images[idx], labels[idx]
     extra = {k: v[idx] for k, v in extra.items()}
-    if cfg.size is not None and cfg.size != images.shape[-1]:
-        x = F.interpolate(images.float(), size=(cfg.size, cfg.size), mode="bilinear", antialias=True, align_corners=False)
-        images = x.round().clamp(0, 255).to(torch.uint8)
+    if cfg.size is not None:
+        images = resize_center(images, cfg.size)
+    if cfg.channels is not None:
+        images = to_channels(images, cfg.channels)
     tensors = {"images": images.contiguous(), "labels": labels.contiguous(), **extra}
-    meta = {
+    meta: dict[str, Any] = {
         "dataset": cfg.dataset,
         "split": cfg.split,
-        "source": source,
+        "source": loaded.note,
         "n": len(labels),
         "image_shape": list(images.shape[1:]),
         "value_range": [0, 255],
         "classes": sorted(int(c) for c in labels.unique()),
         "content_sha256": artifacts.tensor_sha256(images, labels),
     }
-    if cfg.anomaly_protocol is not None:
-        meta["protocol"] = {"anomaly_class": cfg.anomaly_protocol, "part": cfg.part, "seed": PROTOCOL_SEED,
+    if names is not None:
+        meta["class_names"] = names
+    if loaded.paths is not None:
+        meta["paths"] = [loaded.paths[i] for i in idx.tolist()]
+    if loaded.skipped:
+        meta["skipped"] = [{"path": p, "reason": r} for p, r in loaded.skipped]
+    if held_out is None and cfg.part is not None:
+        meta["holdout"] = {"part": cfg.part, "seed": PROTOCOL_SEED + 1, "calibration_fraction": CALIBRATION_FRACTION}
+    if held_out is not None:
+        meta["protocol"] = {"anomaly_class": held_out, "part": cfg.part, "seed": PROTOCOL_SEED,
+                            **({"anomaly_class_name": names[held_out]} if names else {}),
                             **({"split": "standard", "n_train_file": n_train_file} if cfg.anomaly_split == "standard"
                                else {"train_fraction": PROTOCOL_TRAIN_FRACTION,
                                      "test_permutation": cfg.test_permutation}),

@@ -1,4 +1,6 @@
-"""Loaders. Each returns (images uint8 N x C x H x W, labels int64 N, extra tensors dict, source note).
+"""Loaders. Each returns (images uint8 N x C x H x W, labels int64 N, extra tensors dict, source note), and
+the file sources (``folder``, ``array``: :mod:`ebmtool.data.files`) also the class names, each image's path
+relative to the root and the files skipped as unreadable (:class:`Loaded`).
 
 Real datasets go through torchvision's dataset classes reading the standard files from ``--root``
 (``--download`` is passed through for machines with internet). ``digits`` is scikit-learn's bundled 8x8 set
@@ -15,17 +17,31 @@ import math
 import sys
 import zlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
 
 from ebmtool import progress as bars
+from ebmtool.data import files
 from ebmtool.errors import UserError
 from ebmtool.images import to_uint8
 
-Loaded = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], str]
-# every loader is called as load(root, split, download, show): show = progress on stderr (not --quiet)
+
+class Loaded(NamedTuple):
+    """What a loader returns: images (N, C, H, W) uint8, labels (N,) int64 (-1: unlabelled), extra per-image
+    tensors, a one-line note on the source; file sources also: class names (label k is ``class_names[k]``), each
+    image's path relative to ``--root``, and [(path, reason)] of the unreadable files skipped."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    extra: dict[str, torch.Tensor]
+    note: str
+    class_names: Optional[list[str]] = None
+    paths: Optional[list[str]] = None
+    skipped: list[tuple[str, str]] = []
+# every loader is called as load(root, split, download, show): show = progress on stderr (not --quiet); the file
+# sources (FILE_SOURCES) take the file options as well: load(root, split, download, show, opts=FileOptions(...))
 
 
 @contextlib.contextmanager
@@ -63,7 +79,7 @@ def load_digits(root, split, download, show=False) -> Loaded:
     # values 0..16 -> 0..255
     images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
     labels = torch.from_numpy(d.target.astype(np.int64))
-    return images, labels, {}, "scikit-learn load_digits (UCI optical digits, 1797 images, 8x8; one split)"
+    return Loaded(images, labels, {}, "scikit-learn load_digits (UCI optical digits, 1797 images, 8x8; one split)")
 
 
 MNIST_FILES = {
@@ -118,7 +134,7 @@ def load_mnist(root, split, download, show=False) -> Loaded:
 
         with _torchvision_output(show):
             ds = MNIST(str(root or "."), train=split == "train", download=True)
-        return _to_nchw_uint8(ds.data), ds.targets.long(), {}, f"torchvision MNIST ({split}) from {root}"
+        return Loaded(_to_nchw_uint8(ds.data), ds.targets.long(), {}, f"torchvision MNIST ({split}) from {root}")
     r = _need_root(root, "mnist")
     names = MNIST_FILES[split]
     found = []
@@ -136,8 +152,8 @@ def load_mnist(root, split, download, show=False) -> Loaded:
     if targets.max() > 9:  # (uint8: never below 0) a damaged or foreign label file, not MNIST's digits
         bad = int(np.argmax(targets > 9))
         raise UserError(f"{found[1]}: label {int(targets[bad])} at image {bad}; MNIST labels are the digits 0..9")
-    return (_to_nchw_uint8(torch.from_numpy(data)), torch.from_numpy(targets).long(), {},
-            f"MNIST IDX files ({split}) from {r}")
+    return Loaded(_to_nchw_uint8(torch.from_numpy(data)), torch.from_numpy(targets).long(), {},
+                  f"MNIST IDX files ({split}) from {r}")
 
 
 def load_svhn(root, split, download, show=False) -> Loaded:
@@ -150,7 +166,7 @@ def load_svhn(root, split, download, show=False) -> Loaded:
     except RuntimeError as e:
         raise UserError(f"--root: {e} (SVHN needs {split}_32x32.mat in {r}; pass --download online)") from None
     labels = torch.as_tensor(ds.labels).long()
-    return _to_nchw_uint8(ds.data), labels, {}, f"torchvision SVHN ({split}) from {r}"
+    return Loaded(_to_nchw_uint8(ds.data), labels, {}, f"torchvision SVHN ({split}) from {r}")
 
 
 def load_cifar10(root, split, download, show=False) -> Loaded:
@@ -163,7 +179,7 @@ def load_cifar10(root, split, download, show=False) -> Loaded:
     except RuntimeError as e:
         raise UserError(f"--root: {e} (CIFAR-10 needs cifar-10-batches-py/ in {r}; pass --download online)") from None
     x = torch.from_numpy(ds.data).permute(0, 3, 1, 2)
-    return x.contiguous(), torch.as_tensor(ds.targets).long(), {}, f"torchvision CIFAR10 ({split}) from {r}"
+    return Loaded(x.contiguous(), torch.as_tensor(ds.targets).long(), {}, f"torchvision CIFAR10 ({split}) from {r}")
 
 
 def load_celeba(root, split, download, show=False) -> Loaded:
@@ -181,7 +197,8 @@ def load_celeba(root, split, download, show=False) -> Loaded:
     except (RuntimeError, OSError) as e:
         raise UserError(f"--root: {e} (CelebA needs celeba/img_align_celeba and list files in {r})") from None
     imgs = torch.stack([ds[i][0] for i in bars.track(range(len(ds)), len(ds), "celeba (decode)", show)])
-    return imgs, torch.zeros(len(ds), dtype=torch.long, device="cpu"), {}, f"torchvision CelebA ({split}) from {r}"
+    return Loaded(imgs, torch.zeros(len(ds), dtype=torch.long, device="cpu"), {},
+                  f"torchvision CelebA ({split}) from {r}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -229,14 +246,31 @@ def load_synthetic(root, split, download, show=False) -> Loaded:
     images = to_uint8(x)
     note = (f"synthetic: z ~ {SYNTH_MODES} Gaussians on a ring (radius {SYNTH_RADIUS}, std {SYNTH_STD}) in 2-D, "
             "x = fixed random MLP g*(z) + N(0, 0.05^2), 1x8x8")
-    return images, labels.long(), {"latents": z}, note
+    return Loaded(images, labels.long(), {"latents": z}, note)
 
 
-SOURCES: dict[str, Callable[[str | None, str, bool, bool], Loaded]] = {
+def load_folder(root, split, download, show=False, opts: files.FileOptions = files.FileOptions()) -> Loaded:
+    """A folder of images, class folders or flat (:func:`ebmtool.data.files.load_folder`)."""
+    if root is None:
+        raise UserError("--root: --dataset folder needs the folder that holds the images")
+    f = files.load_folder(root, split, download, show, opts)
+    return Loaded(f.images, f.labels, {}, f.note, f.class_names, f.paths, f.skipped)
+
+
+def load_array(root, split, download, show=False, opts: files.FileOptions = files.FileOptions()) -> Loaded:
+    """An .npz/.npy array file (:func:`ebmtool.data.files.load_array`)."""
+    f = files.load_array(root, split, download, show, opts)
+    return Loaded(f.images, f.labels, {}, f.note, f.class_names, f.paths, f.skipped)
+
+
+FILE_SOURCES = ("folder", "array")  # the user's own files: they take FileOptions, no --download
+SOURCES: dict[str, Callable[..., Loaded]] = {
     "digits": load_digits,
     "mnist": load_mnist,
     "svhn": load_svhn,
     "cifar10": load_cifar10,
     "celeba": load_celeba,
     "synthetic": load_synthetic,
+    "folder": load_folder,
+    "array": load_array,
 }

@@ -13,6 +13,7 @@ from ebmtool import artifacts, distributed
 from ebmtool import progress as bars
 from ebmtool.data import load_images
 from ebmtool.config import MAX_SAMPLES, check_options  # noqa: F401  (MAX_SAMPLES: the limit of -n, re-exported)
+from ebmtool.data.prepare import ClassRef, class_index
 from ebmtool.errors import UserError
 from ebmtool.eval import scores as S
 from ebmtool.eval.anomaly import binary_labels, metrics
@@ -26,6 +27,7 @@ from ebmtool.runtime import check_fits_memory, resolve_device, seed_everything
 # sample -n: at most MAX_SAMPLES samples per command (FID takes 50,000). All of them are held in memory together
 # (float images while drawing, then uint8), so a larger n is refused up front (config.check_options), as is one the
 # machine cannot hold (check_memory).
+DEFAULT_FPR = 0.05  # score --calibration without --fpr: flag 5% of the calibration normals
 
 
 def check_memory(n: int, image_shape, name: str = "-n") -> None:
@@ -288,13 +290,37 @@ def score_images(model: Model, x: torch.Tensor, *, score: str = "joint", calibra
     return scores, terms, cal_terms
 
 
-def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = None, ood_path: Optional[str] = None,
+def score_record(model: Model, score: str, steps: Optional[int], step_size: Optional[float],
+                 noise: Optional[bool]) -> dict[str, Any]:
+    """What ``anomaly`` and ``score`` record of how they scored: the model's method, the score and what it is
+    computed from, and the chain settings the posterior ran with (None for a model that runs no chain)."""
+    base = ("-log p(x, z) at posterior samples" if isinstance(model, LatentModel)
+            else getattr(model, "score_name", "anomaly score"))
+    return {"model_method": model.method, "score": score,
+            "score_description": base if score == "joint" else f"{score} (from {base})",
+            "chain": model.score_chain(steps, step_size, noise) if isinstance(model, LatentModel) else None}
+
+
+def resolve_classes(classes: list[ClassRef], data_art: artifacts.Artifact, labels: torch.Tensor,
+                    option: str = "--anomaly-class") -> list[int]:
+    """Classes given by index or name as labels of the dataset (names from its meta ``class_names``). Unlabelled
+    data (every label -1) is refused, pointing to ``ebmtool score``, which needs no labels."""
+    if bool((labels == -1).all()):
+        raise UserError(f"{option}: {data_art.path} holds no labels (unlabelled images), so no class can be "
+                        f"anomalous; score its images without labels: ebmtool score --model MODEL --data "
+                        f"{data_art.path} -o scores.csv")
+    return [class_index(c, data_art.meta.get("class_names"), option) for c in classes]
+
+
+def anomaly(model_path: str, data_path: str, *, positive: list[ClassRef] | None = None,
+            ood_path: Optional[str] = None,
             quiet: bool = False,
             out: Optional[str] = None, steps: Optional[int] = None, step_size: Optional[float] = None,
             noise: Optional[bool] = None, batch_size: int = 500, seed: int = 0, device: str = "auto", force: bool = False,
             pr_png: Optional[str] = None, precision: str = "fp32", score: str = "joint",
-            calibrate: Optional[str] = None) -> dict[str, Any]:
+            calibrate: Optional[str] = None, positive_option: str = "--anomaly-class") -> dict[str, Any]:
     """Anomaly / OOD evaluation with the label-free score ``score`` (:data:`ebmtool.eval.scores.SCORES`).
+    ``positive``: the anomalous classes, by index or name (``positive_option`` names them in an error).
     ``calibrate``: a dataset of held-out normals, the reference of ``typicality`` and ``dose``."""
     check_options("cli", steps=steps, step_size=step_size, noise=noise, batch_size=batch_size, seed=seed,
                   precision=precision)
@@ -306,6 +332,7 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
     dev, model, art, x, labels, data_art = _open(model_path, data_path, {"-o": out, "--pr-curve": pr_png}, seed,
                                                  device, force, inputs={"--ood-data": ood_path, "--calibrate": calibrate})
     parents = [art, data_art]
+    classes = None if positive is None else resolve_classes(positive, data_art, labels, positive_option)
     if ood_path is not None:
         xo, _, ood_art = load_images(ood_path, what="--ood-data")
         _check_fits(model, xo, ood_path)
@@ -316,12 +343,12 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
         y = torch.cat([torch.zeros(len(x) - len(xo), dtype=torch.long, device=x.device), torch.ones(len(xo), dtype=torch.long, device=x.device)])
         parents.append(ood_art)
     else:
-        y = binary_labels(labels, positive)
+        y = binary_labels(labels, classes or [])
     xc = None
     if calibrate is not None:
         xc, lc, cal_art = load_images(calibrate, what="--calibrate")
         _check_fits(model, xc, calibrate)
-        bad = sorted(set(int(c) for c in lc.unique()) & set(positive or []))
+        bad = sorted(set(int(c) for c in lc.unique()) & set(classes or []))
         if bad:
             raise UserError(f"--calibrate {calibrate}: holds images of the anomaly class {bad[0]}; calibrate on "
                             "held-out normals only (data prepare --part calibration)")
@@ -332,12 +359,8 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
                                                 quiet=quiet)
     cal_mean = float(S.joint(cal_terms).mean()) if cal_terms is not None else None
     m = metrics(y, scores)
-    base = ("-log p(x, z) at posterior samples" if isinstance(model, LatentModel)
-            else getattr(model, "score_name", "anomaly score"))
-    res = {**m.as_dict(), "model_method": model.method, "score": score, "score_description": base if score == "joint"
-           else f"{score} (from {base})", "calibration_mean_joint": cal_mean,
-           "anomaly_classes": positive, "ood_data": ood_path,
-           "chain": model.score_chain(steps, step_size, noise) if isinstance(model, LatentModel) else None,
+    res = {**m.as_dict(), **score_record(model, score, steps, step_size, noise),
+           "calibration_mean_joint": cal_mean, "anomaly_classes": classes, "ood_data": ood_path,
            "seed": seed, "precision": resolve_precision(precision, dev, warn=False).name, "device": dev.type}
     if out is not None:
         tensors = {"scores": scores.double(), "labels": y, **{f"terms.{k}": v for k, v in terms.items()},
@@ -347,3 +370,142 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
         pr_curve_png(y.numpy(), scores.numpy(), pr_png,
                      title=anomaly_title(Path(model_path).name, Path(data_path).name, positive, ood_path, score))
     return {**res, "output": out}
+
+
+TABLE_FORMATS = (".csv", ".json")
+
+
+def fpr_threshold(calibration_scores: torch.Tensor, fpr: float) -> tuple[float, float]:
+    """The threshold above which an image is flagged, from the scores of held-out normal images: the least
+    calibration score t with at most a fraction ``fpr`` of the calibration scores above it (the empirical
+    (1 - fpr) quantile, numpy's ``inverted_cdf``). Returns (t, the fraction of calibration scores above t)."""
+    import numpy as np
+
+    c = calibration_scores.double().numpy()
+    t = float(np.quantile(c, 1.0 - fpr, method="inverted_cdf"))
+    return t, float((c > t).mean())
+
+
+def _table_rows(scores: torch.Tensor, terms: dict[str, torch.Tensor], labels: torch.Tensor,
+                meta: dict[str, Any], threshold: Optional[float]) -> list[dict[str, Any]]:
+    """One row per image, in the dataset's order: index, name (its path relative to the folder it came from;
+    empty where the dataset has none), label and class name (labelled data), score, each term, flag."""
+    paths, names = meta.get("paths"), meta.get("class_names")
+    labelled = not bool((labels == -1).all())
+    rows = []
+    for i in range(len(scores)):
+        row: dict[str, Any] = {"index": i, "name": paths[i] if isinstance(paths, list) and i < len(paths) else ""}
+        if labelled:
+            k = int(labels[i])
+            row["label"] = k
+            if names:
+                row["class"] = names[k] if 0 <= k < len(names) else ""
+        row["score"] = float(scores[i])
+        row.update({(f"term_{k}" if k in row else k): float(v[i]) for k, v in terms.items()})  # BiDVL: "score"
+        if threshold is not None:
+            row["flagged"] = int(float(scores[i]) > threshold)
+        rows.append(row)
+    return rows
+
+
+def _write_table(path: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """``.csv``: the rows (a header line, then one line per image); ``.json``: {"summary": ..., "rows": [...]}.
+    Written atomically."""
+    import csv
+    import json
+
+    with artifacts.atomic_write(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            if path.lower().endswith(".json"):
+                json.dump({"summary": summary, "rows": rows}, f, default=str)
+            else:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+
+
+def score_data(model_path: str, data_path: str, out: str, *, calibration: Optional[str] = None,
+               fpr: Optional[float] = None, anomaly_class: Optional[list[ClassRef]] = None, top: int = 10,
+               grid: Optional[str] = None, scale: Optional[int] = None, score: str = "joint",
+               steps: Optional[int] = None, step_size: Optional[float] = None, noise: Optional[bool] = None,
+               batch_size: int = 500, seed: int = 0, device: str = "auto", force: bool = False,
+               precision: str = "fp32", quiet: bool = False) -> dict[str, Any]:
+    """Score every image of a dataset, labelled or not (``ebmtool score``), with the scoring core of
+    :func:`anomaly` (:func:`score_images`, the same chain settings, recorded the same way).
+
+    Writes ``out``: a table with one row per image (.csv; or .json with the summary too): index, name (the
+    image's file for a folder dataset), label and class where the data has them, the score and each of its
+    terms, and with ``calibration`` (held-out normal images) and ``fpr`` a flag: score above the threshold that
+    flags a fraction ``fpr`` of the calibration normals. ``top``: the most anomalous images, listed in the result
+    (``grid``: a PNG of them, most anomalous first). With labels and an anomalous class (``anomaly_class``, or the
+    one the dataset was split by, ``data prepare --anomaly-protocol``) the result also holds :func:`anomaly`'s
+    metrics, computed by the same code on the same scores."""
+    if Path(out).suffix.lower() not in TABLE_FORMATS:
+        raise UserError(f"-o {out}: the table is written as .csv or .json (chosen by the extension)")
+    if fpr is not None and calibration is None:
+        raise UserError("--fpr: the threshold is taken from held-out normal images; give --calibration NORMALS")
+    if calibration is not None and fpr is None:
+        fpr = DEFAULT_FPR
+    if fpr is not None and not 0.0 < fpr < 1.0:
+        raise UserError(f"--fpr {fpr}: a false-positive rate lies strictly between 0 and 1")
+    if top < 0:
+        raise UserError(f"--top {top}: must be 0 or more")
+    if grid is not None and top == 0:
+        raise UserError("--grid: it draws the --top images; --top 0 leaves none")
+    if scale is not None and grid is None:
+        raise UserError("--scale: it upscales the PNG grid; give --grid or drop it")
+    if grid is not None:
+        check_grid_path(grid)
+    check_options("cli", steps=steps, step_size=step_size, noise=noise, batch_size=batch_size, seed=seed,
+                  precision=precision, scale=scale)
+    if score in S.CALIBRATED:
+        raise UserError(f"--score {score}: it needs a reference set of normals of its own besides the threshold's; "
+                        f"use ebmtool anomaly --score {score} --calibrate NORMALS")
+    check_score(score, False)
+    dev, model, art, x, labels, data_art = _open(model_path, data_path, {"-o": out, "--grid": grid}, seed, device,
+                                                 force, inputs={"--calibration": calibration})
+    parents = [art.as_parent(), data_art.as_parent()]
+    if grid is not None:  # a grid too large to draw is refused before the scoring
+        grid_size(min(top, len(x)), x.shape[1:], min(top, len(x), 10), scale)
+    labelled = not bool((labels == -1).all())
+    if anomaly_class:
+        positive: Optional[list[int]] = resolve_classes(anomaly_class, data_art, labels)
+    elif labelled and isinstance(data_art.meta.get("protocol"), dict):
+        positive = [int(data_art.meta["protocol"]["anomaly_class"])]
+    else:
+        positive = None
+    y = binary_labels(labels, positive) if positive is not None else None
+    xc = None
+    if calibration is not None:
+        xc, _, cal_art = load_images(calibration, what="--calibration")
+        _check_fits(model, xc, calibration)
+        parents.append(cal_art.as_parent())
+    kw: dict[str, Any] = dict(score=score, steps=steps, step_size=step_size, noise=noise, batch_size=batch_size,
+                              device=dev, quiet=quiet)
+    with _precision(precision, dev):
+        scores, terms, _ = score_images(model, x, **kw)
+        cal_scores = score_images(model, xc, **kw)[0] if xc is not None else None
+    if not bool(torch.isfinite(scores).all()):
+        raise UserError("scores are non-finite (the posterior chain diverged: try a smaller --step-size)")
+    res: dict[str, Any] = {"n": len(x), **score_record(model, score, steps, step_size, noise)}
+    threshold = None
+    if cal_scores is not None and fpr is not None:
+        threshold, cal_fpr = fpr_threshold(cal_scores, fpr)
+        res.update({"threshold": threshold, "fpr": fpr, "calibration_fpr": cal_fpr, "n_calibration": len(cal_scores),
+                    "n_flagged": int((scores > threshold).sum())})
+    if y is not None:
+        res.update({**metrics(y, scores).as_dict(), "anomaly_classes": positive})
+    elif labelled:
+        res["note"] = "the images have labels: give --anomaly-class K for anomaly's metrics (AUPRC, AUROC)"
+    res.update({"seed": seed, "precision": resolve_precision(precision, dev, warn=False).name, "device": dev.type,
+                "inputs": parents})
+    order = torch.argsort(scores, descending=True, stable=True)[:top]
+    rows = _table_rows(scores, terms, labels, data_art.meta, threshold)
+    res["top"] = [{"rank": r + 1, **{k: rows[int(i)][k] for k in ("index", "name", "score")},
+                   **({"flagged": rows[int(i)]["flagged"]} if threshold is not None else {})}
+                  for r, i in enumerate(order)]
+    png = grid_picture(to_uint8(x[order]), nrow=min(len(order), 10), scale=scale) if grid is not None else None
+    _write_table(out, rows, {k: v for k, v in res.items() if k != "top"})
+    if png is not None:
+        write_png(png, grid)
+    return {**res, "output": out, "grid": grid}

@@ -28,7 +28,12 @@ def data_prepare(cfg: DataConfig, out: str, force: bool = False, quiet: bool = F
     artifacts.check_output(out, force)
     tensors, meta = prepare(cfg, quiet=quiet)
     artifacts.save(out, "dataset", tensors, config=cfg, meta=meta, force=force)
-    return {"output": str(out), **{k: meta[k] for k in ("dataset", "split", "n", "image_shape", "classes")}}
+    res = {"output": str(out), **{k: meta[k] for k in ("dataset", "split", "n", "image_shape", "classes")}}
+    if "class_names" in meta:
+        res["class_names"] = meta["class_names"]
+    if cfg.skip_bad:
+        res["skipped"] = len(meta.get("skipped", []))
+    return res
 
 
 def open_training_data(path: str, device: torch.device) -> TrainData:
