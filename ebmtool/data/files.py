@@ -246,13 +246,13 @@ def load_folder(root, split, download, show=False, opts: FileOptions = FileOptio
     if colour:
         images = to_channels(images, 3)
         for i, a in colour.items():
-            images[i] = torch.tensor(a)
+            images[i] = torch.tensor(a, device="cpu")
     keep = [i for i in range(n) if i not in bad]
     if len(keep) < n:
         if not keep:
             raise UserError(f"--root: none of the {n} images in {r} can be read (first: {rel[0]}: {bad[0]})")
-        images = images[torch.tensor(keep)]
-    label_t = torch.tensor([labels[i] for i in keep], dtype=torch.long)
+        images = images[torch.tensor(keep, device="cpu")]
+    label_t = torch.tensor([labels[i] for i in keep], dtype=torch.long, device="cpu")
     layout = f"{len(names)} class folders" if names else "flat, unlabelled"
     note = (f"folder {r} ({layout}; {len(keep)} images"
             + (f", {len(bad)} unreadable skipped" if bad else "")
@@ -382,7 +382,7 @@ def _array_labels(d: dict[str, Any], n: int, p: Path) -> tuple[torch.Tensor, Opt
     if "labels" not in d:
         if names is not None:
             raise UserError(f"{p}: 'class_names' without 'labels'; give each image's class index in 'labels'")
-        return torch.full((n,), -1, dtype=torch.long), None
+        return torch.full((n,), -1, dtype=torch.long, device="cpu"), None
     y = d["labels"]
     if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer):
         raise UserError(f"{p}: 'labels' must be {n} integers (one per image), got {y.dtype} of shape "
