@@ -60,12 +60,14 @@ def grid_image(images_u8: torch.Tensor, nrow: Optional[int] = None, scale: Optio
     return g.repeat_interleave(k, 1).repeat_interleave(k, 2) if k > 1 else g
 
 
-def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None, scale: Optional[int] = None) -> None:
-    """PNG grid of the first 256 images (written atomically; see :func:`grid_image`), large enough to judge by eye."""
+def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None, scale: Optional[int] = None,
+              force: bool = True) -> None:
+    """PNG grid of the first 256 images (written atomically; see :func:`grid_image`), large enough to judge by eye.
+    ``force`` False: a file that reached ``path`` meanwhile (another run's) is kept and this write refused."""
     from PIL import Image
 
     if len(images_u8) == 0:
         raise UserError(f"{path}: there are no images to draw")
     g = grid_image(images_u8[:256], nrow, scale)
-    with artifacts.atomic_write(path) as tmp:
+    with artifacts.atomic_write(path, overwrite=force) as tmp:
         Image.fromarray(g.permute(1, 2, 0).contiguous().numpy()).save(tmp, format="PNG")

@@ -43,32 +43,21 @@ def new_figure(ncols: int = 1, size: tuple[float, float] = (6.4, 4.2)):
     return fig, (axes[0] if ncols == 1 else axes)
 
 
-def save_figure(fig, path: str, dpi: int = 150) -> None:
-    """Write ``fig`` to ``path`` in the format its extension names (atomically). Inside ebmtool (torch loaded) this
-    goes through artifacts.atomic_write (one writer under torchrun); a torch-free caller (recipes/table.py) gets a
-    plain temporary file and rename, so rendering a table's figure does not import torch."""
-    import os
+def save_figure(fig, path: str, dpi: int = 150, force: bool = True) -> None:
+    """Write ``fig`` to ``path`` in the format its extension names, through the one atomic write
+    (:func:`ebmtool.files.atomic_write`). Inside ebmtool (torch loaded) it goes through artifacts.atomic_write, which
+    under torchrun lets rank 0 alone write; a torch-free caller (recipes/table.py) calls the torch-free one directly,
+    so rendering a table's figure does not import torch. ``force`` False: a file that reached ``path`` meanwhile
+    is kept and this write refused."""
     import sys
-    import tempfile
 
     fmt = figure_format(path)
     if "torch" in sys.modules:
         from ebmtool.artifacts import atomic_write
-
-        with atomic_write(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi)
-        return
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
-    os.close(fd)
-    try:
+    else:
+        from ebmtool.files import atomic_write
+    with atomic_write(path, overwrite=force) as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _integer_x(ax) -> None:
@@ -152,10 +141,12 @@ def energy_profile_png(steps: Sequence[int], log_probs: np.ndarray, path: str):
     return fig
 
 
-def pr_curve_png(y: np.ndarray, scores: np.ndarray, path: str, *, title: str = "anomaly detection (anomaly = 1)"):
+def pr_curve_png(y: np.ndarray, scores: np.ndarray, path: str, *, title: str = "anomaly detection (anomaly = 1)",
+                 force: bool = True):
     """Precision-recall and ROC curves side by side, each with the random baseline (precision = fraction of
     anomalies; TPR = FPR). The PR legend gives the AUPRC of ``anomaly``'s table (the papers' trapezoidal
-    ``auc(recall, precision)``, :func:`ebmtool.eval.anomaly.metrics`) and, named as such, the average precision."""
+    ``auc(recall, precision)``, :func:`ebmtool.eval.anomaly.metrics`) and, named as such, the average precision.
+    ``force`` False: a file that reached ``path`` meanwhile (another run's) is kept and this write refused."""
     from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
     y, scores = np.asarray(y), np.asarray(scores, float)
@@ -176,7 +167,7 @@ def pr_curve_png(y: np.ndarray, scores: np.ndarray, path: str, *, title: str = "
         ax.set_aspect("equal")
         ax.legend(fontsize="small", loc="lower right" if ax is roc else "best")
     fig.suptitle(title)
-    save_figure(fig, path)
+    save_figure(fig, path, force=force)
     return fig
 
 

@@ -162,12 +162,13 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
             tensors["trajectory.images"] = torch.stack(
                 [to_uint8(model.generator(bottom(s if len(s) > 1 else s[0]))[:8].cpu()) for s in tr.states])
     if out is not None:
-        artifacts.save(out, "samples", tensors, meta=meta, parents=[art], force=True)
+        artifacts.save(out, "samples", tensors, meta=meta, parents=[art], force=force)
     if grid is not None:
-        save_grid(images, grid, nrow=8 if layer_resample else None, scale=scale)
+        save_grid(images, grid, nrow=8 if layer_resample else None, scale=scale, force=force)
     if trajectory_png is not None:
         t = tensors["trajectory.images"]  # (T, 8, C, H, W): rows = chains, columns = time
-        save_grid(t.transpose(0, 1).reshape(-1, *t.shape[2:]), trajectory_png, nrow=t.shape[0], scale=scale)
+        save_grid(t.transpose(0, 1).reshape(-1, *t.shape[2:]), trajectory_png, nrow=t.shape[0], scale=scale,
+                  force=force)
     return {"output": out, "grid": grid, "n": n, "image_shape": list(images.shape[1:])}
 
 
@@ -229,11 +230,11 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
     if out is not None:
         artifacts.save(out, "reconstructions", {"images": to_uint8(xhat), "mse": per, "labels": labels,
                                                 **_latent_tensors(z)},
-                       meta=res, parents=[art, data_art], force=True)
+                       meta=res, parents=[art, data_art], force=force)
     if grid is not None:
         k = min(32, len(x))
         pairs = torch.stack([to_uint8(x[:k]), to_uint8(xhat[:k])], 1).reshape(-1, *x.shape[1:])
-        save_grid(pairs, grid, nrow=16, scale=scale)
+        save_grid(pairs, grid, nrow=16, scale=scale, force=force)
     return {**res, "output": out, "grid": grid}
 
 
@@ -334,7 +335,7 @@ def anomaly(model_path: str, data_path: str, *, positive: list[int] | None = Non
     if out is not None:
         tensors = {"scores": scores.double(), "labels": y, **{f"terms.{k}": v for k, v in terms.items()},
                    **{f"calibration.terms.{k}": torch.from_numpy(v) for k, v in (cal_terms or {}).items()}}
-        artifacts.save(out, "scores", tensors, meta=res, parents=parents, force=True)
+        artifacts.save(out, "scores", tensors, meta=res, parents=parents, force=force)
     if pr_png is not None:
-        pr_curve_png(y.numpy(), scores.numpy(), pr_png)
+        pr_curve_png(y.numpy(), scores.numpy(), pr_png, force=force)
     return {**res, "output": out}
