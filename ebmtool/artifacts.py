@@ -169,27 +169,26 @@ def save(
 
     if not world().is_main:  # under torchrun only rank 0 writes; every rank ran the checks above
         return p
-    with atomic_write(p, overwrite=force) as tmp:
-        files.write_bytes(tmp, seal(save_bytes(clean, metadata={**md, HASH_KEY: _PLACEHOLDER})))
-    return p
+    return files.write_bytes(p, seal(save_bytes(clean, metadata={**md, HASH_KEY: _PLACEHOLDER})), overwrite=force)
 
 
 def save_or_rescue(path: str | os.PathLike, kind: str, tensors: Mapping[str, torch.Tensor], **kw: Any) -> Path:
-    """:func:`save`, and where the system refuses the write (a full disk, a quota) the same artifact written to
-    the temporary folder (``$TMPDIR``, usually another file system) instead, so that work that took long to make
-    (a trained model, a checkpoint) is not lost; the one-line :class:`WriteError` names where it went."""
+    """:func:`save`, and where the system refuses the write (a full disk, a quota), or another run took the name
+    meanwhile, the same artifact written to the temporary folder (``$TMPDIR``, usually another file system) instead,
+    so that work that took long to make (a trained model, a checkpoint) is not lost; the one-line error names where
+    it went."""
     try:
         return save(path, kind, tensors, **kw)
-    except WriteError as e:
+    except (WriteError, files.OutputExists) as e:
         p = Path(path)
         alt = Path(tempfile.gettempdir()) / f"{p.name.removesuffix('.safetensors')}.rescued-{os.getpid()}.safetensors"
         try:
             save(alt, kind, tensors, **{**kw, "force": False})
         except UserError as e2:
-            raise WriteError(f"{e}; writing it to {alt} instead failed too ({str(e2).removeprefix(f'{alt}: ')})") \
+            raise type(e)(f"{e}; writing it to {alt} instead failed too ({str(e2).removeprefix(f'{alt}: ')})") \
                 from None
-        raise WriteError(f"{e}; the {kind} was written to {alt} instead (move it into place: mv {alt} {p})") \
-            from None
+        hint = f" (move it into place: mv {alt} {p})" if isinstance(e, WriteError) else ""
+        raise type(e)(f"{e}; the {kind} was written to {alt} instead{hint}") from None
 
 
 @contextlib.contextmanager

@@ -36,6 +36,10 @@ class WriteError(UserError):
     """The system refused a write (no space left, a quota, an I/O error): one line naming the file."""
 
 
+class OutputExists(UserError):
+    """A write without overwrite found its name taken meanwhile (another run's file, which is kept)."""
+
+
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:40] or "host"
 
@@ -84,7 +88,7 @@ def _reason(e: OSError) -> str:
 
 
 def _refuse_existing(p: Path) -> UserError:
-    return UserError(f"{p}: output exists (it appeared while this was being written; pass --force to overwrite)")
+    return OutputExists(f"{p}: output exists (it appeared while this was being written; pass --force to overwrite)")
 
 
 @contextlib.contextmanager

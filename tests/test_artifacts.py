@@ -135,10 +135,13 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
 
     from ebmtool import files
 
-    def boom(path, data, overwrite=True):
-        with open(path, "wb") as f:
-            f.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real = files.atomic_write
+
+    def boom(path, data, overwrite=True):  # the disk fills half-way through the write
+        with real(path, overwrite) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(files, "write_bytes", boom)
     p = tmp_path / "a.safetensors"

@@ -8,6 +8,8 @@ xiao-han: z + (s/2) grad + sqrt(s) eps, the same sampler at sqrt(s)).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sys
 from typing import Optional
@@ -42,6 +44,23 @@ def _say(msg: str, code: int) -> None:
         print(f"ebmtool: {msg}", file=sys.stderr)
     elif code == 1:  # a lost peer: each rank says what it saw
         print(f"ebmtool[rank {w.rank}]: {msg}", file=sys.stderr)
+
+
+# what a print to a full file (> /dev/full), a closed pipe (| head) or a failing device raises
+_STDOUT_ERRORS = {errno.ENOSPC, errno.EPIPE, errno.EIO, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's own flush at exit does not fail a second time (with a
+    traceback-like 'Exception ignored' message) on what the failed print left in the buffer."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's StringIO)
+        return
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
 
 
 def hoist_threads(args: list[str]) -> list[str]:
@@ -93,7 +112,14 @@ def main(argv: Optional[list[str]] = None) -> None:
             elif os.environ.get("RANK", "0") != "0":
                 return  # nothing to share: rank 0 runs it alone
         rv = app(args=args, prog_name="ebmtool", standalone_mode=False)
+        sys.stdout.flush()  # a full or closed stdout fails here, inside the try, not at exit
         ok = True
+    except OSError as e:
+        if e.errno not in _STDOUT_ERRORS:  # every file ebmtool writes reports its own errors (files.atomic_write)
+            raise
+        _say(f"error: cannot write to standard output ({e.strerror or e})", 2)
+        _silence_stdout()
+        sys.exit(2)
     except UserError as e:
         _say(f"error: {e}", e.exit_code)
         if e.exit_code == 2:
