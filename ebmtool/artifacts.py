@@ -51,6 +51,7 @@ class Artifact:
     meta: dict[str, Any] = field(default_factory=dict)
     parents: list[dict[str, Any]] = field(default_factory=list)
     version: str = ""
+    format: int = FORMAT  # 1: written before the integrity hash (read, not verified: docs/design.md §2)
 
     def require(self, *names: str) -> None:
         missing = [n for n in names if n not in self.tensors]
@@ -335,7 +336,7 @@ def load(path: str | os.PathLike, kind: str | Iterable[str] | None = None, *, wh
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise UserError(f"{p}: tensor {name!r} holds non-finite values")
     _check_meta(p, k, meta, tensors)
-    return Artifact(p, k, tensors, config, meta, parents, md.get("ebmtool.version", ""))
+    return Artifact(p, k, tensors, config, meta, parents, md.get("ebmtool.version", ""), fmt)
 
 
 def _is_image_shape(v: Any) -> bool:

@@ -14,7 +14,9 @@ from ebmtool.runtime import resolve_device
 def inspect(path: str) -> dict[str, Any]:
     art = artifacts.load(path)
     return {
-        "path": str(art.path), "kind": art.kind, "version": art.version, "format": artifacts.FORMAT,
+        "path": str(art.path), "kind": art.kind, "version": art.version, "format": art.format,
+        "integrity": "verified (ebmtool.sha256)" if art.format == artifacts.FORMAT else "none (written before the "
+                     "integrity hash)",
         "sha256": art.sha256, "parents": art.parents, "meta": art.meta, "config": art.config,
         "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in art.tensors.items()},
     }
