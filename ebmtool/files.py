@@ -135,7 +135,8 @@ def _link_new(tmp: str, p: Path) -> None:
             raise _refuse_existing(p) from None
         os.replace(tmp, p)
         return
-    os.unlink(tmp)
+    with contextlib.suppress(OSError):  # the file is in place; the second name goes
+        os.unlink(tmp)
 
 
 # errors of a file system without hard links (or with a link limit): there the name is checked, then renamed

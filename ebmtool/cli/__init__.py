@@ -50,6 +50,31 @@ def _say(msg: str, code: int) -> None:
 _STDOUT_ERRORS = {errno.ENOSPC, errno.EPIPE, errno.EIO, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
+class _WatchedStdout:
+    """Standard output as it was, remembering the error of a write or flush that failed, so that ``main`` tells a
+    full stdout from any other OSError."""
+
+    def __init__(self, stream):
+        self.stream, self.failed = stream, None
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except OSError as e:
+            self.failed = e
+            raise
+
+    def flush(self):
+        try:
+            return self.stream.flush()
+        except OSError as e:
+            self.failed = e
+            raise
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, ... of the stream itself
+        return getattr(self.stream, name)
+
+
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so that Python's own flush at exit does not fail a second time (with a
     traceback-like 'Exception ignored' message) on what the failed print left in the buffer."""
@@ -103,6 +128,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     args = sys.argv[1:] if argv is None else list(argv)
     ok = False
+    watched = sys.stdout = _WatchedStdout(sys.stdout)
     try:
         args = hoist_threads(args)
         if distributed.launched_by_torchrun():
@@ -115,9 +141,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.stdout.flush()  # a full or closed stdout fails here, inside the try, not at exit
         ok = True
     except OSError as e:
-        if e.errno not in _STDOUT_ERRORS:  # every file ebmtool writes reports its own errors (files.atomic_write)
+        if watched.failed is None or e.errno not in _STDOUT_ERRORS:  # files report their own (files.atomic_write)
             raise
         _say(f"error: cannot write to standard output ({e.strerror or e})", 2)
+        sys.stdout = watched.stream
         _silence_stdout()
         sys.exit(2)
     except UserError as e:
@@ -141,6 +168,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         _say(f"error: {lost}", 1)
         sys.exit(1)
     finally:
+        if sys.stdout is watched:
+            sys.stdout = watched.stream
         try:
             distributed.finish(ok)
         except UserError as e:  # a peer died after this rank's work was done
