@@ -91,16 +91,16 @@ def test_force_replaces_but_never_removes_another_runs_checkpoint(digits_ds, tmp
 
 # ------------------------------------------------------------------------------ two runs, one output
 def _while_writing(monkeypatch, action) -> None:
-    """Run ``action`` once, while this process is writing its first artifact (after every check of the output)."""
-    real, done = artifacts.save_bytes, []
+    """Run ``action`` once, when this process starts writing its first file (after every check of the output)."""
+    real, done = files.remove_stale_temps, []
 
-    def save_bytes(*a, **k):
+    def starts_writing(path):
         if not done:
             done.append(True)
             action()
-        return real(*a, **k)
+        return real(path)
 
-    monkeypatch.setattr(artifacts, "save_bytes", save_bytes)
+    monkeypatch.setattr(files, "remove_stale_temps", starts_writing)
 
 
 def _race_case(name, gen_model, mle_model, digits_ds, out, seed):
@@ -112,15 +112,16 @@ def _race_case(name, gen_model, mle_model, digits_ds, out, seed):
         "anomaly": ["anomaly", "--model", model, "--data", digits_ds, "--anomaly-class", 1, "--seed", seed,
                     "--device", "cpu", "--quiet", "-o", out, "--steps", 2],
         "pretrain-generator": ["pretrain-generator", "--data", digits_ds, "-o", out, "--seed", seed, *SMOKE],
+        "plot": ["plot", gen_model if seed == 1 else mle_model, "-o", out.with_suffix(".png")],
     }[name]
 
 
-@pytest.mark.parametrize("command", ["sample", "reconstruct", "anomaly", "pretrain-generator"])
+@pytest.mark.parametrize("command", ["sample", "reconstruct", "anomaly", "pretrain-generator", "plot"])
 def test_two_runs_writing_one_output_exactly_one_wins(command, gen_model, mle_model, digits_ds, tmp_path,
                                                       monkeypatch):
     """Run 1 passes its checks; while it writes, run 2 (another process, another seed) runs from start to end and
     writes the same -o. Run 2 wins; run 1 exits 2 in one line and leaves run 2's file as it was."""
-    out = tmp_path / "same.safetensors"
+    out = tmp_path / ("same.png" if command == "plot" else "same.safetensors")
     other = {}
 
     def second_run():
@@ -132,7 +133,8 @@ def test_two_runs_writing_one_output_exactly_one_wins(command, gen_model, mle_mo
     assert other["run"].code == 0, other["run"].err
     _refused(r, str(out), "output exists")
     assert out.read_bytes() == other["bytes"] and _temps(tmp_path) == []
-    assert artifacts.load(out).config.get("seed", artifacts.load(out).meta.get("seed")) == 2
+    if command != "plot":  # (the second run's figure is of the other model)
+        assert artifacts.load(out).config.get("seed", artifacts.load(out).meta.get("seed")) == 2
     if command == "pretrain-generator":  # the trained model is kept, elsewhere, and the line says where
         kept = [p for p in Path(tempfile.gettempdir()).glob(f"same.rescued-{os.getpid()}.safetensors")]
         assert kept and str(kept[0]) in r.err_lines[0] and artifacts.load(kept[0]).kind == "model"

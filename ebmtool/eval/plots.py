@@ -68,7 +68,7 @@ def _integer_x(ax) -> None:
 
 def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], path: str, *, title: str,
                xlabel: str, ylabel: str, integer_x: bool = True, hlines: Sequence[tuple[float, str]] = (),
-               size: tuple[float, float] = (6.4, 4.2)):
+               size: tuple[float, float] = (6.4, 4.2), force: bool = True):
     """series: (label, xs, ys) triples drawn as lines on shared axes; ``hlines``: (y, label) reference lines."""
     fig, ax = new_figure(size=size)
     for label, xs, ys in series:
@@ -80,11 +80,11 @@ def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], p
         _integer_x(ax)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.legend(fontsize="small")
-    save_figure(fig, path)
+    save_figure(fig, path, force=force)
     return fig
 
 
-def nce_curves_png(stage_losses: dict[int, Sequence[float]], path: str):
+def nce_curves_png(stage_losses: dict[int, Sequence[float]], path: str, force: bool = True):
     """Per-stage NCE loss by epoch (adaptive-NCE Fig. 4); epochs continue across stages; the chance level
     2 ln 2 (a classifier that cannot tell data from noise) is marked."""
     series, start = [], 0
@@ -93,10 +93,10 @@ def nce_curves_png(stage_losses: dict[int, Sequence[float]], path: str):
         series.append((f"stage {k}", list(range(start + 1, start + len(v) + 1)), v))
         start += len(v)
     return line_chart(series, path, title="NCE loss per stage", xlabel="epoch (cumulative over stages)",
-                      ylabel="NCE loss (nats)", hlines=[(CHANCE_NCE, "chance 2 ln 2 = 1.386")])
+                      ylabel="NCE loss (nats)", hlines=[(CHANCE_NCE, "chance 2 ln 2 = 1.386")], force=force)
 
 
-def loss_curves_png(history: dict[str, Sequence[float]], path: str, *, title: str = "training"):
+def loss_curves_png(history: dict[str, Sequence[float]], path: str, *, title: str = "training", force: bool = True):
     """Per-epoch means of the logged scalars: losses on the left; the others (grad norms, log-ratio means, ...)
     on a second panel when there are any, since their scales differ."""
     losses = {k: v for k, v in history.items() if k.startswith("loss")}
@@ -118,11 +118,11 @@ def loss_curves_png(history: dict[str, Sequence[float]], path: str, *, title: st
     axes[0].set_title(f"{title}: losses")
     if other:
         axes[-1].set_title(f"{title}: other logged scalars")
-    save_figure(fig, path)
+    save_figure(fig, path, force=force)
     return fig
 
 
-def energy_profile_png(steps: Sequence[int], log_probs: np.ndarray, path: str):
+def energy_profile_png(steps: Sequence[int], log_probs: np.ndarray, path: str, force: bool = True):
     """Energy E(z) = -log pi(z) (up to the constant log Z) along Langevin chains, as in LEBM Fig. 3-4: the mean
     over chains with the 10-90% band and a few single chains; ``log_probs`` is (T, B)."""
     energy = -np.asarray(log_probs, float)
@@ -137,7 +137,7 @@ def energy_profile_png(steps: Sequence[int], log_probs: np.ndarray, path: str):
     ax.set(title="Langevin dynamics: energy along the chains", xlabel="Langevin step",
            ylabel="energy −log π(z) (nats, up to log Z)")
     ax.legend(fontsize="small")
-    save_figure(fig, path)
+    save_figure(fig, path, force=force)
     return fig
 
 
@@ -243,8 +243,9 @@ def bar_panels(panels: Sequence[Sequence[dict]], path: str, *, title: str = ""):
     return fig
 
 
-def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
-    """One figure for an artifact, chosen by what it holds; returns what was drawn.
+def plot_artifact(art, out: str, *, scale: Optional[int] = None, force: bool = True) -> str:
+    """One figure for an artifact, chosen by what it holds; returns what was drawn. ``force`` False: a file that
+    reached ``out`` meanwhile (another run's) is kept and this write refused.
 
     model with per-stage NCE history -> NCE loss per stage (adaptive-NCE Fig. 4); other models -> loss curves;
     samples with a trajectory -> energy profile along the chains (LEBM Fig. 3-4, adaptive-NCE Fig. 5);
@@ -265,21 +266,21 @@ def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
                   if k.startswith("history.stage") and k.endswith(".nce")}
         if stages:
             what = unscaled("NCE loss per stage")
-            nce_curves_png(stages, out)
+            nce_curves_png(stages, out, force=force)
             return what
         hist = {k[len("history."):]: v.tolist() for k, v in t.items() if k.startswith("history.") and v.ndim == 1}
         if not hist:
             raise UserError(f"{art.path}: model has no training history to plot")
         what = unscaled("training curves per epoch")
-        loss_curves_png(hist, out, title=f"{art.meta.get('method', 'model')} training")
+        loss_curves_png(hist, out, title=f"{art.meta.get('method', 'model')} training", force=force)
         return what
     if art.kind == "samples" and "trajectory.log_prob" in t:
         what = unscaled("energy along the Langevin chains")
-        energy_profile_png(t["trajectory.steps"].tolist(), t["trajectory.log_prob"].numpy(), out)
+        energy_profile_png(t["trajectory.steps"].tolist(), t["trajectory.log_prob"].numpy(), out, force=force)
         return what
     if art.kind == "scores":
         what = unscaled("precision-recall and ROC curves")
-        pr_curve_png(t["labels"].numpy(), t["scores"].numpy(), out)
+        pr_curve_png(t["labels"].numpy(), t["scores"].numpy(), out, force=force)
         return what
     if "images" in t and t["images"].ndim == 4:
         import torch
@@ -289,6 +290,6 @@ def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
         if fmt != "png":
             raise UserError(f"{out}: an image grid is written as .png")
         imgs = t["images"]
-        save_grid((imgs if imgs.dtype == torch.uint8 else to_uint8(imgs))[:100], out, scale=scale)
+        save_grid((imgs if imgs.dtype == torch.uint8 else to_uint8(imgs))[:100], out, scale=scale, force=force)
         return "image grid"
     raise UserError(f"{art.path}: nothing to plot in a {art.kind} artifact")

@@ -29,7 +29,7 @@ def plot(path: str, out: str, force: bool = False, scale: Optional[int] = None) 
 
     artifacts.check_distinct({"-o": out}, {"PATH": path})
     artifacts.check_output(out, force)
-    return {"output": str(out), "drew": plot_artifact(artifacts.load(path), str(out), scale=scale)}
+    return {"output": str(out), "drew": plot_artifact(artifacts.load(path), str(out), scale=scale, force=force)}
 
 
 def fid(samples: str, ref: str, *, inception_weights: Optional[str] = None, features: Optional[str] = None,
