@@ -9,8 +9,12 @@ An artifact is a safetensors file whose string metadata carries
 * ``ebmtool.parents``  JSON list of ``{path, sha256, kind}`` (lineage)
 * ``ebmtool.meta``     JSON of kind-specific fields
 
-Writes are atomic (temporary file in the same folder, then ``os.replace``); loads are validated
-and every problem is a :class:`~ebmtool.errors.UserError` naming the file.
+* ``ebmtool.sha256``   the integrity hash: the SHA-256 of every byte of the file, this field's 64 hex digits read
+  as zeros (format 2; see :func:`seal`)
+
+Writes are atomic and, without ``force``, exclusive (:func:`ebmtool.files.atomic_write`); loads are validated
+(the integrity hash first, so a changed tensor byte or metadata value is refused) and every problem is a
+:class:`~ebmtool.errors.UserError` naming the file.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +31,18 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from ebmtool import files
 from ebmtool._version import __version__
 from ebmtool.errors import UserError
+from ebmtool.files import WriteError
 
-FORMAT = 1
+FORMAT = 2  # 2: every file carries ebmtool.sha256
+LEGACY_FORMATS = (1,)  # written before the integrity hash: read, their content hashes recomputed (docs/design.md §2)
+HASH_KEY = "ebmtool.sha256"
+_PLACEHOLDER = "0" * 64
 KINDS = ("dataset", "model", "samples", "reconstructions", "scores", "features", "checkpoint")
 METADATA_KEYS = ("ebmtool.kind", "ebmtool.format", "ebmtool.version", "ebmtool.config", "ebmtool.parents",
-                 "ebmtool.meta")  # every string-metadata key of an artifact; required: kind and format
+                 "ebmtool.meta", HASH_KEY)  # every string-metadata key of an artifact; required: kind and format
 
 
 @dataclass
@@ -44,6 +54,7 @@ class Artifact:
     meta: dict[str, Any] = field(default_factory=dict)
     parents: list[dict[str, Any]] = field(default_factory=list)
     version: str = ""
+    format: int = FORMAT  # 1: written before the integrity hash (read, not verified: docs/design.md §2)
 
     def require(self, *names: str) -> None:
         missing = [n for n in names if n not in self.tensors]
@@ -92,7 +103,8 @@ def tensor_sha256(*tensors: torch.Tensor) -> str:
         t = t.detach().cpu().contiguous()
         h.update(str(tuple(t.shape)).encode())
         h.update(str(t.dtype).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # the tensor's bytes, hashed in place
     return h.hexdigest()
 
 
@@ -149,10 +161,9 @@ def save(
     parents: Iterable[Artifact | Mapping[str, Any]] = (),
     force: bool = True,
 ) -> Path:
-    """Write an artifact atomically. Refuses non-finite floating tensors (nothing non-finite is ever written).
-    Without ``force`` a file that appears at ``path`` while this one is written is not replaced (no-clobber)."""
-    from safetensors.torch import save_file
-
+    """Write an artifact atomically, sealed by its integrity hash (:func:`seal`). Refuses non-finite floating
+    tensors (nothing non-finite is ever written). Without ``force`` a file that appears at ``path`` while this one is
+    written is not replaced: one run wins, the other gets a one-line refusal (no-clobber)."""
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}")
     p = check_output(path, force)
@@ -176,62 +187,86 @@ def save(
 
     if not world().is_main:  # under torchrun only rank 0 writes; every rank ran the checks above
         return p
-    with atomic_write(p, overwrite=force) as tmp:
-        save_file(clean, tmp, metadata=md)
-    return p
+    return files.write_bytes(p, seal(save_bytes(clean, metadata={**md, HASH_KEY: _PLACEHOLDER})), overwrite=force)
+
+
+def save_or_rescue(path: str | os.PathLike, kind: str, tensors: Mapping[str, torch.Tensor], **kw: Any) -> Path:
+    """:func:`save`, and where the system refuses the write (a full disk, a quota), or another run took the name
+    meanwhile, the same artifact written to the temporary folder (``$TMPDIR``, usually another file system) instead,
+    so that work that took long to make (a trained model, a checkpoint) is not lost; the one-line error names where
+    it went."""
+    try:
+        return save(path, kind, tensors, **kw)
+    except (WriteError, files.OutputExists) as e:
+        p = Path(path)
+        alt = Path(tempfile.gettempdir()) / f"{p.name.removesuffix('.safetensors')}.rescued-{os.getpid()}.safetensors"
+        try:
+            save(alt, kind, tensors, **{**kw, "force": False})
+        except UserError as e2:
+            raise type(e)(f"{e}; writing it to {alt} instead failed too ({str(e2).removeprefix(f'{alt}: ')})") \
+                from None
+        hint = f" (move it into place: mv {alt} {p})" if isinstance(e, WriteError) else ""
+        raise type(e)(f"{e}; the {kind} was written to {alt} instead{hint}") from None
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, overwrite: bool = True):
-    """Yield a temporary path in the same folder; on success it replaces ``path`` (readable as a normal file),
-    on any error it is removed: no half-written output ever appears under ``path``. ``overwrite`` False: a file
-    already at ``path`` (say, written meanwhile by another run) is kept and the write is refused in one line.
-
-    Under torchrun only rank 0 writes: other ranks get a scratch path that is discarded, so every rank runs
-    the same code and only one copy of each file reaches the disk."""
+    """:func:`ebmtool.files.atomic_write` (the one atomic, optionally exclusive, write), under torchrun on rank 0
+    alone: other ranks get a scratch path that is discarded, so every rank runs the same code and only one copy of
+    each file reaches the disk."""
     from ebmtool.distributed import world
 
     if not world().is_main:
         with tempfile.TemporaryDirectory(prefix="ebmtool-rank") as scratch:
             yield os.path.join(scratch, Path(path).name)
         return
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
-    os.close(fd)
-    try:
+    with files.atomic_write(path, overwrite) as tmp:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
-        if overwrite:
-            os.replace(tmp, p)
-        else:
-            _link_new(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
-def _link_new(tmp: str, p: Path) -> None:
-    """Move ``tmp`` to ``p`` only if nothing is there: a hard link fails atomically on an existing name (where the
-    file system has no hard links, a check just before the rename)."""
-    try:
-        os.link(tmp, p)
-    except FileExistsError:
-        raise UserError(f"{p}: output exists (it appeared while this was being written; pass --force to "
-                        "overwrite)") from None
-    except OSError:
-        if p.exists():
-            raise UserError(f"{p}: output exists (it appeared while this was being written; pass --force to "
-                            "overwrite)") from None
-        os.replace(tmp, p)
-        return
-    os.unlink(tmp)
+def _hash_span(header: bytes) -> int | None:
+    """Where the 64 hex digits of ``"ebmtool.sha256":"..."`` start in a header, if the field is there once."""
+    spans = [m.start(1) for m in re.finditer(rb'"ebmtool\.sha256":"([0-9a-f]{64})"', header)]
+    return spans[0] if len(spans) == 1 else None
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _digest(data: bytes | bytearray | memoryview, at: int) -> str:
+    """SHA-256 of ``data`` with the 64 bytes at ``at`` read as the placeholder (zeros)."""
+    view = memoryview(data)
+    h = hashlib.sha256(view[:at])
+    h.update(_PLACEHOLDER.encode())
+    h.update(view[at + 64:])
+    return h.hexdigest()
+
+
+def seal(data: bytes) -> bytearray:
+    """Fill in the integrity hash of safetensors bytes whose metadata holds ``ebmtool.sha256`` = 64 zeros: the
+    SHA-256 of the whole file with the field read as zeros. Every byte but those 64 is covered: tensor bytes,
+    dtypes, shapes, offsets, every metadata value."""
+    out = bytearray(data)
+    n = int.from_bytes(out[:8], "little")
+    at = _hash_span(bytes(out[8:8 + n]))
+    if at is None:
+        raise ValueError("no ebmtool.sha256 placeholder in the header")
+    at += 8
+    out[at:at + 64] = _digest(out, at).encode()
+    return out
+
+
+def verify(data: bytes, header_end: int) -> bool:
+    """Whether safetensors bytes sealed by :func:`seal` are unchanged."""
+    at = _hash_span(bytes(data[8:header_end]))
+    if at is None:
+        return False
+    at += 8
+    return _digest(data, at) == bytes(data[at:at + 64]).decode()
+
+
+def save_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """The safetensors serialisation (the only call of safetensors' writer)."""
+    from safetensors.torch import save as st_save
+
+    return st_save(dict(tensors), metadata=dict(metadata))
 
 
 def _shares_storage(t: torch.Tensor, others: Mapping[str, torch.Tensor]) -> bool:
@@ -254,8 +289,9 @@ def _parent(x: Artifact | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load(path: str | os.PathLike, kind: str | Iterable[str] | None = None, *, what: str = "input") -> Artifact:
-    """Load and validate an artifact; ``kind`` restricts the accepted kinds."""
-    from safetensors import safe_open
+    """Load and validate an artifact; ``kind`` restricts the accepted kinds. The file is read once; its integrity
+    hash is checked before anything in it is used (a legacy format-1 file has none: docs/design.md §2)."""
+    from safetensors.torch import load as st_load
 
     p = Path(path)
     if not p.exists():
@@ -266,12 +302,18 @@ def load(path: str | os.PathLike, kind: str | Iterable[str] | None = None, *, wh
         raise UserError(f"{p}: {what} is not a regular file")
     if not os.access(p, os.R_OK):
         raise UserError(f"{p}: {what} file is not readable")
-    if p.stat().st_size < 8:
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise UserError(f"{p}: {what} file cannot be read ({e.strerror or e})") from None
+    if len(data) < 8:
         raise UserError(f"{p}: not a safetensors file (empty or truncated)")
     try:
-        with safe_open(str(p), framework="pt") as f:
-            md = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = st_load(data)  # safetensors checks the header, the dtypes and that the offsets tile the data
+        header, header_end = files.safetensors_header(data)
+        md = header.get("__metadata__") or {}
+        if not isinstance(md, dict):
+            raise ValueError("__metadata__ is not a JSON object")
     except Exception as e:  # safetensors raises several types for corrupt headers
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{p}: not a readable safetensors file ({msg})") from None
@@ -286,8 +328,16 @@ def load(path: str | os.PathLike, kind: str | Iterable[str] | None = None, *, wh
         fmt = int(md.get("ebmtool.format", "-1"))
     except ValueError:
         fmt = -1
-    if fmt != FORMAT:
+    if fmt != FORMAT and fmt not in LEGACY_FORMATS:
         raise UserError(f"{p}: artifact format {md.get('ebmtool.format')!r} is not supported (expected {FORMAT})")
+    if HASH_KEY in md or fmt == FORMAT:
+        if HASH_KEY not in md:
+            raise UserError(f"{p}: artifact lacks its integrity hash ({HASH_KEY}); it was damaged or edited after "
+                            "it was written")
+        if not verify(data, header_end):
+            raise UserError(f"{p}: artifact does not match its integrity hash ({HASH_KEY}); it was damaged or "
+                            "edited after it was written")
+    del data
     try:
         config = json.loads(md.get("ebmtool.config", "{}"))
         parents = json.loads(md.get("ebmtool.parents", "[]"))
@@ -307,7 +357,7 @@ def load(path: str | os.PathLike, kind: str | Iterable[str] | None = None, *, wh
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise UserError(f"{p}: tensor {name!r} holds non-finite values")
     _check_meta(p, k, meta, tensors)
-    return Artifact(p, k, tensors, config, meta, parents, md.get("ebmtool.version", ""))
+    return Artifact(p, k, tensors, config, meta, parents, md.get("ebmtool.version", ""), fmt)
 
 
 def _is_image_shape(v: Any) -> bool:
@@ -319,6 +369,11 @@ def _check_meta(p: Path, kind: str, meta: dict[str, Any], tensors: Mapping[str, 
     """Metadata must not contradict the tensors: an image artifact's ``n`` and ``image_shape`` are those of its
     ``images`` tensor; a model's ``image_shape`` (and its spec's) is [channels, height, width]."""
     images = tensors.get("images")
+    if kind == "dataset" and "content_sha256" in meta and images is not None:  # recomputed, never trusted
+        labels = [tensors["labels"]] if "labels" in tensors else []
+        if meta["content_sha256"] != tensor_sha256(images, *labels):
+            raise UserError(f"{p}: images and labels do not match the dataset's content_sha256 (changed after it "
+                            "was written)")
     if kind in ("dataset", "samples", "reconstructions") and images is not None and images.ndim == 4:
         n, shape = meta.get("n"), meta.get("image_shape")
         if "n" in meta and (not isinstance(n, int) or isinstance(n, bool) or n != images.shape[0]):

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ebmtool import artifacts, distributed
+from ebmtool import artifacts, distributed, files
 from ebmtool.errors import UserError
 
 
@@ -88,6 +88,9 @@ class Checkpointer:
     # the identity (device, inode, size, mtime) of the checkpoint file this run may replace: the one it wrote last,
     # or the one found at the start when it resumes it (or was given --force); None: no file of its own
     _mine: Optional[tuple[int, int, int, int]] = field(default=None, repr=False)
+    # the identity of the checkpoint file this run may remove at its end: the one it wrote last, or the one it
+    # resumed; never one it was only allowed to replace (--force), which belongs to another run
+    _own: Optional[tuple[int, int, int, int]] = field(default=None, repr=False)
 
     # --- ownership of the checkpoint file -------------------------------------------------------
     def _identity(self) -> Optional[tuple[int, int, int, int]]:
@@ -97,15 +100,18 @@ class Checkpointer:
             return None
         return None if st is None else (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def claim(self, existing: bool) -> None:
+    def claim(self, existing: bool, resumed: bool = False) -> None:
         """At the start of a run: ``existing`` True lets it replace the checkpoint file found now (the one it
-        resumes, or any with --force); otherwise a file at ``path`` belongs to another run."""
+        resumes, or any with --force); otherwise a file at ``path`` belongs to another run. ``resumed``: that file is
+        the checkpoint this run continues, which it removes at its end like one it wrote."""
         self._mine = self._identity() if existing else None
+        self._own = self._mine if resumed else None
 
     def owns_file(self) -> bool:
-        """Whether the file at ``path`` is this run's (written by it, or claimed at the start)."""
+        """Whether the file at ``path`` is this run's own checkpoint (written by it, or the one it resumed),
+        which it may remove once the model is written."""
         now = self._identity()
-        return now is not None and now == self._mine
+        return now is not None and now == self._own
 
     def _check_own(self) -> None:
         """Refuse to replace a checkpoint that another run wrote since this one started (or last saved); the
@@ -176,8 +182,8 @@ class Checkpointer:
                 "history": {"steps": history.steps, "epochs": history.epochs,
                             "order": {"steps": list(history.steps), "epochs": list(history.epochs)}}}
         self._check_own()
-        artifacts.save(self.path, "checkpoint", tensors, config=self.config, meta=meta, force=True)
-        self._mine = self._identity()
+        artifacts.save_or_rescue(self.path, "checkpoint", tensors, config=self.config, meta=meta, force=True)
+        self._mine = self._own = self._identity()
 
     # --- restore --------------------------------------------------------------------------------
     def restore(self, *names: str) -> None:
@@ -242,6 +248,23 @@ class Checkpointer:
     def restore_signal_handlers(old) -> None:
         for sig, h in old.items():
             signal.signal(sig, h)
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse a ``--checkpoint`` path that holds anything but an ebmtool checkpoint: a run may replace (and at its
+    end remove) only a checkpoint, never a model, a dataset or a file of another program, even with --force."""
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise UserError(f"--checkpoint {path}: exists and is not a regular file")
+    try:
+        kind = files.safetensors_metadata(path).get("ebmtool.kind")
+    except (OSError, ValueError):
+        kind = None
+    if kind != "checkpoint":
+        what = f"a {kind} artifact" if isinstance(kind, str) and kind in artifacts.KINDS else "not an ebmtool file"
+        raise UserError(f"--checkpoint {path}: is {what}, not a checkpoint; a run replaces and removes its checkpoint "
+                        "file, so give a path that is free or holds a checkpoint")
 
 
 def open_resume(path: str, config: dict[str, Any], inputs: dict[str, Any],

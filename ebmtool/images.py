@@ -92,12 +92,12 @@ def grid_image(images_u8: torch.Tensor, nrow: Optional[int] = None, scale: Optio
 
 
 def save_grid(images_u8: torch.Tensor, path: str, nrow: Optional[int] = None, scale: Optional[int] = None,
-              header: Optional[Sequence[str]] = None) -> None:
+              header: Optional[Sequence[str]] = None, force: bool = True) -> None:
     """PNG grid of the first 256 images (written atomically; see :func:`grid_picture`), large enough to judge by
-    eye."""
+    eye. ``force`` False: a file that reached ``path`` meanwhile (another run's) is kept and this write refused."""
     if len(images_u8) == 0:
         raise UserError(f"{path}: there are no images to draw")
-    write_png(grid_picture(images_u8, nrow, scale, header), path)
+    write_png(grid_picture(images_u8, nrow, scale, header), path, force)
 
 
 def grid_picture(images_u8: torch.Tensor, nrow: Optional[int] = None, scale: Optional[int] = None,
@@ -116,13 +116,14 @@ def grid_picture(images_u8: torch.Tensor, nrow: Optional[int] = None, scale: Opt
     return im
 
 
-def write_png(g, path: str) -> None:
+def write_png(g, path: str, force: bool = True) -> None:
     """A uint8 (C, H, W) tensor (:func:`grid_image`) or a PIL image (:func:`grid_picture`) as a PNG file, written
-    atomically."""
+    atomically (``force`` False: exclusively, a file that reached ``path`` meanwhile is kept and this write
+    refused)."""
     from PIL import Image
 
     im = Image.fromarray(g.permute(1, 2, 0).contiguous().numpy()) if isinstance(g, torch.Tensor) else g
-    with artifacts.atomic_write(path) as tmp:
+    with artifacts.atomic_write(path, overwrite=force) as tmp:
         im.save(tmp, format="PNG")
 
 

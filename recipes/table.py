@@ -21,7 +21,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,11 +42,11 @@ SCALE_NOTE = {
 
 # ------------------------------------------------------------------------------------------------ files
 def atomic_write(path: Path, text: str) -> None:
+    """``text`` to ``path`` through ebmtool's one atomic write (torch-free), creating its folder."""
+    from ebmtool.files import write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def load_json(path: Path) -> dict | None:
@@ -58,11 +57,12 @@ def load_json(path: Path) -> dict | None:
 
 
 def st_header(path: Path) -> dict:
-    """The ebmtool metadata of a safetensors artifact, read from its header (no torch)."""
+    """The ebmtool metadata of a safetensors artifact, read from its header (ebmtool.files: no torch); the JSON
+    fields parsed. ``{}`` for a file that is not one."""
+    from ebmtool.files import safetensors_metadata
+
     try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            md = json.loads(f.read(n)).get("__metadata__", {}) or {}
+        md = safetensors_metadata(path)
     except (OSError, ValueError):
         return {}
     out = dict(md)

@@ -111,6 +111,17 @@ def ebmtool_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "ebmtool"]
 
 
+def save_sealed(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str]) -> Path:
+    """A hand-made artifact (any tensors, any metadata, e.g. NaN weights or an edited spec) with a valid integrity
+    hash, as ``safetensors.torch.save_file`` would write it had ebmtool sealed it: tests of the checks that come
+    after the hash. An ``ebmtool.sha256`` in ``metadata`` is replaced."""
+    from ebmtool import artifacts
+
+    md = {**metadata, artifacts.HASH_KEY: "0" * 64}
+    Path(path).write_bytes(artifacts.seal(artifacts.save_bytes(tensors, md)))
+    return Path(path)
+
+
 def run_sub(argv: list[str], cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> Run:
     """Run ``ebmtool ARGV`` as a real subprocess of the installed entry point (``env``: extra variables)."""
     env = dict(os.environ, COLUMNS="200", **(env or {}))

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from ebmtool import __version__, artifacts
 from ebmtool.errors import UserError
+from conftest import save_sealed
 
 
 class Cfg(BaseModel):
@@ -129,24 +130,31 @@ def test_refuses_non_finite_on_save(tmp_path, bad):
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
-    import safetensors.torch
+    """A write the system refuses half-way (a full disk) is one line naming the file, and leaves nothing behind."""
+    import errno
 
-    def boom(*a, **k):
-        with open(a[1], "wb") as f:
-            f.write(b"partial")
-        raise OSError("disk full")
+    from ebmtool import files
 
-    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    real = files.atomic_write
+
+    def boom(path, data, overwrite=True):  # the disk fills half-way through the write
+        with real(path, overwrite) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files, "write_bytes", boom)
     p = tmp_path / "a.safetensors"
-    with pytest.raises(OSError):
+    with pytest.raises(files.WriteError, match="No space left on device") as e:
         artifacts.save(p, "model", {"w": torch.ones(1)})
+    assert str(e.value).startswith(f"{p}: ")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_refuses_non_finite_on_load(tmp_path):
     p = tmp_path / "nan.safetensors"
-    save_file({"w": torch.tensor([1.0, float("nan")])}, str(p),
-              metadata={"ebmtool.kind": "model", "ebmtool.format": str(artifacts.FORMAT)})
+    save_sealed({"w": torch.tensor([1.0, float("nan")])}, p,
+                metadata={"ebmtool.kind": "model", "ebmtool.format": str(artifacts.FORMAT)})
     with pytest.raises(UserError, match="non-finite") as e:
         artifacts.load(p)
     assert str(p) in str(e.value)

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from ebmtool import artifacts
 from ebmtool.config import tomllib
 
-from conftest import _prepare, run_cli, run_sub
+from conftest import _prepare, run_cli, run_sub, save_sealed
 
 CASES_FILE = Path(__file__).parent / "bad_inputs" / "cases.toml"
 CASES = tomllib.loads(CASES_FILE.read_text())["case"]
@@ -78,7 +78,7 @@ def build(spec: str, dst: Path, src_of) -> None:
     elif name == "nan_images":  # artifacts.save refuses NaN: write it directly, with ebmtool metadata
         x = torch.zeros(8, 1, 8, 8)
         x[3, 0, 2, 2] = float("nan")
-        save_file({"images": x, "labels": labels}, str(dst), metadata=_md("dataset", {"n": 8}))
+        save_sealed({"images": x, "labels": labels}, dst, metadata=_md("dataset", {"n": 8}))
     elif name == "int32_images":
         artifacts.save(dst, "dataset", {"images": _images().int(), "labels": labels})
     elif name == "images_3d":

@@ -461,19 +461,23 @@ def test_fit_and_calibration_parts_without_a_held_out_class(tmp_path):
 def test_converter_metadata_at_the_top_level_is_refused(tmp_path):
     """The issue: a hand-written converter put `n` and `image_shape` at the top level of the safetensors metadata;
     they were silently ignored and the file loaded. Now that is one line saying where they go; the required keys
-    alone (ebmtool.kind, ebmtool.format, tensor images) make a dataset."""
+    alone (ebmtool.kind, ebmtool.format, tensor images; a format-2 file also its ebmtool.sha256, a hand-written
+    format-1 file none) make a dataset."""
     from safetensors.torch import save_file
 
+    from conftest import save_sealed
+
     x = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
-    bad = tmp_path / "conv.safetensors"
-    save_file({"images": x}, str(bad), metadata={"ebmtool.kind": "dataset", "ebmtool.format": str(artifacts.FORMAT),
-                                                 "n": "6", "image_shape": "[1, 8, 8]"})
+    bad = save_sealed({"images": x}, tmp_path / "conv.safetensors", {
+        "ebmtool.kind": "dataset", "ebmtool.format": str(artifacts.FORMAT), "n": "6", "image_shape": "[1, 8, 8]"})
     _refused(run_cli(["inspect", bad]), "'image_shape'", "ebmtool.meta")
     good = tmp_path / "min.safetensors"
-    save_file({"images": x}, str(good), metadata={"ebmtool.kind": "dataset", "ebmtool.format": str(artifacts.FORMAT)})
+    save_file({"images": x}, str(good), metadata={"ebmtool.kind": "dataset", "ebmtool.format": "1"})
     assert "dataset" in run_cli(["inspect", good]).ok().out
-    named = tmp_path / "named.safetensors"
-    save_file({"images": x, "labels": torch.arange(6)}, str(named), metadata={
+    sealed = save_sealed({"images": x}, tmp_path / "sealed.safetensors",
+                         {"ebmtool.kind": "dataset", "ebmtool.format": str(artifacts.FORMAT)})
+    assert "dataset" in run_cli(["inspect", sealed]).ok().out
+    named = save_sealed({"images": x, "labels": torch.arange(6)}, tmp_path / "named.safetensors", {
         "ebmtool.kind": "dataset", "ebmtool.format": str(artifacts.FORMAT),
         "ebmtool.meta": json.dumps({"class_names": ["a", "b"], "paths": ["x.png"] * 6})})
     _refused(run_cli(["inspect", named]), "label 5 has no name")

@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ebmtool import artifacts
 from ebmtool.config import Langevin
@@ -20,7 +19,7 @@ from ebmtool.models.latent import LatentModel
 from ebmtool.nets.generators import Generator
 from ebmtool.priors import RatioProductPrior
 
-from conftest import _train, run_cli
+from conftest import _train, run_cli, save_sealed
 
 S_PAPER = 0.09  # xiao-han step; the same chain as lebm at sqrt(0.09)
 
@@ -122,7 +121,7 @@ def _rewrite_spec(src, dst, edit):
     extra = json.loads(meta["ebmtool.meta"])
     edit(extra["model"])
     meta["ebmtool.meta"] = json.dumps(extra)
-    save_file(tensors, str(dst), metadata=meta)
+    save_sealed(tensors, dst, metadata=meta)  # an artifact an older ebmtool wrote, sealed as this one would
     return dst
 
 

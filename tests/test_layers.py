@@ -15,7 +15,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "ebmtool"
 
 LAYERS = [
-    ["ebmtool._version", "ebmtool.errors", "ebmtool.registry"],
+    ["ebmtool._version", "ebmtool.errors", "ebmtool.files", "ebmtool.registry"],
     ["ebmtool.config", "ebmtool.distributed", "ebmtool.progress"],
     ["ebmtool.runtime", "ebmtool.artifacts"],
     ["ebmtool.images", "ebmtool.data", "ebmtool.nets"],

@@ -218,9 +218,9 @@ def test_plot_titles_name_model_data_and_anomaly_class(tmp_path, mle_model, nce_
     fig_of = {}
     orig = plots.save_figure
 
-    def keep(fig, path, dpi=150):
+    def keep(fig, path, dpi=150, force=True):
         fig_of[path.rsplit("/", 1)[-1]] = fig
-        orig(fig, path, dpi)
+        orig(fig, path, dpi, force)
 
     monkeypatch.setattr(plots, "save_figure", keep)
     plot_artifact(artifacts.load(mle_model), str(tmp_path / "m.png"))

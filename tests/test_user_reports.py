@@ -342,7 +342,7 @@ def test_pr_curve_labels_the_tables_auprc_and_names_average_precision(mle_model,
 
     figs = []
     real = plots.save_figure
-    monkeypatch.setattr(plots, "save_figure", lambda fig, path: (figs.append(fig), real(fig, path))[1])
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, **kw: (figs.append(fig), real(fig, path, **kw))[1])
     png = tmp_path / "pr.png"
     r = run_cli(["anomaly", "--model", mle_model, "--data", digits_ds, "--anomaly-class", 3, "--steps", 2,
                  "--pr-curve", png, "--json", "--device", "cpu", "--quiet"]).ok()

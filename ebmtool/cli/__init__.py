@@ -8,6 +8,8 @@ xiao-han: z + (s/2) grad + sqrt(s) eps, the same sampler at sqrt(s)).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sys
 from typing import Optional
@@ -42,6 +44,48 @@ def _say(msg: str, code: int) -> None:
         print(f"ebmtool: {msg}", file=sys.stderr)
     elif code == 1:  # a lost peer: each rank says what it saw
         print(f"ebmtool[rank {w.rank}]: {msg}", file=sys.stderr)
+
+
+# what a print to a full file (> /dev/full), a closed pipe (| head) or a failing device raises
+_STDOUT_ERRORS = {errno.ENOSPC, errno.EPIPE, errno.EIO, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class _WatchedStdout:
+    """Standard output as it was, remembering the error of a write or flush that failed, so that ``main`` tells a
+    full stdout from any other OSError."""
+
+    def __init__(self, stream):
+        self.stream, self.failed = stream, None
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except OSError as e:
+            self.failed = e
+            raise
+
+    def flush(self):
+        try:
+            return self.stream.flush()
+        except OSError as e:
+            self.failed = e
+            raise
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, ... of the stream itself
+        return getattr(self.stream, name)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's own flush at exit does not fail a second time (with a
+    traceback-like 'Exception ignored' message) on what the failed print left in the buffer."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's StringIO)
+        return
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
 
 
 def hoist_threads(args: list[str]) -> list[str]:
@@ -108,6 +152,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     _tolerant_output()
     args = sys.argv[1:] if argv is None else list(argv)
     ok = False
+    watched = sys.stdout = _WatchedStdout(sys.stdout)
     try:
         check_arguments(args)
         args = hoist_threads(args)
@@ -118,7 +163,15 @@ def main(argv: Optional[list[str]] = None) -> None:
             elif os.environ.get("RANK", "0") != "0":
                 return  # nothing to share: rank 0 runs it alone
         rv = app(args=args, prog_name="ebmtool", standalone_mode=False)
+        sys.stdout.flush()  # a full or closed stdout fails here, inside the try, not at exit
         ok = True
+    except OSError as e:
+        if watched.failed is None or e.errno not in _STDOUT_ERRORS:  # files report their own (files.atomic_write)
+            raise
+        _say(f"error: cannot write to standard output ({e.strerror or e})", 2)
+        sys.stdout = watched.stream
+        _silence_stdout()
+        sys.exit(2)
     except UserError as e:
         _say(f"error: {e}", e.exit_code)
         if e.exit_code == 2:
@@ -140,6 +193,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         _say(f"error: {lost}", 1)
         sys.exit(1)
     finally:
+        if sys.stdout is watched:
+            sys.stdout = watched.stream
         try:
             distributed.finish(ok)
         except UserError as e:  # a peer died after this rank's work was done

@@ -309,6 +309,7 @@ def inspect(path: Path = typer.Argument(..., help="any ebmtool artifact"), as_js
     t.add_row("kind", info["kind"])
     t.add_row("version / format", f"{info['version']} / {info['format']}")
     t.add_row("sha256", info["sha256"])
+    t.add_row("integrity", info["integrity"])
     for p in info["parents"]:
         t.add_row("parent", f"{p.get('kind')} {p.get('path')} ({str(p.get('sha256'))[:12]})")
     for k, v in info["meta"].items():

@@ -101,7 +101,7 @@ def train_features(
         "widths": widths, "patience": int(patience), "test_fraction": float(test_fraction),
         "val_fraction": float(val_fraction), "precision": prec.name,
     }
-    return _save(out, art, clf, split, stop, accuracy=accuracy, classes=[int(c) for c in classes.tolist()],
+    return _save(out, art, clf, split, stop, force=force, accuracy=accuracy, classes=[int(c) for c in classes.tolist()],
                  config=config, epochs_run=epochs_run, max_epochs=int(epochs), seconds=seconds)
 
 
@@ -263,7 +263,7 @@ class _EarlyStopping:
 
 
 def _save(out: Path, art: artifacts.Artifact, clf: _Classifier, split: _Split, stop: _EarlyStopping, *,
-          accuracy: float, classes: list[int], config: dict, epochs_run: int, max_epochs: int,
+          force: bool, accuracy: float, classes: list[int], config: dict, epochs_run: int, max_epochs: int,
           seconds: float) -> TrainFeaturesResult:
     """Write the "features" artifact (tensors ``classifier.*``) and return what it says."""
     net = clf.net
@@ -284,6 +284,6 @@ def _save(out: Path, art: artifacts.Artifact, clf: _Classifier, split: _Split, s
         "precision": clf.prec.name,
     }
     tensors = {f"classifier.{k}": v for k, v in net.state_dict().items()}
-    artifacts.save(out, "features", tensors, config=config, meta=meta, parents=[art], force=True)
+    artifacts.save(out, "features", tensors, config=config, meta=meta, parents=[art], force=force)
     return TrainFeaturesResult(out, accuracy, n_train, n_test, epochs_run, net.feature_dim, classes, seconds, n_val,
                                stop.best_val, stop.best_epoch, max_epochs, clf.prec.name)

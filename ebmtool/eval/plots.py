@@ -43,32 +43,21 @@ def new_figure(ncols: int = 1, size: tuple[float, float] = (6.4, 4.2)):
     return fig, (axes[0] if ncols == 1 else axes)
 
 
-def save_figure(fig, path: str, dpi: int = 150) -> None:
-    """Write ``fig`` to ``path`` in the format its extension names (atomically). Inside ebmtool (torch loaded) this
-    goes through artifacts.atomic_write (one writer under torchrun); a torch-free caller (recipes/table.py) gets a
-    plain temporary file and rename, so rendering a table's figure does not import torch."""
-    import os
+def save_figure(fig, path: str, dpi: int = 150, force: bool = True) -> None:
+    """Write ``fig`` to ``path`` in the format its extension names, through the one atomic write
+    (:func:`ebmtool.files.atomic_write`). Inside ebmtool (torch loaded) it goes through artifacts.atomic_write, which
+    under torchrun lets rank 0 alone write; a torch-free caller (recipes/table.py) calls the torch-free one directly,
+    so rendering a table's figure does not import torch. ``force`` False: a file that reached ``path`` meanwhile
+    is kept and this write refused."""
     import sys
-    import tempfile
 
     fmt = figure_format(path)
     if "torch" in sys.modules:
         from ebmtool.artifacts import atomic_write
-
-        with atomic_write(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi)
-        return
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
-    os.close(fd)
-    try:
+    else:
+        from ebmtool.files import atomic_write
+    with atomic_write(path, overwrite=force) as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _integer_x(ax) -> None:
@@ -77,7 +66,8 @@ def _integer_x(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def nce_curves_png(stage_losses: dict[int, Sequence[float]], path: str, *, title: str = "NCE loss per stage"):
+def nce_curves_png(stage_losses: dict[int, Sequence[float]], path: str, *, title: str = "NCE loss per stage",
+                   force: bool = True):
     """Per-stage NCE loss by epoch (adaptive-NCE Fig. 4). ``stage_losses``: {stage index from 0 (the artifact's
     ``history.stageK.nce``): per-epoch losses}; stages are labelled from 1, as the CLI counts them (``--stages``,
     the progress lines). Epochs continue across stages on one line (one epoch per stage is still a line, not
@@ -102,11 +92,11 @@ def nce_curves_png(stage_losses: dict[int, Sequence[float]], path: str, *, title
     _integer_x(ax)
     ax.set(title=title, xlabel="epoch (cumulative over stages)", ylabel="NCE loss (nats)")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    save_figure(fig, path)
+    save_figure(fig, path, force=force)
     return fig
 
 
-def loss_curves_png(history: dict[str, Sequence[float]], path: str, *, title: str = "training"):
+def loss_curves_png(history: dict[str, Sequence[float]], path: str, *, title: str = "training", force: bool = True):
     """Per-epoch means of the logged scalars, one panel per quantity, each on its own y axis (``loss_e`` ~0.5 and
     ``loss_g`` ~1000 cannot share one): losses first, then the others (grad norms, log-ratio means, ...); the
     panel's title names its quantity, so no legend covers a curve. ``title``: the figure's (model and data)."""
@@ -127,18 +117,18 @@ def loss_curves_png(history: dict[str, Sequence[float]], path: str, *, title: st
         ax.set(title=k, xlabel="epoch", ylabel="loss (nats, per-epoch mean)" if k.startswith("loss")
                else "per-epoch mean")
     fig.suptitle(title)
-    save_figure(fig, path)
+    save_figure(fig, path, force=force)
     return fig
 
 
 def energy_profile_png(steps: Sequence[int], log_probs: np.ndarray, path: str, *,
-                       title: str = "Langevin dynamics: energy along the chains"):
+                       title: str = "Langevin dynamics: energy along the chains", force: bool = True):
     """Energy E(z) = -log pi(z) (up to the constant log Z) along Langevin chains, as in LEBM Fig. 3-4: the mean
     over chains with the 10-90% band and a few single chains; ``log_probs`` is (T, B)."""
     fig, ax = new_figure()
     _energy_axes(ax, steps, log_probs)
     ax.set_title(title)
-    save_figure(fig, path)
+    save_figure(fig, path, force=force)
     return fig
 
 
@@ -156,7 +146,7 @@ def _energy_axes(ax, steps: Sequence[int], log_probs: np.ndarray) -> None:
 
 
 def trajectory_figure(steps: Sequence[int], images_u8, log_probs: Optional[np.ndarray], path: str, *,
-                      title: str = "Langevin chains"):
+                      title: str = "Langevin chains", force: bool = True):
     """``sample --trajectory``'s chains as the README shows them: an image grid, one row per chain and time left to
     right (``images_u8``: (T, chains, C, H, W) uint8, columns labelled by Langevin step), and, below it, the energy
     along the chains (``log_probs`` (T, B), LEBM Fig. 3-4) when the artifact has it."""
@@ -187,14 +177,16 @@ def trajectory_figure(steps: Sequence[int], images_u8, log_probs: Optional[np.nd
         energy = fig.add_subplot(gs[1])
         _energy_axes(energy, steps, log_probs)
         energy.set_title("energy along the chains")
-    save_figure(fig, path)
+    save_figure(fig, path, force=force)
     return fig
 
 
-def pr_curve_png(y: np.ndarray, scores: np.ndarray, path: str, *, title: str = "anomaly detection (anomaly = 1)"):
+def pr_curve_png(y: np.ndarray, scores: np.ndarray, path: str, *, title: str = "anomaly detection (anomaly = 1)",
+                 force: bool = True):
     """Precision-recall and ROC curves side by side, each with the random baseline (precision = fraction of
     anomalies; TPR = FPR). The PR legend gives the AUPRC of ``anomaly``'s table (the papers' trapezoidal
-    ``auc(recall, precision)``, :func:`ebmtool.eval.anomaly.metrics`) and, named as such, the average precision."""
+    ``auc(recall, precision)``, :func:`ebmtool.eval.anomaly.metrics`) and, named as such, the average precision.
+    ``force`` False: a file that reached ``path`` meanwhile (another run's) is kept and this write refused."""
     from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
     y, scores = np.asarray(y), np.asarray(scores, float)
@@ -215,7 +207,7 @@ def pr_curve_png(y: np.ndarray, scores: np.ndarray, path: str, *, title: str = "
         ax.set_aspect("equal")
         ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16))
     fig.suptitle(title)
-    save_figure(fig, path)
+    save_figure(fig, path, force=force)
     return fig
 
 
@@ -311,7 +303,7 @@ def anomaly_title(model: str, data: str, anomaly_classes: Optional[Sequence[int]
     return f"{model} on {data}: {what} ({score} score)"
 
 
-def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
+def plot_artifact(art, out: str, *, scale: Optional[int] = None, force: bool = True) -> str:
     """One figure for an artifact, chosen by what it holds; returns what was drawn. Titles name the model, the
     data (from the artifact's lineage) and, for scores, the anomaly class.
 
@@ -336,13 +328,13 @@ def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
                   if k.startswith("history.stage") and k.endswith(".nce")}
         if stages:
             what = unscaled("NCE loss per stage")
-            nce_curves_png(stages, out, title=f"NCE loss per stage: {who}")
+            nce_curves_png(stages, out, title=f"NCE loss per stage: {who}", force=force)
             return what
         hist = {k[len("history."):]: v.tolist() for k, v in t.items() if k.startswith("history.") and v.ndim == 1}
         if not hist:
             raise UserError(f"{art.path}: model has no training history to plot")
         what = unscaled("training curves per epoch")
-        loss_curves_png(hist, out, title=f"training: {who}")
+        loss_curves_png(hist, out, title=f"training: {who}", force=force)
         return what
     if art.kind == "samples" and ("trajectory.images" in t or "trajectory.log_prob" in t):
         who = f"{art.meta.get('model_method', '')} model {_name(_parent(art, 'model'))}".strip()
@@ -350,10 +342,10 @@ def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
         lp = t["trajectory.log_prob"].numpy() if "trajectory.log_prob" in t else None
         if "trajectory.images" not in t:  # written before the images were kept: the energy profile alone
             what = unscaled("energy along the Langevin chains")
-            energy_profile_png(steps, lp, out, title=f"Langevin chains of the {who}: energy")
+            energy_profile_png(steps, lp, out, title=f"Langevin chains of the {who}: energy", force=force)
             return what
         what = unscaled("the Langevin chains' images and energy")
-        trajectory_figure(steps, t["trajectory.images"], lp, out, title=f"Langevin chains of the {who}")
+        trajectory_figure(steps, t["trajectory.images"], lp, out, title=f"Langevin chains of the {who}", force=force)
         return what
     if art.kind == "scores":
         what = unscaled("precision-recall and ROC curves")
@@ -367,7 +359,7 @@ def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
         m = art.meta
         title = anomaly_title(_name(_parent(art, "model")), _name(_parent(art, "dataset")), m.get("anomaly_classes"),
                               m.get("ood_data"), m.get("score", "joint"))
-        pr_curve_png(y.numpy(), scores.double().numpy(), out, title=title)
+        pr_curve_png(y.numpy(), scores.double().numpy(), out, title=title, force=force)
         return what
     if "images" in t and t["images"].ndim == 4:
         import torch
@@ -376,6 +368,6 @@ def plot_artifact(art, out: str, *, scale: Optional[int] = None) -> str:
 
         check_grid_path(out, "-o")
         imgs = t["images"]
-        save_grid((imgs if imgs.dtype == torch.uint8 else to_uint8(imgs))[:100], out, scale=scale)
+        save_grid((imgs if imgs.dtype == torch.uint8 else to_uint8(imgs))[:100], out, scale=scale, force=force)
         return "image grid"
     raise UserError(f"{art.path}: nothing to plot in a {art.kind} artifact")

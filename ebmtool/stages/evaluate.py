@@ -161,9 +161,9 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
         pngs[trajectory_png] = grid_image(t.transpose(0, 1).reshape(-1, *t.shape[2:])[:GRID_MAX_IMAGES],
                                           nrow=t.shape[0], scale=scale)
     if out is not None:
-        artifacts.save(out, "samples", tensors, meta=meta, parents=[art], force=True)
+        artifacts.save(out, "samples", tensors, meta=meta, parents=[art], force=force)
     for p, g in pngs.items():
-        write_png(g, p)
+        write_png(g, p, force)
     return {"output": out, "grid": grid, "n": n, "image_shape": list(images.shape[1:])}
 
 
@@ -236,9 +236,9 @@ def reconstruct(model_path: str, data_path: str, *, out: Optional[str] = None, g
     if out is not None:
         artifacts.save(out, "reconstructions", {"images": to_uint8(xhat), "mse": per, "labels": labels,
                                                 **_latent_tensors(z)},
-                       meta=res, parents=[art, data_art], force=True)
+                       meta=res, parents=[art, data_art], force=force)
     if png is not None:
-        write_png(png, grid)
+        write_png(png, grid, force)
     return {**res, "output": out, "grid": grid}
 
 
@@ -365,9 +365,9 @@ def anomaly(model_path: str, data_path: str, *, positive: list[ClassRef] | None 
     if out is not None:
         tensors = {"scores": scores.double(), "labels": y, **{f"terms.{k}": v for k, v in terms.items()},
                    **{f"calibration.terms.{k}": torch.from_numpy(v) for k, v in (cal_terms or {}).items()}}
-        artifacts.save(out, "scores", tensors, meta=res, parents=parents, force=True)
+        artifacts.save(out, "scores", tensors, meta=res, parents=parents, force=force)
     if pr_png is not None:
-        pr_curve_png(y.numpy(), scores.numpy(), pr_png,
+        pr_curve_png(y.numpy(), scores.numpy(), pr_png, force=force,
                      title=anomaly_title(Path(model_path).name, Path(data_path).name, positive, ood_path, score))
     return {**res, "output": out}
 
@@ -408,13 +408,13 @@ def _table_rows(scores: torch.Tensor, terms: dict[str, torch.Tensor], labels: to
     return rows
 
 
-def _write_table(path: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+def _write_table(path: str, rows: list[dict[str, Any]], summary: dict[str, Any], force: bool = False) -> None:
     """``.csv``: the rows (a header line, then one line per image); ``.json``: {"summary": ..., "rows": [...]}.
-    Written atomically."""
+    Written atomically (``force`` False: exclusively)."""
     import csv
     import json
 
-    with artifacts.atomic_write(path) as tmp:
+    with artifacts.atomic_write(path, overwrite=force) as tmp:
         with open(tmp, "w", newline="") as f:
             if path.lower().endswith(".json"):
                 json.dump({"summary": summary, "rows": rows}, f, default=str)
@@ -505,7 +505,7 @@ def score_data(model_path: str, data_path: str, out: str, *, calibration: Option
                    **({"flagged": rows[int(i)]["flagged"]} if threshold is not None else {})}
                   for r, i in enumerate(order)]
     png = grid_picture(to_uint8(x[order]), nrow=min(len(order), 10), scale=scale) if grid is not None else None
-    _write_table(out, rows, {k: v for k, v in res.items() if k != "top"})
+    _write_table(out, rows, {k: v for k, v in res.items() if k != "top"}, force)
     if png is not None:
-        write_png(png, grid)
+        write_png(png, grid, force)
     return {**res, "output": out, "grid": grid}

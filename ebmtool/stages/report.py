@@ -15,7 +15,9 @@ from ebmtool.runtime import resolve_device
 def inspect(path: str) -> dict[str, Any]:
     art = artifacts.load(path)
     return {
-        "path": str(art.path), "kind": art.kind, "version": art.version, "format": artifacts.FORMAT,
+        "path": str(art.path), "kind": art.kind, "version": art.version, "format": art.format,
+        "integrity": "verified (ebmtool.sha256)" if art.format == artifacts.FORMAT else "none (written before the "
+                     "integrity hash)",
         "sha256": art.sha256, "parents": art.parents, "meta": art.meta, "config": art.config,
         "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in art.tensors.items()},
     }
@@ -28,7 +30,7 @@ def plot(path: str, out: str, force: bool = False, scale: Optional[int] = None) 
 
     artifacts.check_distinct({"-o": out}, {"PATH": path})
     artifacts.check_output(out, force)
-    return {"output": str(out), "drew": plot_artifact(artifacts.load(path), str(out), scale=scale)}
+    return {"output": str(out), "drew": plot_artifact(artifacts.load(path), str(out), scale=scale, force=force)}
 
 
 def fid(samples: str, ref: str, *, inception_weights: Optional[str] = None, features: Optional[str] = None,

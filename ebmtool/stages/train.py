@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 
 from ebmtool import artifacts, distributed
-from ebmtool.checkpoint import Checkpointer, open_resume
+from ebmtool.checkpoint import Checkpointer, check_replaceable, open_resume
 from ebmtool.data import DataConfig, as_images, collect_images, load_images, prepare
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
@@ -40,7 +40,9 @@ def open_training_data(path: str, device: torch.device) -> TrainData:
     x, labels, art = load_images(path, what="--data")
     if art.kind != "dataset":
         raise UserError(f"{art.path}: training needs a dataset artifact, got {art.kind}")
-    sha = art.meta.get("content_sha256") or artifacts.tensor_sha256(art.tensors["images"], art.tensors.get("labels", labels))
+    # a recorded content_sha256 was recomputed and checked by artifacts.load; without one it is computed here
+    sha = art.meta.get("content_sha256") or artifacts.tensor_sha256(art.tensors["images"],
+                                                                    art.tensors.get("labels", labels))
     return TrainData(x.to(device), labels, sha, art.as_parent())
 
 
@@ -101,7 +103,7 @@ class Snapshots:
                 "data_content_sha256": self.data.content_sha256, "n_train": len(self.data.x), "epoch": epoch + 1,
                 "epoch_means": means, "wall_time_s": round(time.perf_counter() - self.t0, 2), "cpu": cpu_name()}
         artifacts.save(str(out), "model", model_tensors(model), config=self.cfg, meta=meta,
-                       parents=[self.data.parent], force=True)
+                       parents=[self.data.parent], force=self.force)
 
 
 def train(method: "str | MethodSpec", cfg, data_path: str, out: str, *, init_path: Optional[str] = None, force: bool = False,
@@ -171,6 +173,7 @@ def fit(method: "str | MethodSpec", cfg, data: "str | TrainData", out: Optional[
             raise UserError(f"--checkpoint {ck_path}: must differ from the output file")
         # an existing checkpoint is only overwritten when it is the one being resumed (or with --force)
         resuming_it = resume is not None and Path(resume).resolve() == ck_path.resolve()
+        check_replaceable(ck_path)  # a model (or any other file) there is never replaced nor removed
         if ck_path.exists() and not resuming_it and not force:
             raise UserError(f"{ck_path}: a checkpoint of an earlier run exists (continue it with --resume {ck_path}, "
                             "or pass --force)")
@@ -214,7 +217,8 @@ def fit(method: "str | MethodSpec", cfg, data: "str | TrainData", out: Optional[
     if resume:
         resume_art = open_resume(resume, config_json, inputs, also=config_asked)
     ck = Checkpointer(ck_path, checkpoint_every, config_json, resume_art, inputs=inputs)
-    ck.claim(resuming_it or force)  # the checkpoint file this run may replace: the one it resumes, or with --force
+    # the checkpoint file this run may replace: the one it resumes, or with --force; it removes only the one it resumes
+    ck.claim(resuming_it or force, resumed=resuming_it)
     prec = resolve_precision(cfg.precision, device)
     if prec.name == "fp16":
         raise UserError("--precision fp16: training in fp16 needs loss scaling, which ebmtool does not do; use bf16 "
@@ -262,9 +266,9 @@ def fit(method: "str | MethodSpec", cfg, data: "str | TrainData", out: Optional[
         kept = f"; this run's checkpoint {ck.path} is kept" if ck.owns_file() else ""
         raise UserError(f"{out}: output appeared while this run was training (another run wrote it); not "
                         f"overwriting it without --force{kept}")
-    if out is not None:
-        artifacts.save(out, "model", tensors, config=cfg, meta=meta, parents=parents,
-                       force=force or not distributed.world().is_main)  # rank 0 alone writes and checks
+    if out is not None:  # rank 0 alone writes and checks; a full disk: the model goes to $TMPDIR, the message says
+        artifacts.save_or_rescue(out, "model", tensors, config=cfg, meta=meta, parents=parents,
+                                 force=force or not distributed.world().is_main)
     if ck.path is not None and distributed.world().is_main and ck.owns_file():
         ck.path.unlink()  # only this run's own checkpoint (or the one it resumed), never another run's
     return model, {"output": None if out is None else str(out), "method": method, "wall_time_s": round(wall, 2),
