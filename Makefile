@@ -40,7 +40,7 @@ test: $(STAMP)
 	$(PY) -m ruff check ebmtool tests benchmarks recipes
 	$(PY) -m compileall -q ebmtool recipes benchmarks
 	$(PY) -m pytest -q -m serial tests
-	$(PY) -m pytest -q -m "not serial" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+	$(PY) -m pytest -q -m "not serial" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 demo: $(STAMP)
 	$(PY) -m ebmtool.demo --out $(DEMO)

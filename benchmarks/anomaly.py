@@ -1,7 +1,7 @@
 """MNIST hold-one-digit anomaly benchmark, every protocol (docs/design.md §5), one script over shared parts.
 
     .venv/bin/python -m benchmarks.anomaly --protocol v3|standard|v2 [--digits 1 4 5 7 9] [--seeds 0]
-        [--methods ...] [--precision auto|fp32|bf16] [--threads 1] [--budget cpu|paper] [--device cpu|cuda]
+        [--methods ...] [--precision auto|fp32|bf16] [--threads 1] [--budget cpu|lineage|paper] [--device cpu|cuda]
 
 The protocols (``PROTOCOLS``) differ in their data, budget and score only; the rows, the training (resumable, its
 seconds kept across kills), the CSVs (one row per (method, digit, seed, precision), appended as measured and
@@ -179,7 +179,7 @@ EPOCHS = GEN_EPOCHS = STAGES = 0
 
 
 def use(name: str, budget: str = "cpu") -> None:
-    """Select a protocol (and ``budget`` paper: every row's epochs and result files of their own)."""
+    """Select a protocol (and ``budget`` lineage or paper: every row's epochs and result files of their own)."""
     global P, BUDGET, RESULTS, CURVE, WORK, EPOCHS, GEN_EPOCHS, STAGES
     P = PROTOCOLS[name]
     sfx = "" if budget == "cpu" else f"_{budget}"
@@ -627,7 +627,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="v2: extend LEBM's learning curve to EPOCHS (curve rows only, no table rows), and exit")
     a = ap.parse_args(argv)
     p = PROTOCOLS[a.protocol]
-    methods = a.methods or p.core
+    # --budget lineage has no 0-stage generator row: its default rows leave it out (asked for, it is refused)
+    methods = a.methods or [m for m in p.core if not (a.budget == "lineage" and m == "pretrain")]
     if bad := [m for m in methods if m not in p.core + p.extra]:
         refuse(f"--methods: {bad[0]} is not a row of protocol {p.name} (choose from {', '.join(p.core + p.extra)})")
     if a.budget != "cpu" and p.name == "v2":

@@ -53,7 +53,7 @@ class Strict(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Limits (README, "Limits"): a value beyond them is refused in one line where it is given, before any memory is
+# Limits (docs/usage.md, "Limits"): a value beyond them is refused in one line where it is given, before any memory is
 # taken, instead of overflowing a C type or asking the machine for terabytes.
 # ---------------------------------------------------------------------------------------------
 MAX_SEED = 2**63 - 1  # --seed: 0 .. 2^63 - 1 (torch's generators take 64 bits; per-rank seeds are taken mod 2^63)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ebmtool import artifacts
+from ebmtool.config import check_options
 from ebmtool.errors import UserError
 
 
@@ -19,7 +20,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 MIN_GRID_PX = 256  # short side of a saved grid when --scale is not given
-MAX_GRID_PX = 16384  # longest side of a saved grid (README, "Limits"): --scale beyond it is refused up front
+MAX_GRID_PX = 16384  # longest side of a saved grid (docs/usage.md, "Limits"): --scale beyond it is refused up front
 GRID_MAX_IMAGES = 256  # a grid draws the first 256 images
 
 
@@ -34,8 +35,7 @@ def grid_scale(short_side: int, scale: Optional[int] = None) -> int:
     """Integer nearest-neighbour factor: ``scale`` if given (>= 1), else the least one that makes the short side
     at least MIN_GRID_PX."""
     if scale is not None:
-        if scale < 1:
-            raise UserError(f"--scale {scale}: must be a whole number >= 1")
+        check_options("cli", scale=scale)  # the one check of --scale (whole, at least 1)
         return int(scale)
     return max(1, -(-MIN_GRID_PX // max(1, short_side)))
 

@@ -179,7 +179,8 @@ def cpu_name() -> str:
 # CPU threads: --threads auto (docs/performance.md, "Threads on a busy machine")
 # ------------------------------------------------------------------------------------------------
 _AUTO_THREADS: Optional[tuple[int, str]] = None
-MAX_THREADS = 1024  # --threads N: at most this (README, "Limits"); torch takes a C int, and each thread has a stack
+# --threads N: at most this (docs/usage.md, "Limits"); torch takes a C int, and each thread has a stack
+MAX_THREADS = 1024
 
 
 def allowed_cpus() -> set[int] | None:

@@ -525,3 +525,15 @@ def test_anomaly_and_score_take_class_names(tmp_path, mle_model):
     assert art.meta["protocol"]["anomaly_class_name"] == "digit-1"
     assert int((art.tensors["labels"] == 1).sum()) == int((y == 1).sum()) and len(art.tensors["labels"]) == len(
         _load(test).tensors["labels"])  # every 1, and as many normals as the folder's split (files in another order)
+
+
+def test_score_of_a_training_part_needs_no_anomaly_class(tmp_path, gen_model):
+    """`score --data fit.safetensors` (a part split by --anomaly-protocol K that holds no K): the table is written
+    and the result says how to get metrics, instead of 'anomaly class K does not occur in the data'."""
+    fit = tmp_path / "fit.safetensors"
+    run_cli(["data", "prepare", "--dataset", "digits", "--anomaly-protocol", "1", "--part", "fit", "--limit", "60",
+             "-o", fit, "-q"]).ok()
+    r = run_cli(["score", "--model", gen_model, "--data", fit, "-o", tmp_path / "s.csv", "--json", "-q"]).ok()
+    res = json.loads(r.out)
+    assert res["n"] == 60 and "auprc" not in res and "--anomaly-class" in res["note"]
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 61

@@ -8,7 +8,7 @@ from torch import nn
 
 def check_parameters(n: int, what: str) -> None:
     """Refuse, before any weight is allocated, a network whose ``n`` float32 parameters alone exceed this machine's
-    memory (sizes within the configs' limits can still combine into one: README, "Limits")."""
+    memory (sizes within the configs' limits can still combine into one: docs/usage.md, "Limits")."""
     from ebmtool.runtime import check_fits_memory
 
     check_fits_memory(4 * n, f"{what}: its {n:,} parameters", "use smaller layers")

@@ -6,8 +6,9 @@ and scriptable, and these names are stable (docs/api.md). Each stage runs an in-
 :mod:`ebmtool` re-exports, calls as well.
 """
 
-from ebmtool.stages.evaluate import anomaly, batched, reconstruct, sample, score_data
+from ebmtool.stages.evaluate import anomaly, batched, reconstruct, sample
 from ebmtool.stages.report import fid, inspect, plot, train_features
+from ebmtool.stages.score import score_data
 from ebmtool.stages.train import checkpoint_path, data_prepare, open_training_data, train
 
 __all__ = ["data_prepare", "open_training_data", "checkpoint_path", "train", "sample", "reconstruct", "anomaly",

@@ -218,6 +218,9 @@ def fit_prior(method: str, data: Union[Images, PathLike], labels: Any = None, *,
         raise UserError(f"overrides: expected a mapping of config fields to values, got {type(overrides).__name__}")
     if out is not None and not isinstance(out, (str, os.PathLike)):
         raise UserError(f"out: expected a file name (str or os.PathLike), got {type(out).__name__}")
+    if init is not None and not isinstance(init, (Model, str, os.PathLike)):
+        raise UserError(f"init: expected a model (ebmtool.load_model, ebmtool.fit_prior) or a model artifact's "
+                        f"path, not {type(init).__name__}")
     for name, value in (("force", force), ("quiet", quiet)):
         if not isinstance(value, bool):
             raise UserError(f"{name}: expected True or False, got {value!r}")
@@ -238,11 +241,6 @@ def fit_prior(method: str, data: Union[Images, PathLike], labels: Any = None, *,
         source = path
     init_model = init if isinstance(init, Model) else None
     init_path = _path(init) if init_model is None and init is not None else None
-    if init is not None and init_model is None and init_path is None:
-        raise UserError(f"init: expected a model (ebmtool.load_model, ebmtool.fit_prior) or a model artifact's "
-                        f"path, not {type(init).__name__}")
-    if out is not None and _path(out) is None:
-        raise UserError(f"out: expected a file path, not {type(out).__name__}")
     model, _ = fit(method, cfg, source, None if out is None else os.fspath(out), init_path=init_path,
                    init_model=init_model, force=force, quiet=quiet, asked=asked)
     return model.eval()

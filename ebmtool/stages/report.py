@@ -28,6 +28,9 @@ def plot(path: str, out: str, force: bool = False, scale: Optional[int] = None) 
     upscaling of an image grid."""
     from ebmtool.eval.plots import plot_artifact
 
+    from ebmtool.config import check_options
+
+    check_options("cli", scale=scale)  # the one check of --scale, as sample and reconstruct run it
     artifacts.check_distinct({"-o": out}, {"PATH": path})
     artifacts.check_output(out, force)
     return {"output": str(out), "drew": plot_artifact(artifacts.load(path), str(out), scale=scale, force=force)}
