@@ -122,6 +122,18 @@ def save_sealed(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str]
     return Path(path)
 
 
+def refused(r: Run, *words: str) -> str:
+    """A user mistake as the project promises it: exit 2, one line on stderr starting ``ebmtool: error:`` that holds
+    every word, no traceback. Returns the line."""
+    assert r.code == 2, f"exit {r.code}\n{r.out}\n{r.err}"
+    assert "Traceback" not in r.err and len(r.err_lines) == 1, r.err
+    line = r.err_lines[0]
+    assert line.startswith("ebmtool: error:"), line
+    for w in words:
+        assert w in line, (w, line)
+    return line
+
+
 def run_sub(argv: list[str], cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> Run:
     """Run ``ebmtool ARGV`` as a real subprocess of the installed entry point (``env``: extra variables)."""
     env = dict(os.environ, COLUMNS="200", **(env or {}))

@@ -17,16 +17,9 @@ from PIL import Image
 
 from ebmtool import artifacts
 
-from conftest import SHARED_MNIST, need_shared_mnist, run_cli
+from conftest import SHARED_MNIST, need_shared_mnist, run_cli, refused as _refused
 
 
-def _refused(r, *words: str) -> str:
-    """One line on stderr, exit status 2, no traceback; the line holds every word."""
-    assert r.code == 2, f"exit {r.code}\n{r.out}\n{r.err}"
-    assert len(r.err_lines) == 1 and "Traceback" not in r.err, r.err
-    for w in words:
-        assert w in r.err, (w, r.err)
-    return r.err
 
 
 def _digits(n: int = 120) -> tuple[np.ndarray, np.ndarray]:

@@ -19,21 +19,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import ebmtool_command, run_cli, run_sub
+from conftest import ebmtool_command, run_cli, run_sub, refused as _refused
 from ebmtool import artifacts, files
 
 SMOKE = ["--preset", "smoke", "--epochs", 1, "--set", "posterior.steps=2", "--device", "cpu", "--quiet"]
 
 
-def _refused(r, *words: str) -> str:
-    """Exit 2 with one line on stderr that holds every word, no traceback."""
-    assert r.code == 2, f"exit {r.code}\n{r.err}"
-    assert "Traceback" not in r.err and len(r.err_lines) == 1, r.err
-    line = r.err_lines[0]
-    assert line.startswith("ebmtool: error:"), line
-    for w in words:
-        assert w in line, (w, line)
-    return line
 
 
 def _temps(folder: Path) -> list[str]:

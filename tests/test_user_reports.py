@@ -17,19 +17,10 @@ import torch
 
 from ebmtool import artifacts
 
-from conftest import run_cli
+from conftest import run_cli, refused as _refused
 
 
 
-def _refused(r, *words: str) -> str:
-    """Exit 2 with one line on stderr that holds every word, no traceback."""
-    assert r.code == 2, f"exit {r.code}\n{r.err}"
-    assert "Traceback" not in r.err and len(r.err_lines) == 1, r.err
-    line = r.err_lines[0]
-    assert line.startswith("ebmtool: error:"), line
-    for w in words:
-        assert w in line, (w, line)
-    return line
 
 
 def _resave(src: Path, dst: Path, meta_update=None, spec_update=None) -> Path:
