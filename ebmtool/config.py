@@ -93,7 +93,8 @@ class Langevin(Strict):
         0 steps, no chain, is allowed there, unlike in a training config. A spec without ``convention`` (written
         before the field existed) is "lebm"."""
         if convention not in LANGEVIN_CONVENTIONS:
-            raise ValueError(f"unknown Langevin convention {convention!r} (choose from {', '.join(LANGEVIN_CONVENTIONS)})")
+            raise ValueError(f"unknown Langevin convention {convention!r} "
+                             f"(choose from {', '.join(LANGEVIN_CONVENTIONS)})")
         return cls.model_construct(steps=int(steps), step_size=float(step_size), noise=bool(noise),
                                    convention=convention)
 

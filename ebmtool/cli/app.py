@@ -70,7 +70,8 @@ EvalDeviceOpt = typer.Option("auto", "--device", help="auto (CUDA if available, 
 PresetOpt = typer.Option(None, "--preset", help=" | ".join(PRESETS) + " (see `ebmtool presets`)")
 ConfigOpt = typer.Option(None, "--config", help="TOML file with config values (flags override it)")
 SetOpt = typer.Option(None, "--set", help="any config field, e.g. --set posterior.steps=30 (repeatable)")
-CkEveryOpt = typer.Option(0, "--checkpoint-every", help="write a resumable checkpoint every N iterations (0: only on Ctrl-C/SIGTERM)")
+CkEveryOpt = typer.Option(0, "--checkpoint-every",
+                          help="write a resumable checkpoint every N iterations (0: only on Ctrl-C/SIGTERM)")
 CkOpt = typer.Option(None, "--checkpoint", help="checkpoint file (default: OUTPUT with .ckpt.safetensors)")
 ResumeOpt = typer.Option(None, "--resume", help="continue from a checkpoint written by the same command")
 TensorBoardOpt = typer.Option(None, "--tensorboard", help="DIR: TensorBoard scalars and a sample grid per epoch "

@@ -9,13 +9,14 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ebmtool.cli.app import (EvalBatchOpt, EvalDeviceOpt, EvalPrecisionOpt, EvalSeedOpt, ForceOpt, ModelOpt, JsonOpt, OutOpt, QuietOpt, ScaleOpt, _s, app, data_app,
-                                 dumps, emit, out_console)
+from ebmtool.cli.app import (EvalBatchOpt, EvalDeviceOpt, EvalPrecisionOpt, EvalSeedOpt, ForceOpt, ModelOpt, JsonOpt,
+                             OutOpt, QuietOpt, ScaleOpt, _s, app, data_app, dumps, emit, out_console)
 from ebmtool.data.sources import SOURCES
 from ebmtool.errors import UserError
 from ebmtool.methods import METHODS
 
-STEP_HELP = "Langevin step size s, read in the model's chain convention (lebm: s; xiao-han: the sampler runs at sqrt(s))"
+STEP_HELP = ("Langevin step size s, read in the model's chain convention "
+             "(lebm: s; xiao-han: the sampler runs at sqrt(s))")
 # the posterior chain's options of the commands that infer z (reconstruct, anomaly), defined once
 # checked with every other evaluation option by config.check_options (one check for the CLI and the API)
 StepsOpt = typer.Option(None, "--steps", help="posterior Langevin steps")
@@ -39,7 +40,9 @@ def data_prepare(
     only_class: Optional[str] = typer.Option(None, "--only-class", help="a class index or name"),
     anomaly_protocol: Optional[str] = typer.Option(None, "--anomaly-protocol", help="held-out class K (index or "
                                                    "name): the anomaly protocol's split (docs/design.md)"),
-    part: Optional[str] = typer.Option(None, "--part", help="train | test part of the anomaly protocol; fit | calibration split train 90/10 (calibration: held-out normals for anomaly --calibrate)"),
+    part: Optional[str] = typer.Option(None, "--part", help="train | test part of the anomaly protocol; fit | "
+                                       "calibration split train 90/10 (calibration: held-out normals for "
+                                       "anomaly --calibrate)"),
     size: Optional[int] = typer.Option(None, "--size", help="the shorter side to SIZE (antialiased), then the "
                                        "centre SIZE x SIZE crop"),
     channels: Optional[int] = typer.Option(None, "--channels", help="1 (grey) | 3 (RGB)"),
@@ -88,10 +91,13 @@ def sample(
     steps: Optional[int] = typer.Option(None, "--steps", help="prior Langevin steps (default: the model's)"),
     step_size: Optional[float] = StepSizeOpt,
     sampler: Optional[str] = typer.Option(None, "--sampler", help="langevin | sir (multi-stage and joint priors)"),
-    trajectory: int = typer.Option(0, "--trajectory", help="record every K-th Langevin state (all chains in one batch)"),
-    trajectory_png: Optional[Path] = typer.Option(None, "--trajectory-png", help="PNG: one row per chain (8), time left to right"),
+    trajectory: int = typer.Option(0, "--trajectory",
+                                   help="record every K-th Langevin state (all chains in one batch)"),
+    trajectory_png: Optional[Path] = typer.Option(None, "--trajectory-png",
+                                                  help="PNG: one row per chain (8), time left to right"),
     scale: Optional[int] = ScaleOpt,
-    layer_resample: Optional[int] = typer.Option(None, "--layer-resample", help="joint models: each grid row shares one sample of layer K (1 = bottom); the other layers are resampled"),
+    layer_resample: Optional[int] = typer.Option(None, "--layer-resample", help="joint models: each grid row shares "
+                                                 "one sample of layer K (1 = bottom); the other layers are resampled"),
     batch_size: int = typer.Option(500, "--batch-size", help="chains drawn at a time"),
     seed: int = EvalSeedOpt,
     device: str = EvalDeviceOpt,
@@ -242,8 +248,12 @@ def score(
 def fid(
     samples: Path = typer.Option(..., "--samples", help="samples (or dataset) artifact"),
     ref: Path = typer.Option(..., "--ref", help="reference dataset/samples artifact, or a statistics .npz"),
-    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (else the torch hub cache)"),
-    features: Optional[Path] = typer.Option(None, "--features", help="features artifact from `ebmtool train-features` (dataset-specific FID)"),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights",
+                                                     help="pt_inception-2015-12-05-6726825d.pth "
+                                                          "(else the torch hub cache)"),
+    features: Optional[Path] = typer.Option(None, "--features",
+                                            help="features artifact from `ebmtool train-features` "
+                                                 "(dataset-specific FID)"),
     batch_size: int = typer.Option(50, "--batch-size", min=1),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="where reference statistics are cached"),
     device: str = EvalDeviceOpt,
@@ -284,7 +294,8 @@ def train_features(
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="DIR: TensorBoard scalars per epoch, the "
-                                               "training loss and validation accuracy (needs pip install -e '.\\[tensorboard]')"),
+                                               "training loss and validation accuracy "
+                                               "(needs pip install -e '.\\[tensorboard]')"),
 ):
     """Train a LeNet-style classifier whose dense layer is a dataset-specific FID feature space (early stopping)."""
     from ebmtool import stages

@@ -78,7 +78,8 @@ def _method_flags() -> list[tuple[str, Any, Any, Optional[str]]]:
     for m in METHODS.values():
         for f in m.flags:
             if f.option not in seen:
-                seen[f.option] = (f.param, Optional[f.type], typer.Option(None, *f.option.split(" "), help=f.help), f.field)
+                seen[f.option] = (f.param, Optional[f.type], typer.Option(None, *f.option.split(" "), help=f.help),
+                                  f.field)
     return list(seen.values())
 
 

@@ -131,7 +131,8 @@ def calibration_split(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     The calibration normals are held out from fitting, so that a label-free score calibrated on them
     (``anomaly --score typicality --calibrate``) sees normals the model was not trained on."""
-    perm = train[torch.randperm(len(train), generator=torch.Generator(device="cpu").manual_seed(PROTOCOL_SEED + 1), device="cpu")]
+    perm = train[torch.randperm(len(train), generator=torch.Generator(device="cpu").manual_seed(PROTOCOL_SEED + 1),
+                                device="cpu")]
     n_cal = max(1, int(round(CALIBRATION_FRACTION * len(train))))
     return perm[n_cal:].sort().values, perm[:n_cal].sort().values
 
@@ -250,7 +251,8 @@ def prepare(cfg: DataConfig, quiet: bool = True) -> tuple[dict[str, torch.Tensor
                             **({"split": "standard", "n_train_file": n_train_file} if cfg.anomaly_split == "standard"
                                else {"train_fraction": PROTOCOL_TRAIN_FRACTION,
                                      "test_permutation": cfg.test_permutation}),
-                            **({"calibration_fraction": CALIBRATION_FRACTION} if cfg.part in ("fit", "calibration") else {})}
+                            **({"calibration_fraction": CALIBRATION_FRACTION} if cfg.part in ("fit", "calibration")
+                               else {})}
     return tensors, meta
 
 

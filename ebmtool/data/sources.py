@@ -215,7 +215,8 @@ def ring_means(modes: int = SYNTH_MODES, radius: float = SYNTH_RADIUS) -> torch.
     return torch.stack([radius * torch.cos(ang), radius * torch.sin(ang)], 1).float()
 
 
-def ring_log_density(z: torch.Tensor, modes: int = SYNTH_MODES, radius: float = SYNTH_RADIUS, std: float = SYNTH_STD) -> torch.Tensor:
+def ring_log_density(z: torch.Tensor, modes: int = SYNTH_MODES, radius: float = SYNTH_RADIUS,
+                     std: float = SYNTH_STD) -> torch.Tensor:
     """Exact normalised log-density of the 8-Gaussian ring mixture at z (B, 2)."""
     mu = ring_means(modes, radius).to(z)
     d2 = (z[:, None, :] - mu[None]).pow(2).sum(-1)

@@ -143,7 +143,8 @@ def resolve_arch(arch: str, image_shape: tuple[int, int, int]) -> str:
                             f"{size_hint([s for s in nearest_served(h) if s >= MIN_GENERAL] or [MIN_GENERAL])}")
         return arch
     if GENERATORS[arch].size != h:
-        raise UserError(f"generator {arch} makes {GENERATORS[arch].size}x{GENERATORS[arch].size} images but the data is {h}x{w}")
+        raise UserError(f"generator {arch} makes {GENERATORS[arch].size}x{GENERATORS[arch].size} images "
+                        f"but the data is {h}x{w}")
     return arch
 
 

@@ -107,7 +107,8 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
         if p is not None:
             check_grid_path(p, option)
     if sampler == "sir" and (steps is not None or step_size is not None):
-        raise UserError("--steps/--step-size: --sampler sir runs no Langevin chain (it resamples draws of the prior's base distribution)")
+        raise UserError("--steps/--step-size: --sampler sir runs no Langevin chain "
+                        "(it resamples draws of the prior's base distribution)")
     dev = resolve_device(device)
     seed_everything(seed, per_rank=True)
     model, art = load_model(model_path, device=dev)
@@ -120,7 +121,8 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
         if trajectory_every:
             raise UserError("--layer-resample cannot be combined with --trajectory")
         with _precision(precision, dev):
-            res = hierarchical_sample(model, n, layer_resample, group=8, steps=steps, step_size=step_size, sampler=sampler)
+            res = hierarchical_sample(model, n, layer_resample, group=8, steps=steps, step_size=step_size,
+                                      sampler=sampler)
     elif not trajectory_every:  # batches of chains, each rank its share (gathered by batched)
         with _precision(precision, dev):
             res = draw_samples(model, n, steps=steps, step_size=step_size, sampler=sampler, batch_size=batch_size,
@@ -135,11 +137,14 @@ def sample(model_path: str, n: int, *, out: Optional[str] = None, grid: Optional
             res.images = distributed.gather(res.images.contiguous())
             res.latents = distributed.gather_nested(res.latents)
     if trajectory_every and res.trajectory is None:
-        raise UserError("--trajectory: this model's prior is sampled exactly or by SIR; there is no Langevin chain to record")
+        raise UserError("--trajectory: this model's prior is sampled exactly or by SIR; "
+                        "there is no Langevin chain to record")
     images = to_uint8(res.images.float().cpu())
-    tensors = {"images": images, **_latent_tensors(res.latents if not isinstance(res.latents, torch.Tensor) else res.latents.cpu())}
+    tensors = {"images": images,
+               **_latent_tensors(res.latents if not isinstance(res.latents, torch.Tensor) else res.latents.cpu())}
     meta: dict[str, Any] = {"n": n, "image_shape": list(images.shape[1:]), "model_method": model.method,
-                            "steps": steps, "step_size": step_size, "sampler": sampler, "layer_resample": layer_resample,
+                            "steps": steps, "step_size": step_size, "sampler": sampler,
+                            "layer_resample": layer_resample,
                             "chain": model.sampling.override(steps, step_size).model_dump()
                             if hasattr(model, "sampling") and not getattr(model.prior, "is_base", False)
                             and (sampler or getattr(model, "sampler", "langevin")) == "langevin" else None,
@@ -315,7 +320,8 @@ def anomaly(model_path: str, data_path: str, *, positive: list[ClassRef] | None 
             ood_path: Optional[str] = None,
             quiet: bool = False,
             out: Optional[str] = None, steps: Optional[int] = None, step_size: Optional[float] = None,
-            noise: Optional[bool] = None, batch_size: int = 500, seed: int = 0, device: str = "auto", force: bool = False,
+            noise: Optional[bool] = None, batch_size: int = 500, seed: int = 0, device: str = "auto",
+            force: bool = False,
             pr_png: Optional[str] = None, precision: str = "fp32", score: str = "joint",
             calibrate: Optional[str] = None, positive_option: str = "--anomaly-class") -> dict[str, Any]:
     """Anomaly / OOD evaluation with the label-free score ``score`` (:data:`ebmtool.eval.scores.SCORES`).
@@ -329,7 +335,8 @@ def anomaly(model_path: str, data_path: str, *, positive: list[ClassRef] | None 
     if pr_png is not None:
         figure_format(pr_png)  # a wrong extension is refused before any work, not after scoring
     dev, model, art, x, labels, data_art = _open(model_path, data_path, {"-o": out, "--pr-curve": pr_png}, seed,
-                                                 device, force, inputs={"--ood-data": ood_path, "--calibrate": calibrate})
+                                                 device, force,
+                                                 inputs={"--ood-data": ood_path, "--calibrate": calibrate})
     parents = [art, data_art]
     classes = None if positive is None else resolve_classes(positive, data_art, labels, positive_option)
     if ood_path is not None:
@@ -339,7 +346,8 @@ def anomaly(model_path: str, data_path: str, *, positive: list[ClassRef] | None 
             raise UserError(f"--ood-data {ood_path}: holds the same images as --data {data_path}; give "
                             "out-of-distribution images (another dataset)")
         x = torch.cat([x, xo])
-        y = torch.cat([torch.zeros(len(x) - len(xo), dtype=torch.long, device=x.device), torch.ones(len(xo), dtype=torch.long, device=x.device)])
+        y = torch.cat([torch.zeros(len(x) - len(xo), dtype=torch.long, device=x.device),
+                       torch.ones(len(xo), dtype=torch.long, device=x.device)])
         parents.append(ood_art)
     else:
         y = binary_labels(labels, classes or [])

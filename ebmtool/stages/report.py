@@ -19,7 +19,8 @@ def inspect(path: str) -> dict[str, Any]:
         "integrity": "verified (ebmtool.sha256)" if art.format == artifacts.FORMAT else "none (written before the "
                      "integrity hash)",
         "sha256": art.sha256, "parents": art.parents, "meta": art.meta, "config": art.config,
-        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in art.tensors.items()},
+        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
+                    for k, v in art.tensors.items()},
     }
 
 
@@ -86,7 +87,8 @@ def train_features(data: str, out: str, *, epochs: int = 30, seed: int = 0, pati
     try:
         res = F.train_features(data, out, epochs, seed, patience=patience, device=str(torch_dev),
                                precision=prec, force=force, progress=not quiet,
-                               on_epoch=None if tb is None else (lambda e, means: tb.log_epoch("train-features", e, means)))
+                               on_epoch=None if tb is None
+                               else (lambda e, means: tb.log_epoch("train-features", e, means)))
     finally:
         if tb is not None:
             tb.close()

@@ -106,8 +106,8 @@ class Snapshots:
                        parents=[self.data.parent], force=self.force)
 
 
-def train(method: "str | MethodSpec", cfg, data_path: str, out: str, *, init_path: Optional[str] = None, force: bool = False,
-          quiet: bool = False, checkpoint_every: int = 0, checkpoint: Optional[str] = None,
+def train(method: "str | MethodSpec", cfg, data_path: str, out: str, *, init_path: Optional[str] = None,
+          force: bool = False, quiet: bool = False, checkpoint_every: int = 0, checkpoint: Optional[str] = None,
           resume: Optional[str] = None, tensorboard: Optional[str] = None, snapshots: Optional[str] = None,
           asked: Optional[dict[str, dict[str, tuple[Any, str]]]] = None) -> dict[str, Any]:
     """The stage of ``pretrain-generator`` and ``fit-prior``: :func:`fit` on the dataset artifact ``data_path``,
@@ -129,8 +129,9 @@ def tensor_training_data(images: Any, labels: Any = None, value_range: Any = Non
     return TrainData(x, y, sha, {"path": None, "sha256": sha, "kind": "tensors"})
 
 
-def fit(method: "str | MethodSpec", cfg, data: "str | TrainData", out: Optional[str] = None, *, init_path: Optional[str] = None,
-        init_model: Optional[Model] = None, force: bool = False, quiet: bool = False, checkpoint_every: int = 0, checkpoint: Optional[str] = None,
+def fit(method: "str | MethodSpec", cfg, data: "str | TrainData", out: Optional[str] = None, *,
+        init_path: Optional[str] = None, init_model: Optional[Model] = None, force: bool = False, quiet: bool = False,
+        checkpoint_every: int = 0, checkpoint: Optional[str] = None,
         resume: Optional[str] = None, tensorboard: Optional[str] = None, snapshots: Optional[str] = None,
         asked: Optional[dict[str, dict[str, tuple[Any, str]]]] = None) -> tuple[Model, dict[str, Any]]:
     """Fit ``method`` with the resolved ``cfg`` on ``data`` (a dataset artifact's path, or :class:`TrainData` from
