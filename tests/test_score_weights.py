@@ -38,3 +38,11 @@ def test_table_from_packed_terms(tmp_path):
     model, one, pixel_mean, zero = map(float, cells[4:])
     assert zero == pytest.approx(1.0) and model < 0.5 and one < 0.5
     assert pixel_mean == pytest.approx(1.0)  # recon / 784 is below 0.2: the prior term's 4-nat gap decides
+
+
+def test_the_results_page_holds_the_table_of_the_committed_terms():
+    """docs/results/mnist_anomaly_splits.md: the weighting block is what ``table --write`` makes of the committed
+    per-image terms (rerun ``python -m benchmarks.score_weights table --write`` after ``collect``)."""
+    text = W.PAGE.read_text()
+    begin, end = W.BLOCK
+    assert f"{begin}\n{W.table(W.terms_file('standard')).rstrip()}\n{end}" in text
