@@ -106,6 +106,11 @@ def test_each_protocol_resumes_its_own_files():
                 assert learned or name == "standard"
                 assert all(B.budget_text(r["method"]) == r["budget"] for r in learned)
         assert B.model_of("adaptive-nce", 4, 0, "fp32").name == "adaptive-nce-d4-s0-fp32-k4.safetensors"
+        B.use("v3", "lineage")  # its rows were measured by the script before the merge: the same files and texts
+        committed = B.RESULTS_DIR / "anomaly_mnist_v3_lineage.csv"
+        if committed.exists():
+            assert committed.read_text().splitlines()[0].split(",") == B.P.fields
+            assert all(B.budget_text(r["method"]) == r["budget"] for r in read(committed) if r["method"] in B.BUDGET)
     finally:
         B.use("v3")
     assert B.budget_text("adaptive-nce") == ("paper preset + {'arch': 'mnist28', 'nz': 20, 'ngf': 64}; 4-epoch "
