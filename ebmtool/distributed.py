@@ -20,6 +20,7 @@ prints. Batch-norm layers (BiDVL) normalise with their rank's shard, as DDP with
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -71,6 +72,13 @@ def init_from_env() -> World:
         if key not in os.environ:
             raise UserError(f"WORLD_SIZE is set but {key} is not: launch data-parallel runs with torchrun")
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    # torch._dynamo must be imported before the group exists. Imported later (torch.optim imports it when the first
+    # optimiser is built), it keeps ten references to the default group, so destroy_process_group in finish() no
+    # longer frees it and gloo's worker threads outlive it: a finished collective released by such a thread while
+    # the interpreter shuts down takes the GIL and aborts the rank ("terminate called without an active
+    # exception", exit -6, about one 2-rank run in ten on a busy CPU; torch 2.14, gdb backtrace in
+    # docs/design.md). Imported first, the group is freed in finish() and its threads are joined there.
+    importlib.import_module("torch._dynamo")
     try:
         dist.init_process_group(backend=backend)
     except Exception as e:  # rendezvous failed (address, port, timeout): one line, not a traceback
