@@ -166,7 +166,12 @@ def save(
     written is not replaced: one run wins, the other gets a one-line refusal (no-clobber)."""
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}")
-    p = check_output(path, force)
+    from ebmtool.distributed import world
+
+    # under torchrun only rank 0 checks the path here: another rank arriving after rank 0 wrote the file would find
+    # it there and fail alone (every rank checked the outputs before the work; rank 0's exclusive write decides)
+    main = world().is_main
+    p = check_output(path, force) if main else Path(path)
     clean: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
         t = t.detach().cpu().contiguous()
@@ -183,9 +188,7 @@ def save(
         "ebmtool.parents": json.dumps([_parent(x) for x in parents]),
         "ebmtool.meta": json.dumps(dict(meta or {}), sort_keys=True, default=_json_default),
     }
-    from ebmtool.distributed import world
-
-    if not world().is_main:  # under torchrun only rank 0 writes; every rank ran the checks above
+    if not main:  # under torchrun only rank 0 writes; every rank ran the other checks above
         return p
     return files.write_bytes(p, seal(save_bytes(clean, metadata={**md, HASH_KEY: _PLACEHOLDER})), overwrite=force)
 

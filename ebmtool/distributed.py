@@ -95,8 +95,8 @@ def finish(success: bool) -> None:
     import torch.distributed as dist
 
     try:
-        if success:
-            dist.barrier()
+        if success:  # a monitored barrier meets fail_together's: a rank that failed alone leaves, none hangs
+            dist.monitored_barrier(wait_all_ranks=True)
     except Exception as e:  # a peer died after this rank finished its work
         raise UserError(f"lost contact with another torchrun rank at the end of the run: {_first_line(e)}") from None
     finally:
