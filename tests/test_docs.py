@@ -116,9 +116,9 @@ def test_the_headline_table_is_the_results_pages_verdict_table():
 def test_readme_python_quick_start_runs_as_written(tmp_path, monkeypatch, capsys):
     code = code_block(README.read_text(), "Python quick start", "python")
     monkeypatch.chdir(tmp_path)
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time of this process (the example runs in it): not inflated by other busy processes
     exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})  # noqa: S102 - the README's own example
-    assert time.perf_counter() - t0 < 90, "the README's Python quick start must stay quick (smoke preset, digits)"
+    assert time.process_time() - t0 < 90, "the README's Python quick start must stay quick (smoke preset, digits)"
     assert capsys.readouterr().out.startswith("mle torch.Size([64, 1, 8, 8]) torch.Size([100, 1, 8, 8]) "
                                               "torch.Size([100])")
     assert (tmp_path / "lebm.safetensors").is_file()

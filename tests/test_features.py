@@ -27,9 +27,9 @@ def test_default_reaches_097_on_mnist_32(tmp_path):
     epoch 4 and stops after epoch 6 (20-35 s on 1 thread). Training is deterministic and the learning rate changes
     only after a plateau, so capping at 4 epochs keeps exactly the default's weights for a third of the time."""
     data = _prepare(tmp_path / "mnist32.safetensors", dataset="mnist", root=str(SHARED_MNIST), split="test", size=32)
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time of this process: a budget that other busy processes do not inflate
     res = F.train_features(data, tmp_path / "f.safetensors", seed=0, epochs=4)
-    seconds = time.perf_counter() - t0
+    seconds = time.process_time() - t0
     assert res.accuracy >= 0.97, res
     assert res.n_test == 1000 and res.n_val == 900 and res.n_train == 8100
     assert res.best_epoch == 4

@@ -345,12 +345,13 @@ def test_hashing_a_36_mb_dataset_costs_well_under_a_second(tmp_path):
     data = p.read_bytes()
     assert len(data) > 36e6
     header_end = files.safetensors_header(data)[1]
-    t0 = time.perf_counter()
+    # CPU seconds of this process (the hashing runs in it): a budget that other busy processes do not inflate
+    t0 = time.process_time()
     assert artifacts.verify(data, header_end)
-    verify_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    verify_s = time.process_time() - t0
+    t0 = time.process_time()
     artifacts.tensor_sha256(images, labels)
-    content_s = time.perf_counter() - t0
+    content_s = time.process_time() - t0
     assert verify_s < 0.5 and content_s < 0.5, (verify_s, content_s)
     b = bytearray(data)
     b[-1] ^= 1

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,22 @@ def _cmd(method_args, d, out):
                   "--preset", "smoke", "--batch-size", "32", "-o", str(out), "--quiet", "--checkpoint-every", "2"]
 
 
+# The run to be killed, held at the write of its model (after its last checkpoint) until the kill: however slow or
+# loaded the machine, it cannot finish before the test has seen a checkpoint at or past its target and killed it.
+# The kill still lands wherever the run is then (any later iteration, a checkpoint write, or that hold).
+HOLD_AT_MODEL_WRITE = (
+    "import runpy, sys, time\n"
+    "from pathlib import Path\n"
+    "from ebmtool import files\n"
+    "out, real = Path(sys.argv.pop(1)).resolve(), files.remove_stale_temps\n"
+    "def hold(path):\n"
+    "    while Path(path).resolve() == out:\n"
+    "        time.sleep(1)\n"
+    "    return real(path)\n"
+    "files.remove_stale_temps = hold\n"
+    "runpy.run_module('ebmtool', run_name='__main__', alter_sys=True)\n")
+
+
 def _same(a: Path, b: Path) -> None:
     ta, tb = load_file(str(a)), load_file(str(b))
     assert sorted(ta) == sorted(tb)
@@ -56,12 +73,14 @@ def test_sigkill_and_resume_is_byte_identical(small, method_args):
     ckpt = d / f"run-{tag}.ckpt.safetensors"
     subprocess.run(_cmd(method_args, d, ref), check=True, env=ENV)
     _same(ref, ref)
-    rng = random.Random(hash(tuple(method_args)) & 0xFFFF)
+    rng = random.Random(zlib.crc32(" ".join(method_args).encode()))  # the same target in every run (not hash())
     target = rng.randint(3, 12)  # kill once the checkpoint has reached at least this iteration
-    p = subprocess.Popen(_cmd(method_args, d, out), env=ENV)
+    cmd = _cmd(method_args, d, out)
+    assert cmd[:3] == EBM
+    p = subprocess.Popen([sys.executable, "-c", HOLD_AT_MODEL_WRITE, str(out), *cmd[3:]], env=ENV)
     t0 = time.time()
     killed_at = None
-    while p.poll() is None and time.time() - t0 < 240:
+    while p.poll() is None and time.time() - t0 < 600:
         if ckpt.exists():
             try:
                 it = artifacts.load(ckpt, "checkpoint").meta["iteration"]
@@ -72,8 +91,10 @@ def test_sigkill_and_resume_is_byte_identical(small, method_args):
                 killed_at = it
                 break
         time.sleep(0.05)
+    if p.poll() is None:  # no checkpoint reached the target in 10 minutes: the held run never ends by itself
+        p.kill()
     p.wait()
-    assert killed_at is not None, f"the run finished before it could be killed (target {target})"
+    assert killed_at is not None, f"no checkpoint reached iteration {target} before the run ended (exit {p.returncode})"
     assert not out.exists()
     r = subprocess.run(_cmd(method_args, d, out) + ["--resume", str(ckpt)], env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
